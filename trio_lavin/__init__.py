@@ -1,0 +1,1 @@
+"""trio-lavin: a trio-native AMQP 0-9-1 client for LavinMQ and RabbitMQ."""

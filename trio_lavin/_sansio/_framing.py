@@ -1,0 +1,239 @@
+"""AMQP 0-9-1 framing: bytes to frames and frames to bytes, on top of pamqp.
+
+Every frame on the wire is::
+
+    type:octet  channel:short  size:long  payload:size octets  0xCE
+
+:class:`FrameReader` reads that 7-byte header itself and checks, in this order,
+the frame type, the size against the negotiated ``frame_max``, and the end
+octet, before it hands the payload to pamqp.  pamqp raises many kinds of
+exceptions on bad input (its own ``UnmarshalingException``, but also bare
+``ValueError``, ``struct.error``, ``KeyError`` and ``RecursionError`` on
+deeply nested field tables); all of them become :class:`FrameError` (reply
+code 501), so a caller has exactly one exception type to handle.
+
+The reader is incremental: bytes may arrive in chunks of any size, including
+one byte at a time, and the frames that come out are the same.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NoReturn, TypeAlias
+
+from pamqp import base, body, commands, header, heartbeat
+from pamqp import frame as pamqp_frame
+
+from ._errors import FrameError, ProtocolVersionMismatch
+
+FRAME_METHOD: Final = 1
+FRAME_HEADER: Final = 2
+FRAME_BODY: Final = 3
+FRAME_HEARTBEAT: Final = 8
+FRAME_END: Final = 0xCE
+FRAME_END_BYTES: Final = b"\xce"
+
+#: type (1) + channel (2) + size (4)
+FRAME_HEADER_SIZE: Final = 7
+#: the header plus the end octet: a frame's size on the wire is payload + 8.
+FRAME_OVERHEAD: Final = FRAME_HEADER_SIZE + 1
+
+#: The specification's frame-min-size: every peer accepts frames this large.
+FRAME_MIN_SIZE: Final = 4096
+
+#: The largest frame accepted before Connection.Tune has fixed frame_max.  The
+#: only frames the broker sends before that are Connection.Start/Secure/Tune,
+#: and a Start carrying server properties fits easily; 128 KiB is RabbitMQ's
+#: default frame_max, so a broker never needs more, and a hostile peer cannot
+#: make us buffer more than this before the handshake.
+PRE_TUNE_FRAME_MAX: Final = 131_072
+
+#: The largest frame_max we ever accept, whatever is negotiated: frame sizes
+#: travel in a 32-bit field, but buffering a 4 GiB frame is a denial of
+#: service.  RabbitMQ caps frame_max at 128 KiB by default and LavinMQ at 1 MiB.
+ABSOLUTE_FRAME_MAX: Final = 16 * 1024 * 1024
+
+#: The protocol header a client sends first: "AMQP" 0 0 9 1.
+PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
+
+_HEADER = struct.Struct(">BHI")
+
+FrameValue: TypeAlias = (
+    base.Frame | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
+)
+#: A decoded frame: (channel number, pamqp frame object).
+Frame: TypeAlias = tuple[int, FrameValue]
+
+
+class FrameReader:
+    """Turns a byte stream from the broker into frames.
+
+    Feed bytes with :meth:`receive_data`, then call :meth:`next_frame` until it
+    returns ``None`` (more bytes needed).  After a :class:`FrameError` the
+    reader is broken: every later call raises the same error again, because
+    there is no way to find the next frame boundary in a corrupt stream.
+    """
+
+    def __init__(self, frame_max: int = PRE_TUNE_FRAME_MAX) -> None:
+        self._buffer = bytearray()
+        self._start = 0
+        self._seen_first_frame = False
+        self._error: FrameError | None = None
+        self.frame_max = frame_max
+
+    @property
+    def frame_max(self) -> int:
+        """The largest frame (payload + 8) accepted; 0 in AMQP means "no
+        limit", which here means :data:`ABSOLUTE_FRAME_MAX`."""
+        return self._frame_max
+
+    @frame_max.setter
+    def frame_max(self, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"frame_max must be >= 0, not {value!r}")
+        self._frame_max = ABSOLUTE_FRAME_MAX if value == 0 else min(value, ABSOLUTE_FRAME_MAX)
+
+    @property
+    def buffered(self) -> int:
+        """Number of received bytes not yet returned as frames."""
+        return len(self._buffer) - self._start
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes received from the broker."""
+        if self._start and self._start * 2 >= len(self._buffer):
+            # Drop consumed bytes once they are at least half the buffer: the
+            # copy is amortised over many frames instead of one per frame.
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or ``None`` if more bytes are needed.
+
+        Raises:
+            FrameError: the bytes are not a valid frame (reply code 501).
+            ProtocolVersionMismatch: the broker answered with its own protocol
+                header instead of a frame (it does not speak AMQP 0-9-1).
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buffer
+        start = self._start
+        available = len(buf) - start
+        if available < FRAME_HEADER_SIZE:
+            if not self._seen_first_frame and available and buf[start] == PROTOCOL_HEADER[0]:
+                self._check_protocol_header()
+            return None
+        frame_type, channel, size = _HEADER.unpack_from(buf, start)
+        if not self._seen_first_frame and frame_type == PROTOCOL_HEADER[0]:
+            self._check_protocol_header()
+            return None
+        if frame_type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT):
+            self._fail(f"unknown frame type {frame_type} on channel {channel}")
+        if size + FRAME_OVERHEAD > self._frame_max:
+            self._fail(
+                f"frame of {size + FRAME_OVERHEAD} bytes on channel {channel} "
+                f"exceeds frame_max {self._frame_max}"
+            )
+        end = start + FRAME_HEADER_SIZE + size
+        if len(buf) <= end:
+            return None
+        if buf[end] != FRAME_END:
+            self._fail(f"frame end octet is {buf[end]:#04x}, expected {FRAME_END:#04x}")
+        self._start = end + 1
+        self._seen_first_frame = True
+        payload = bytes(buf[start + FRAME_HEADER_SIZE : end])
+        return channel, self._decode(frame_type, channel, payload)
+
+    def _check_protocol_header(self) -> None:
+        got = bytes(self._buffer[self._start : self._start + len(PROTOCOL_HEADER)])
+        if not b"AMQP".startswith(got[:4]):
+            self._fail(f"stream starts with {got!r}, which is neither a frame nor AMQP")
+        if len(got) < len(PROTOCOL_HEADER):
+            return
+        self._error = ProtocolVersionMismatch(
+            f"broker answered with protocol header {got!r}: it does not accept "
+            f"AMQP 0-9-1 ({PROTOCOL_HEADER!r})"
+        )
+        raise self._error
+
+    def _decode(self, frame_type: int, channel: int, payload: bytes) -> FrameValue:
+        if frame_type == FRAME_BODY:
+            return body.ContentBody(payload)
+        if frame_type == FRAME_HEARTBEAT:
+            if payload:
+                self._fail(f"heartbeat frame with a {len(payload)}-byte payload")
+            return heartbeat.Heartbeat()
+        try:
+            if frame_type == FRAME_METHOD:
+                if len(payload) < 4:
+                    self._fail(f"method frame of {len(payload)} bytes has no method id")
+                method_id = int.from_bytes(payload[:4], "big")
+                try:
+                    method = commands.INDEX_MAPPING[method_id]()
+                except KeyError:
+                    self._fail(f"unknown method id {method_id:#010x} on channel {channel}")
+                method.unmarshal(payload[4:])
+                return method
+            content_header = header.ContentHeader()
+            content_header.unmarshal(payload)
+            return content_header
+        except FrameError:
+            raise
+        except Exception as exc:  # pamqp raises many types on bad input; see module doc
+            kind = "method" if frame_type == FRAME_METHOD else "content header"
+            self._fail(
+                f"undecodable {kind} frame on channel {channel}: {type(exc).__name__}: {exc}",
+                cause=exc,
+            )
+
+    def _fail(self, message: str, cause: BaseException | None = None) -> NoReturn:
+        self._error = FrameError(message)
+        raise self._error from cause
+
+
+def encode_frame(channel: int, value: FrameValue) -> bytes:
+    """Encode one frame with pamqp.
+
+    Raises:
+        ValueError: ``value`` cannot be encoded (a bad field value); the
+            message names the method.
+    """
+    try:
+        return pamqp_frame.marshal(value, channel)
+    except (ValueError, TypeError, struct.error) as exc:
+        raise ValueError(f"cannot encode {value.name} on channel {channel}: {exc}") from exc
+
+
+def encode_content(
+    channel: int,
+    method: base.Frame,
+    properties: commands.Basic.Properties | None,
+    payload: bytes,
+    frame_max: int,
+) -> list[bytes]:
+    """Encode a content-bearing method (e.g. Basic.Publish) with its content
+    header and as many body frames as ``frame_max`` requires.
+
+    Each body frame carries at most ``frame_max - 8`` bytes; an empty body
+    sends no body frame at all.  ``frame_max`` 0 means no limit.
+    """
+    frames = [
+        encode_frame(channel, method),
+        encode_frame(
+            channel,
+            header.ContentHeader(0, len(payload), properties or commands.Basic.Properties()),
+        ),
+    ]
+    if payload:
+        chunk = (frame_max - FRAME_OVERHEAD) if frame_max else len(payload)
+        if chunk <= 0:
+            raise ValueError(f"frame_max {frame_max} leaves no room for a body")
+        view = memoryview(payload)
+        for offset in range(0, len(payload), chunk):
+            piece = view[offset : offset + chunk]
+            frames.append(
+                b"".join((_HEADER.pack(FRAME_BODY, channel, len(piece)), piece, FRAME_END_BYTES))
+            )
+    return frames
+
