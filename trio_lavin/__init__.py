@@ -1,1 +1,95 @@
-"""trio-lavin: a trio-native AMQP 0-9-1 client for LavinMQ and RabbitMQ."""
+"""trio-lavin: a trio-native AMQP 0-9-1 client for LavinMQ and RabbitMQ.
+
+The public API is re-exported here.  Submodules whose name starts with an
+underscore are private.
+
+Importing ``trio_lavin._sansio`` alone must not import trio (the protocol
+core is pure), so the names that need trio are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import AMQPConnectionError as AMQPConnectionError
+from ._exceptions import AMQPError as AMQPError
+from ._exceptions import ChannelClosed as ChannelClosed
+from ._exceptions import ConnectionClosed as ConnectionClosed
+from ._exceptions import ConnectionClosedByBroker as ConnectionClosedByBroker
+from ._exceptions import ConnectionLost as ConnectionLost
+from ._exceptions import ConsumerCancelled as ConsumerCancelled
+from ._exceptions import MessageNacked as MessageNacked
+from ._exceptions import MessageReturned as MessageReturned
+from ._exceptions import PublishError as PublishError
+from ._params import Parameters as Parameters
+from ._params import parse_url as parse_url
+from ._sansio._errors import FrameError as FrameError
+from ._sansio._errors import LocalProtocolError as LocalProtocolError
+from ._sansio._errors import ProtocolError as ProtocolError
+from ._sansio._errors import RemoteProtocolError as RemoteProtocolError
+from ._version import __version__ as __version__
+
+if TYPE_CHECKING:
+    from ._client._channel import BasicProperties as BasicProperties
+    from ._client._channel import Channel as Channel
+    from ._client._channel import Confirmation as Confirmation
+    from ._client._channel import Consumer as Consumer
+    from ._client._channel import Delivery as Delivery
+    from ._client._channel import QueueDeclareOk as QueueDeclareOk
+    from ._client._connection import Connection as Connection
+    from ._client._connection import open_connection as open_connection
+
+#: Names loaded lazily (they import trio): name -> module.
+_LAZY = {
+    "BasicProperties": "._client._channel",
+    "Channel": "._client._channel",
+    "Confirmation": "._client._channel",
+    "Consumer": "._client._channel",
+    "Delivery": "._client._channel",
+    "QueueDeclareOk": "._client._channel",
+    "Connection": "._client._connection",
+    "open_connection": "._client._connection",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trio_lavin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "AMQPConnectionError",
+    "AMQPError",
+    "BasicProperties",
+    "Channel",
+    "ChannelClosed",
+    "Confirmation",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedByBroker",
+    "ConnectionLost",
+    "Consumer",
+    "ConsumerCancelled",
+    "Delivery",
+    "FrameError",
+    "LocalProtocolError",
+    "MessageNacked",
+    "MessageReturned",
+    "Parameters",
+    "ProtocolError",
+    "PublishError",
+    "QueueDeclareOk",
+    "RemoteProtocolError",
+    "__version__",
+    "open_connection",
+    "parse_url",
+]

@@ -24,7 +24,7 @@ from typing import Final, NoReturn, TypeAlias
 from pamqp import base, body, commands, header, heartbeat
 from pamqp import frame as pamqp_frame
 
-from ._errors import FrameError, ProtocolVersionMismatch
+from ._errors import FrameError, ProtocolVersionMismatch, RemoteProtocolError
 
 FRAME_METHOD: Final = 1
 FRAME_HEADER: Final = 2
@@ -58,9 +58,7 @@ PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
 
 _HEADER = struct.Struct(">BHI")
 
-FrameValue: TypeAlias = (
-    base.Frame | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
-)
+FrameValue: TypeAlias = base.Frame | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
 #: A decoded frame: (channel number, pamqp frame object).
 Frame: TypeAlias = tuple[int, FrameValue]
 
@@ -78,7 +76,7 @@ class FrameReader:
         self._buffer = bytearray()
         self._start = 0
         self._seen_first_frame = False
-        self._error: FrameError | None = None
+        self._error: RemoteProtocolError | None = None
         self.frame_max = frame_max
 
     @property
@@ -174,7 +172,7 @@ class FrameReader:
                 except KeyError:
                     self._fail(f"unknown method id {method_id:#010x} on channel {channel}")
                 method.unmarshal(payload[4:])
-                return method
+                return method  # type: ignore[no-any-return]
             content_header = header.ContentHeader()
             content_header.unmarshal(payload)
             return content_header
@@ -236,4 +234,3 @@ def encode_content(
                 b"".join((_HEADER.pack(FRAME_BODY, channel, len(piece)), piece, FRAME_END_BYTES))
             )
     return frames
-

@@ -1,0 +1,799 @@
+"""Channels: the AMQP methods, publishing, consuming, confirms.
+
+A :class:`Channel` belongs to one live :class:`~._connection.Connection` and is
+single-use: once closed (by you, by the broker, or because the connection
+died) it stays closed, and every call raises the reason.  Open a new one with
+``await connection.channel()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from pamqp import base, commands
+
+from .._exceptions import (
+    AMQPConnectionError,
+    ChannelClosed,
+    ConsumerCancelled,
+    MessageNacked,
+    MessageReturned,
+)
+from .._sansio import _events as ev
+from .._sansio._channel_state import ChannelState
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+logger = logging.getLogger("trio_lavin.channel")
+
+BasicProperties = commands.Basic.Properties
+FieldTable = dict[str, Any]
+
+#: Deliveries buffered per consumer when no prefetch is set.  With a prefetch
+#: the buffer holds ``prefetch_count`` deliveries, which is all the broker can
+#: send before an ack, so the reader never waits for a slow consumer.
+DEFAULT_CONSUMER_BUFFER: Final = 1_000
+
+#: How long closing a channel or cancelling a consumer waits for the broker.
+CLOSE_TIMEOUT: Final = 5.0
+
+_tag_counter = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDeclareOk:
+    """The broker's answer to a queue declaration."""
+
+    queue: str
+    message_count: int
+    consumer_count: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Delivery:
+    """A message received by a consumer or ``basic_get``.
+
+    ``ack``/``nack``/``reject`` return False, and send nothing, when the channel
+    the message came on is no longer open: its delivery tag means nothing on
+    any other channel, and sending it would make the broker close that
+    channel with 406 PRECONDITION_FAILED.  The broker redelivers such a
+    message (with ``redelivered=True``) by itself.
+    """
+
+    body: bytes
+    properties: BasicProperties
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    channel: Channel
+    consumer_tag: str | None = None
+    #: For ``basic_get``: messages left in the queue.
+    message_count: int | None = None
+
+    async def ack(self, *, multiple: bool = False) -> bool:
+        """Acknowledge (``multiple``: and every earlier unacked delivery on
+        the channel).  False if the channel is gone; see the class doc."""
+        return await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
+
+    async def nack(self, *, requeue: bool = True, multiple: bool = False) -> bool:
+        """Reject, with ``requeue`` (default) or dead-lettering/discarding."""
+        return await self.channel.basic_nack(self.delivery_tag, requeue=requeue, multiple=multiple)
+
+    async def reject(self, *, requeue: bool = True) -> bool:
+        """Reject this one delivery."""
+        return await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
+
+
+class Confirmation:
+    """The broker's verdict on one message published in confirm mode.
+
+    ``await confirmation.wait()`` returns when the broker acked the message and
+    raises :class:`MessageNacked`, :class:`MessageReturned` (a ``mandatory``
+    message nobody could take) or the error that closed the channel or
+    connection first (then the outcome is unknown).
+    """
+
+    __slots__ = (
+        "_error",
+        "_event",
+        "body",
+        "delivery_tag",
+        "exchange",
+        "mandatory",
+        "returned",
+        "routing_key",
+    )
+
+    def __init__(
+        self, delivery_tag: int, exchange: str, routing_key: str, body: bytes, mandatory: bool
+    ) -> None:
+        self.delivery_tag = delivery_tag
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.mandatory = mandatory
+        self.returned: MessageReturned | None = None
+        self._event = trio.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def acked(self) -> bool:
+        """True once the broker acked the message (and it was not returned)."""
+        return self._event.is_set() and self._error is None
+
+    def _resolve(self, error: BaseException | None) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Wait for the broker's verdict; see the class doc.  Cancelling the
+        wait changes nothing about the message."""
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class _Waiter:
+    """One request waiting for its reply; replies come in request order."""
+
+    __slots__ = ("abandoned", "error", "event", "on_late_reply", "value")
+
+    def __init__(self, on_late_reply: Callable[[Any], None] | None = None) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self.on_late_reply = on_late_reply
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+        self.event.set()
+        if self.abandoned and error is None and self.on_late_reply is not None:
+            self.on_late_reply(value)
+
+
+class Consumer:
+    """Deliveries of one ``basic.consume``, as an async iterator.
+
+    Iteration ends normally after :meth:`cancel` (once the deliveries already
+    received are consumed) and raises :class:`ConsumerCancelled` when the
+    broker cancelled the consumer, or the channel's/connection's error when
+    those closed.  As an async context manager it cancels itself on exit.
+    """
+
+    def __init__(
+        self, channel: Channel, queue: str, consumer_tag: str, capacity: int, no_ack: bool
+    ) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.consumer_tag = consumer_tag
+        self.no_ack = no_ack
+        self._send, self._receive = trio.open_memory_channel[Delivery](capacity)
+        self._error: BaseException | None = None
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"<Consumer {self.consumer_tag!r} on queue {self.queue!r}>"
+
+    def _finish(self, error: BaseException | None) -> None:
+        if not self._finished:
+            self._finished = True
+            self._error = error
+            self._send.close()
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self._error is not None:
+                raise self._error from None
+            raise StopAsyncIteration from None
+
+    async def cancel(self) -> None:
+        """Stop the broker sending more (``basic.cancel``).  Deliveries that
+        arrived before the broker confirmed can still be iterated and acked.
+        Does nothing if the consumer or its channel is already gone."""
+        if self._finished:
+            return
+        if self.channel.is_open:
+            await self.channel.basic_cancel(self.consumer_tag)
+        self._finish(None)
+
+    async def __aenter__(self) -> Consumer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            scope.shield = True
+            try:
+                await self.cancel()
+            except (ChannelClosed, ConsumerCancelled, AMQPConnectionError):
+                pass
+        self._receive.close()
+
+
+class Channel:
+    """An AMQP channel: declare topology, publish, consume, get, ack.
+
+    Every method that waits for the broker is cancellation-safe: the request's
+    frames are queued whole before the first checkpoint, and a reply that
+    arrives after the caller was cancelled is consumed and discarded (a late
+    ``ConsumeOk`` cancels the orphaned consumer), so the channel never gets
+    out of step.
+
+    Errors: :class:`ChannelClosed` when the broker closed the channel (with
+    its reply code; the connection stays usable) or you did;
+    :class:`ConnectionLost` / :class:`ConnectionClosed` when the connection
+    ended.
+    """
+
+    def __init__(self, connection: Connection, number: int) -> None:
+        self.connection = connection
+        self.number = number
+        self._amqp = connection._amqp
+        self._waiters: deque[_Waiter] = deque()
+        self._error: BaseException | None = None
+        self._closed = trio.Event()
+        self._consumers: dict[str, Consumer] = {}
+        #: Tags of consumers started with no_ack: their deliveries are never acked.
+        self._no_ack_tags: set[str] = set()
+        self.prefetch_count = 0
+        #: False while the broker asked us to pause publishing (Channel.Flow).
+        self.flow_active = True
+        self._confirming = False
+        self._unconfirmed: dict[int, Confirmation] = {}
+        self._unconfirmed_order: deque[int] = deque()
+        self._mandatory: deque[Confirmation] = deque()
+        self._return_handler: Callable[[ev.MessageReturned], None] | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"<Channel {self.number} {state}>"
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._error is None
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the channel is closed, or None while it is open."""
+        return self._error
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _set_closed(self, error: BaseException) -> None:
+        """The channel is gone: fail everything waiting on it."""
+        if self._error is not None:
+            return
+        self._error = error
+        self._closed.set()
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            waiter.resolve(error=error)
+        for consumer in list(self._consumers.values()):
+            consumer._finish(error)
+        self._consumers.clear()
+        for confirmation in self._unconfirmed.values():
+            confirmation._resolve(error)
+        self._unconfirmed.clear()
+        self._unconfirmed_order.clear()
+        self._mandatory.clear()
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel (``channel.close``), waiting up to 5 s for the
+        broker.  Idempotent; never raises for a channel that is already
+        gone.  Unacked deliveries go back to their queues."""
+        if self._error is not None:
+            return
+        if self._amqp.channel_state(self.number) is ChannelState.OPEN:
+            self._amqp.close_channel(self.number)
+            self.connection._kick()
+        self._set_closed(ChannelClosed(f"channel {self.number} was closed by this side"))
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            scope.shield = True
+            await self.connection._wait_channel_released(self.number)
+
+    # -- requests ----------------------------------------------------------------
+
+    async def _call(
+        self, method: base.Frame, on_late_reply: Callable[[Any], None] | None = None
+    ) -> Any:
+        self._check_open()
+        self.connection._check_open()
+        expects_reply = self._amqp.send_method(self.number, method)
+        self.connection._kick()
+        if not expects_reply:
+            return None
+        waiter = _Waiter(on_late_reply)
+        self._waiters.append(waiter)
+        return await self._wait(waiter)
+
+    async def _wait(self, waiter: _Waiter) -> Any:
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            waiter.abandoned = True
+            if waiter.event.is_set() and waiter.error is None and waiter.on_late_reply:
+                waiter.on_late_reply(waiter.value)
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
+
+    def _send_nowait(self, method: base.Frame) -> bool:
+        """Queue a method that has no reply; False if the channel is gone."""
+        if self._error is not None or not self.connection.is_open:
+            return False
+        self._amqp.send_method(self.number, method)
+        self.connection._kick()
+        return True
+
+    # exchanges
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: str = "direct",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: FieldTable | None = None,
+    ) -> None:
+        """Declare an exchange (create it unless it exists with the same
+        settings; a different type or arguments closes the channel with 406)."""
+        await self._call(
+            commands.Exchange.Declare(
+                exchange=exchange,
+                exchange_type=exchange_type,
+                passive=passive,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=arguments,
+            )
+        )
+
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        await self._call(commands.Exchange.Delete(exchange=exchange, if_unused=if_unused))
+
+    async def exchange_bind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        *,
+        arguments: FieldTable | None = None,
+    ) -> None:
+        await self._call(
+            commands.Exchange.Bind(
+                destination=destination,
+                source=source,
+                routing_key=routing_key,
+                arguments=arguments,
+            )
+        )
+
+    async def exchange_unbind(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        *,
+        arguments: FieldTable | None = None,
+    ) -> None:
+        await self._call(
+            commands.Exchange.Unbind(
+                destination=destination,
+                source=source,
+                routing_key=routing_key,
+                arguments=arguments,
+            )
+        )
+
+    # queues
+
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        arguments: FieldTable | None = None,
+    ) -> QueueDeclareOk:
+        """Declare a queue; an empty name asks the broker to make one up
+        (read it from the result).  Redeclaring with other settings closes
+        the channel with 406 PRECONDITION_FAILED."""
+        reply = await self._call(
+            commands.Queue.Declare(
+                queue=queue,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=arguments,
+            )
+        )
+        return QueueDeclareOk(reply.queue, reply.message_count, reply.consumer_count)
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: FieldTable | None = None,
+    ) -> None:
+        await self._call(
+            commands.Queue.Bind(
+                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+            )
+        )
+
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        *,
+        arguments: FieldTable | None = None,
+    ) -> None:
+        await self._call(
+            commands.Queue.Unbind(
+                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
+            )
+        )
+
+    async def queue_purge(self, queue: str) -> int:
+        """Remove all ready messages; returns how many."""
+        reply = await self._call(commands.Queue.Purge(queue=queue))
+        return int(reply.message_count)
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns the number of messages deleted with it."""
+        reply = await self._call(
+            commands.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty)
+        )
+        return int(reply.message_count)
+
+    # basic
+
+    async def basic_qos(
+        self, prefetch_count: int = 0, *, prefetch_size: int = 0, global_: bool = False
+    ) -> None:
+        """Limit unacked deliveries (``prefetch_count``; 0 = no limit) for
+        consumers started after this call on this channel."""
+        if not 0 <= prefetch_count <= 65_535:
+            raise ValueError(f"prefetch_count must be in 0..65535, not {prefetch_count!r}")
+        await self._call(
+            commands.Basic.Qos(
+                prefetch_size=prefetch_size, prefetch_count=prefetch_count, global_=global_
+            )
+        )
+        self.prefetch_count = prefetch_count
+
+    async def confirm_select(self) -> None:
+        """Turn on publisher confirms: from now on :meth:`basic_publish`
+        returns a :class:`Confirmation` for each message."""
+        if self._confirming:
+            return
+        await self._call(commands.Confirm.Select())
+        self._confirming = True
+
+    @property
+    def confirming(self) -> bool:
+        return self._confirming
+
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> Confirmation | None:
+        """Publish a message.
+
+        Waits only while the connection's send buffer is full (backpressure).
+        In confirm mode it returns the message's :class:`Confirmation`
+        (``await`` its ``wait()`` for the verdict; publishes can be pipelined
+        this way), else ``None``.  Use :meth:`publish` to publish and wait for
+        the confirm in one call.
+
+        Cancellation: if cancelled, the message was not published.  Once this
+        returns, the message is queued whole for sending.
+
+        Raises:
+            ChannelClosed, ConnectionLost, ConnectionClosed: see the class doc.
+            ValueError: exchange or routing key longer than 255 bytes, or a
+                property that cannot be encoded.
+        """
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"body must be bytes, not {type(body).__name__}")
+        self._check_open()
+        await self.connection._wait_writable()
+        self._check_open()
+        body = bytes(body)
+        tag = self._amqp.publish(
+            self.number,
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+        )
+        self.connection._published(len(body))
+        if not tag:
+            return None
+        confirmation = Confirmation(tag, exchange, routing_key, body, mandatory)
+        self._unconfirmed[tag] = confirmation
+        self._unconfirmed_order.append(tag)
+        if mandatory:
+            self._mandatory.append(confirmation)
+        return confirmation
+
+    async def publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish and, in confirm mode, wait until the broker confirmed.
+
+        Raises:
+            MessageNacked: the broker nacked it.
+            MessageReturned: ``mandatory`` and unroutable.
+            ChannelClosed, ConnectionLost, ConnectionClosed: the channel or
+                connection ended first (the outcome is then unknown).
+        """
+        confirmation = await self.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+        )
+        if confirmation is not None:
+            await confirmation.wait()
+
+    async def wait_for_confirms(self) -> None:
+        """Wait until every message published so far has its verdict (acks,
+        nacks and returns are not raised here; read them from each
+        :class:`Confirmation`).  Raises the channel's error if it closes."""
+        while self._unconfirmed_order:
+            last = self._unconfirmed.get(self._unconfirmed_order[-1])
+            if last is None:
+                break
+            await last._event.wait()
+        self._check_open()
+
+    def on_return(self, handler: Callable[[ev.MessageReturned], None] | None) -> None:
+        """Call ``handler(returned)`` for each unroutable ``mandatory``
+        message when the channel is not in confirm mode (in confirm mode the
+        return is raised from the message's :class:`Confirmation`)."""
+        self._return_handler = handler
+
+    async def basic_get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
+        """Fetch one message, or ``None`` if the queue is empty."""
+        reply = await self._call(commands.Basic.Get(queue=queue, no_ack=no_ack))
+        return reply if isinstance(reply, Delivery) else None
+
+    async def basic_consume(
+        self,
+        queue: str,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str | None = None,
+        arguments: FieldTable | None = None,
+        buffer_size: int | None = None,
+    ) -> Consumer:
+        """Start a consumer; iterate the returned :class:`Consumer`.
+
+        Deliveries wait in a bounded buffer of ``buffer_size`` (default: the
+        channel's prefetch count, or 1000 without one).  When it is full the
+        connection stops reading until the consumer catches up, so set a
+        prefetch (``basic_qos``) to keep other channels flowing.
+        """
+        tag = (
+            consumer_tag or f"trio-lavin.{self.number}.{next(_tag_counter)}.{secrets.token_hex(4)}"
+        )
+        if tag in self._consumers:
+            raise ValueError(f"consumer tag {tag!r} is already in use on this channel")
+        capacity = buffer_size or self.prefetch_count or DEFAULT_CONSUMER_BUFFER
+        if capacity < 1:
+            raise ValueError(f"buffer_size must be >= 1, not {capacity!r}")
+        consumer = Consumer(self, queue, tag, capacity, no_ack)
+        self._consumers[tag] = consumer
+        if no_ack:
+            self._no_ack_tags.add(tag)
+
+        def cancel_orphan(_reply: Any) -> None:
+            # The caller was cancelled after the broker accepted the consumer.
+            self._consumers.pop(tag, None)
+            consumer._finish(None)
+            self._send_nowait(commands.Basic.Cancel(consumer_tag=tag, nowait=True))
+
+        try:
+            await self._call(
+                commands.Basic.Consume(
+                    queue=queue,
+                    consumer_tag=tag,
+                    no_ack=no_ack,
+                    exclusive=exclusive,
+                    arguments=arguments,
+                ),
+                on_late_reply=cancel_orphan,
+            )
+        except BaseException:
+            if tag in self._consumers and self._error is not None:
+                self._consumers.pop(tag, None)
+            raise
+        return consumer
+
+    async def basic_cancel(self, consumer_tag: str) -> None:
+        """Cancel a consumer; its iteration ends after the deliveries already
+        received."""
+        await self._call(commands.Basic.Cancel(consumer_tag=consumer_tag))
+        consumer = self._consumers.pop(consumer_tag, None)
+        if consumer is not None:
+            consumer._finish(None)
+
+    async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> bool:
+        """Ack a delivery of this channel; False (nothing sent) if the channel
+        is gone."""
+        return self._send_nowait(commands.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple))
+
+    async def basic_nack(
+        self, delivery_tag: int, *, requeue: bool = True, multiple: bool = False
+    ) -> bool:
+        return self._send_nowait(
+            commands.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
+        )
+
+    async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
+        return self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
+
+    async def basic_recover(self, *, requeue: bool = True) -> None:
+        """Redeliver all unacked messages of this channel."""
+        await self._call(commands.Basic.Recover(requeue=requeue))
+
+    # transactions
+
+    async def tx_select(self) -> None:
+        await self._call(commands.Tx.Select())
+
+    async def tx_commit(self) -> None:
+        await self._call(commands.Tx.Commit())
+
+    async def tx_rollback(self) -> None:
+        await self._call(commands.Tx.Rollback())
+
+    # -- events from the connection's reader ------------------------------------
+
+    def _on_reply(self, value: Any) -> None:
+        if self._waiters:
+            self._waiters.popleft().resolve(value)
+
+    def _on_delivery(self, event: ev.DeliveryReceived) -> Consumer | None:
+        return self._consumers.get(event.consumer_tag)
+
+    def _make_delivery(
+        self, event: ev.DeliveryReceived | ev.GetReceived, consumer_tag: str | None = None
+    ) -> Delivery:
+        return Delivery(
+            event.body,
+            event.properties,
+            event.delivery_tag,
+            event.redelivered,
+            event.exchange,
+            event.routing_key,
+            self,
+            consumer_tag,
+            event.message_count if isinstance(event, ev.GetReceived) else None,
+        )
+
+    def _on_consumer_cancelled(self, consumer_tag: str) -> None:
+        consumer = self._consumers.pop(consumer_tag, None)
+        if consumer is not None:
+            consumer._finish(ConsumerCancelled(consumer_tag))
+
+    def _on_return(self, event: ev.MessageReturned) -> None:
+        if self._confirming:
+            for confirmation in self._mandatory:
+                if (
+                    confirmation.returned is None
+                    and not confirmation.done
+                    and confirmation.exchange == event.exchange
+                    and confirmation.routing_key == event.routing_key
+                    and confirmation.body == event.body
+                ):
+                    confirmation.returned = MessageReturned(
+                        event.reply_code, event.reply_text, event.exchange, event.routing_key
+                    )
+                    return
+        if self._return_handler is not None:
+            self._return_handler(event)
+        else:
+            logger.warning(
+                "channel %d: message to exchange %r with routing key %r returned: %d %s",
+                self.number,
+                event.exchange,
+                event.routing_key,
+                event.reply_code,
+                event.reply_text,
+            )
+
+    def _on_confirm(self, delivery_tag: int, multiple: bool, acked: bool) -> None:
+        unconfirmed = self._unconfirmed
+        if multiple:
+            order = self._unconfirmed_order
+            while order and order[0] <= delivery_tag:
+                confirmation = unconfirmed.pop(order.popleft(), None)
+                if confirmation is not None:
+                    _settle(confirmation, acked)
+        else:
+            confirmation = unconfirmed.pop(delivery_tag, None)
+            if confirmation is not None:
+                _settle(confirmation, acked)
+            order = self._unconfirmed_order
+            while order and order[0] not in unconfirmed:
+                order.popleft()
+        mandatory = self._mandatory
+        while mandatory and mandatory[0].done:
+            mandatory.popleft()
+
+
+def _settle(confirmation: Confirmation, acked: bool) -> None:
+    if not acked:
+        confirmation._resolve(MessageNacked(confirmation.delivery_tag))
+    else:
+        confirmation._resolve(confirmation.returned)

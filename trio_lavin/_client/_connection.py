@@ -1,0 +1,578 @@
+"""One live AMQP connection on a trio stream.
+
+:func:`open_connection` owns a nursery with three tasks:
+
+* the **reader** receives bytes in large chunks, feeds the sans-IO machine
+  and dispatches its events to channels (it is the only task that reads);
+* the **writer** sends everything the machine has queued, one ``send_all``
+  per batch, so many small frames cost one system call (it is the main path
+  that writes; the reader only writes the final ``Close``/``CloseOk`` under
+  the same lock);
+* the **heartbeat** task sends heartbeats when we have been quiet and
+  declares the connection lost when the broker has been silent for two
+  intervals (a half-open TCP connection).
+
+A lost connection is not retried here; that is the job of
+:func:`trio_lavin.open_client`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from .._exceptions import (
+    AMQPConnectionError,
+    ChannelClosed,
+    ConnectionClosed,
+    ConnectionClosedByBroker,
+    ConnectionLost,
+)
+from .._io._transport import StreamFactory, open_stream
+from .._params import Parameters, parse_url
+from .._sansio import _events as ev
+from .._sansio._channel_state import ChannelState
+from .._sansio._connection import (
+    DEFAULT_CHANNEL_MAX,
+    DEFAULT_FRAME_MAX,
+    AMQPConnection,
+    default_client_properties,
+)
+from .._sansio._connection_state import ConnectionState
+from .._sansio._content import DEFAULT_MAX_BODY_SIZE
+from .._sansio._errors import RemoteProtocolError
+from .._sansio._heartbeat import HeartbeatTimer
+from ._channel import Channel
+
+logger = logging.getLogger("trio_lavin.connection")
+
+#: Bytes asked of the transport per read: large reads mean few system calls
+#: and few parser passes when messages stream in.
+RECEIVE_SIZE: Final = 256 * 1024
+
+#: Publishers wait while this many bytes are queued and not yet taken by the
+#: writer, which bounds the memory a fast publisher can fill.
+SEND_HIGH_WATER: Final = 4 * 1024 * 1024
+
+#: Default heartbeat we ask for (the broker's lower value wins): LavinMQ
+#: proposes 300 s, far too long to notice a dead peer.
+DEFAULT_HEARTBEAT: Final = 30
+
+#: Time allowed for the TCP/TLS connect plus the AMQP handshake.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+
+#: How long closing waits for the broker's CloseOk, and flushing a final
+#: Close/CloseOk may take.
+CLOSE_TIMEOUT: Final = 5.0
+FLUSH_TIMEOUT: Final = 1.0
+
+
+class Connection:
+    """A live AMQP connection.  Made by :func:`open_connection`.
+
+    Use :meth:`channel` to open channels.  When the connection ends, every
+    pending call and every channel raises the reason: :class:`ConnectionLost`
+    (the network or the broker ended it; ``reply_code`` is set when the broker
+    sent ``Connection.Close``, e.g. 320 for an operator's
+    ``rabbitmqctl close_connection``) or :class:`ConnectionClosed` (you closed
+    it).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, amqp: AMQPConnection, params: Parameters) -> None:
+        self._stream = stream
+        self._amqp = amqp
+        self.params = params
+        self._channels: dict[int, Channel] = {}
+        self._error: AMQPConnectionError | None = None
+        self._closed = trio.Event()
+        self._send_lock = trio.StrictFIFOLock()
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writable_lot = trio.lowlevel.ParkingLot()
+        self._released_lot = trio.lowlevel.ParkingLot()
+        self._unblocked = trio.Event()
+        self._unblocked.set()
+        self._unsent = 0
+        self._reader_paused = False
+        now = trio.current_time()
+        self._heartbeat = HeartbeatTimer(0, now, now)
+        self._tasks: trio.Nursery | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"<Connection {self.params.endpoint} {state}>"
+
+    # -- public state ----------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._error is None
+
+    @property
+    def error(self) -> AMQPConnectionError | None:
+        """Why the connection ended, or None while it is open."""
+        return self._error
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        return self._amqp.server_properties
+
+    @property
+    def frame_max(self) -> int:
+        return self._amqp.frame_max
+
+    @property
+    def channel_max(self) -> int:
+        return self._amqp.channel_max
+
+    @property
+    def heartbeat(self) -> int:
+        return self._amqp.heartbeat
+
+    @property
+    def blocked(self) -> bool:
+        """True while the broker refuses publishes (``connection.blocked``)."""
+        return self._amqp.blocked
+
+    @property
+    def last_received(self) -> float:
+        """``trio.current_time()`` when bytes last arrived from the broker."""
+        return self._heartbeat.last_received
+
+    async def wait_unblocked(self) -> None:
+        """Return once the broker is not blocking publishes."""
+        await self._unblocked.wait()
+
+    async def wait_closed(self) -> AMQPConnectionError:
+        """Wait until the connection has ended; returns why."""
+        await self._closed.wait()
+        assert self._error is not None
+        return self._error
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- channels -----------------------------------------------------------------
+
+    async def channel(self) -> Channel:
+        """Open a new channel.
+
+        Raises:
+            ConnectionLost, ConnectionClosed: the connection ended.
+            ChannelClosed: the broker refused the channel.
+        """
+        self._check_open()
+        number = self._amqp.open_channel()
+        channel = Channel(self, number)
+        self._channels[number] = channel
+        self._kick()
+        from ._channel import _Waiter
+
+        def close_orphan(_value: Any) -> None:
+            # The caller was cancelled after the broker opened the channel.
+            if channel.is_open and self.is_open:
+                self._amqp.close_channel(number)
+                self._kick()
+                channel._set_closed(ChannelClosed("channel open was cancelled"))
+
+        waiter = _Waiter(close_orphan)
+        channel._waiters.append(waiter)
+        await channel._wait(waiter)
+        return channel
+
+    async def _wait_channel_released(self, number: int) -> None:
+        """Wait until the broker confirmed a channel's close (or the
+        connection ended)."""
+        while self.is_open and self._amqp.channel_state(number) is ChannelState.CLOSING:
+            await self._released_lot.park()
+
+    # -- writing ------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Wake the writer: the machine has data to send."""
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def _published(self, size: int) -> None:
+        self._unsent += size + 64
+        self._kick()
+
+    async def _wait_writable(self) -> None:
+        """Backpressure for publishers: wait while too much is queued."""
+        while self._unsent > SEND_HIGH_WATER:
+            self._check_open()
+            await self._writable_lot.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _writer(self) -> None:
+        amqp = self._amqp
+        stream = self._stream
+        heartbeat = self._heartbeat
+        while True:
+            data = amqp.data_to_send()
+            if not data:
+                await self._writer_lot.park()
+                continue
+            self._unsent = 0
+            if self._writable_lot:
+                self._writable_lot.unpark_all()
+            try:
+                async with self._send_lock:
+                    await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
+                return
+            self.bytes_sent += len(data)
+            heartbeat.data_sent(trio.current_time())
+
+    async def _flush_final(self) -> None:
+        """Send what is queued (a final Close or CloseOk) from outside the
+        writer, bounded in time."""
+        data = self._amqp.data_to_send()
+        if not data:
+            return
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            try:
+                async with self._send_lock:
+                    await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        amqp = self._amqp
+        stream = self._stream
+        heartbeat = self._heartbeat
+        while True:
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail(ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}"))
+                return
+            if not data:
+                self._fail(ConnectionLost(f"{self.params.endpoint} closed the connection (EOF)"))
+                return
+            self.bytes_received += len(data)
+            heartbeat.data_received(trio.current_time())
+            amqp.receive_data(data)
+            while True:
+                try:
+                    event = amqp.next_event()
+                except RemoteProtocolError as exc:
+                    logger.warning("protocol error from %s: %s", self.params.endpoint, exc)
+                    await self._flush_final()
+                    error = ConnectionLost(
+                        f"protocol error from {self.params.endpoint}: {exc.reply_text}",
+                        exc.reply_code,
+                    )
+                    error.__cause__ = exc
+                    self._fail(error)
+                    return
+                if event is None:
+                    break
+                if type(event) is ev.DeliveryReceived:
+                    await self._deliver(event)
+                elif not await self._handle(event):
+                    return
+            if amqp.has_data_to_send:
+                self._kick()
+
+    async def _deliver(self, event: ev.DeliveryReceived) -> None:
+        channel = self._channels.get(event.channel)
+        if channel is None:
+            return
+        consumer = channel._consumers.get(event.consumer_tag)
+        if consumer is None:
+            # A consumer cancelled on our side while the broker was still
+            # sending: give the message back (unless the broker already
+            # considers it acked).
+            if event.consumer_tag not in channel._no_ack_tags:
+                await channel.basic_reject(event.delivery_tag, requeue=True)
+            return
+        delivery = channel._make_delivery(event, event.consumer_tag)
+        try:
+            consumer._send.send_nowait(delivery)
+        except trio.WouldBlock:
+            self._reader_paused = True
+            try:
+                await consumer._send.send(delivery)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if not consumer.no_ack:
+                    await channel.basic_reject(event.delivery_tag, requeue=True)
+            finally:
+                self._reader_paused = False
+                self._heartbeat.data_received(trio.current_time())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The consumer stopped listening: give the message back.
+            if not consumer.no_ack:
+                await channel.basic_reject(event.delivery_tag, requeue=True)
+
+    async def _handle(self, event: ev.Event) -> bool:
+        """Dispatch one event; False when the connection ended."""
+        if isinstance(event, ev.ChannelEvent):
+            channel = self._channels.get(event.channel)
+            if channel is None:
+                return True
+            if isinstance(event, (ev.MethodReply, ev.ChannelOpened)):
+                channel._on_reply(getattr(event, "method", None))
+            elif isinstance(event, ev.GetReceived):
+                channel._on_reply(channel._make_delivery(event))
+            elif isinstance(event, ev.PublishAcked):
+                channel._on_confirm(event.delivery_tag, event.multiple, True)
+            elif isinstance(event, ev.PublishNacked):
+                channel._on_confirm(event.delivery_tag, event.multiple, False)
+            elif isinstance(event, ev.MessageReturned):
+                channel._on_return(event)
+            elif isinstance(event, ev.ConsumerCancelled):
+                channel._on_consumer_cancelled(event.consumer_tag)
+            elif isinstance(event, ev.ChannelFlow):
+                channel.flow_active = event.active
+            elif isinstance(event, ev.ChannelClosedByBroker):
+                logger.info(
+                    "broker closed channel %d: %d %s",
+                    event.channel,
+                    event.reply_code,
+                    event.reply_text,
+                )
+                self._channels.pop(event.channel, None)
+                channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
+                self._kick()
+            elif isinstance(event, ev.ChannelCloseOk):
+                self._channels.pop(event.channel, None)
+                channel._set_closed(ChannelClosed(f"channel {event.channel} was closed"))
+                self._released_lot.unpark_all()
+            return True
+        if isinstance(event, ev.ConnectionBlocked):
+            logger.warning(
+                "broker blocked publishing on %s: %s", self.params.endpoint, event.reason
+            )
+            self._unblocked = trio.Event()
+        elif isinstance(event, ev.ConnectionUnblocked):
+            logger.info("broker unblocked publishing on %s", self.params.endpoint)
+            self._unblocked.set()
+        elif isinstance(event, ev.ConnectionClosedByBroker):
+            await self._flush_final()
+            logger.warning(
+                "broker closed the connection %s: %d %s",
+                self.params.endpoint,
+                event.reply_code,
+                event.reply_text,
+            )
+            self._fail(ConnectionClosedByBroker(event.reply_text, event.reply_code))
+            return False
+        elif isinstance(event, ev.ConnectionCloseOk):
+            self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
+            return False
+        return True
+
+    # -- heartbeats -----------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        heartbeat = self._heartbeat
+        amqp = self._amqp
+        while True:
+            now = trio.current_time()
+            if heartbeat.timed_out(now) and not self._reader_paused:
+                self._fail(
+                    ConnectionLost(
+                        f"no data from {self.params.endpoint} for "
+                        f"{now - heartbeat.last_received:.1f} s (heartbeat timeout, "
+                        f"interval {heartbeat.interval} s)"
+                    )
+                )
+                return
+            if heartbeat.should_send(now) and amqp.state is ConnectionState.OPEN:
+                amqp.send_heartbeat()
+                heartbeat.data_sent(now)
+                self._kick()
+            deadline = min(heartbeat.send_deadline(), heartbeat.receive_deadline())
+            if self._reader_paused:
+                deadline = min(deadline, now + 1.0)
+            await trio.sleep_until(deadline)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    async def _handshake(self) -> None:
+        amqp = self._amqp
+        amqp.initiate()
+        await self._stream.send_all(amqp.data_to_send())
+        while True:
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise ConnectionLost(
+                    f"connection to {self.params.endpoint} failed during the handshake: {exc}"
+                ) from exc
+            if not data:
+                raise ConnectionLost(
+                    f"{self.params.endpoint} closed the connection during the handshake"
+                )
+            amqp.receive_data(data)
+            try:
+                while (event := amqp.next_event()) is not None:
+                    if isinstance(event, ev.ConnectionOpened):
+                        self._heartbeat = HeartbeatTimer(
+                            event.heartbeat, trio.current_time(), trio.current_time()
+                        )
+                        return
+                    if isinstance(event, ev.ConnectionClosedByBroker):
+                        await self._stream.send_all(amqp.data_to_send())
+                        raise ConnectionClosedByBroker(event.reply_text, event.reply_code)
+            except RemoteProtocolError as exc:
+                await self._flush_final()
+                raise ConnectionLost(
+                    f"protocol error from {self.params.endpoint} during the handshake: "
+                    f"{exc.reply_text}",
+                    exc.reply_code,
+                ) from exc
+            out = amqp.data_to_send()
+            if out:
+                await self._stream.send_all(out)
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._tasks = nursery
+            nursery.start_soon(self._reader)
+            nursery.start_soon(self._writer)
+            if self._heartbeat.interval:
+                nursery.start_soon(self._heartbeats)
+            task_status.started()
+
+    def _fail(self, error: AMQPConnectionError) -> None:
+        """The connection ended: record why, fail every channel and waiter,
+        and stop the tasks."""
+        if self._error is not None:
+            return
+        self._error = error
+        if not isinstance(error, ConnectionClosed):
+            logger.info("connection %s ended: %s", self.params.endpoint, error)
+        for channel in list(self._channels.values()):
+            channel._set_closed(error)
+        self._channels.clear()
+        self._closed.set()
+        self._unblocked.set()
+        self._writable_lot.unpark_all()
+        self._released_lot.unpark_all()
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close the connection gracefully (``Connection.Close``, waiting up
+        to 5 s for the broker's ``CloseOk``); idempotent.  Channels and
+        pending calls then raise :class:`ConnectionClosed`.  Unacked
+        deliveries go back to their queues; messages published without
+        confirms may be lost if still in flight."""
+        if self._error is None and self._amqp.state is ConnectionState.OPEN:
+            self._amqp.close()
+            self._kick()
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                scope.shield = True
+                await self._closed.wait()
+        self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
+
+
+def _connection_options(
+    params: Parameters,
+    heartbeat: int | None,
+    frame_max: int | None,
+    channel_max: int | None,
+    connection_name: str | None,
+    max_body_size: int,
+) -> AMQPConnection:
+    def pick(*values: int | None, default: int) -> int:
+        for value in values:
+            if value is not None:
+                return value
+        return default
+
+    return AMQPConnection(
+        username=params.username,
+        password=params.password,
+        virtual_host=params.virtual_host,
+        heartbeat=pick(params.heartbeat, heartbeat, default=DEFAULT_HEARTBEAT),
+        frame_max=pick(params.frame_max, frame_max, default=DEFAULT_FRAME_MAX),
+        channel_max=pick(params.channel_max, channel_max, default=DEFAULT_CHANNEL_MAX),
+        client_properties=default_client_properties(params.connection_name or connection_name),
+        max_body_size=max_body_size,
+    )
+
+
+@asynccontextmanager
+async def open_connection(
+    url: str | Parameters = "amqp://guest:guest@localhost/",
+    *,
+    heartbeat: int | None = None,
+    frame_max: int | None = None,
+    channel_max: int | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    connection_name: str | None = None,
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    stream_factory: StreamFactory | None = None,
+) -> AsyncIterator[Connection]:
+    """Open one AMQP connection for the duration of an ``async with`` block.
+
+    This is the low-level API: if the connection is lost, calls raise
+    :class:`ConnectionLost` and nothing reconnects.  For a connection that
+    recovers by itself, use :func:`trio_lavin.open_client`.
+
+    Tuning values in the URL's query win over the keyword arguments; the
+    broker's lower limits win over both.  ``heartbeat`` defaults to 30 s.
+    ``stream_factory`` replaces the TCP/TLS connect (tests use it to connect
+    to a :class:`trio_lavin.testing.FakeBroker`).
+
+    Leaving the block closes the connection gracefully (bounded by 5 s) and
+    stops its tasks.
+
+    Raises:
+        ConnectionLost: the broker could not be reached or broke the
+            handshake; :class:`ConnectionClosedByBroker` (a subclass) when the
+            broker refused us, e.g. 403 ACCESS_REFUSED (bad credentials) or
+            530 NOT_ALLOWED (unknown vhost).
+        TimeoutError: connecting and the handshake took longer than
+            ``connect_timeout`` seconds.
+        ValueError: a bad URL (the message never contains the password).
+    """
+    params = parse_url(url) if isinstance(url, str) else url
+    if params.connection_timeout is not None:
+        connect_timeout = params.connection_timeout
+    if not connect_timeout > 0 or math.isnan(connect_timeout):
+        raise ValueError(f"connect_timeout must be > 0 seconds, not {connect_timeout!r}")
+    amqp = _connection_options(
+        params, heartbeat, frame_max, channel_max, connection_name, max_body_size
+    )
+    with trio.move_on_after(connect_timeout) as timeout_scope:
+        stream = await (stream_factory() if stream_factory is not None else open_stream(params))
+        connection = Connection(stream, amqp, params)
+        try:
+            await connection._handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    if timeout_scope.cancelled_caught:
+        # The stream, if one was opened, was closed by the except clause above.
+        raise TimeoutError(f"connecting to {params.endpoint} took longer than {connect_timeout} s")
+    logger.info(
+        "connected to %s (heartbeat %d s, frame_max %d, channel_max %d)",
+        params.endpoint,
+        amqp.heartbeat,
+        amqp.frame_max,
+        amqp.channel_max,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(connection._run)
+            try:
+                yield connection
+            finally:
+                await connection.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)

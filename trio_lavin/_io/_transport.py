@@ -1,0 +1,70 @@
+"""Transports: open the byte stream an AMQP connection runs on.
+
+This layer moves bytes only; it never interprets frames.  Every transport is
+presented as one :class:`trio.abc.Stream`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .._exceptions import ConnectionLost
+from .._params import Parameters
+
+logger = logging.getLogger("trio_lavin.transport")
+
+#: Something that opens a stream: ``await factory()``.  Tests plug in
+#: :class:`trio_lavin.testing.FakeBroker` or a fault proxy here.
+StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+def make_ssl_context(params: Parameters) -> ssl.SSLContext:
+    """The TLS context for ``amqps``/``wss``: certificates are verified
+    against the system's CAs (or ``cacertfile``) unless ``verify`` is off."""
+    context = ssl.create_default_context(cafile=params.cacertfile)
+    if params.certfile:
+        context.load_cert_chain(params.certfile, params.keyfile)
+    if not params.verify:
+        logger.warning(
+            "TLS certificate verification is OFF for %s: the connection can be intercepted",
+            params.endpoint,
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def open_stream(params: Parameters) -> trio.abc.Stream:
+    """Open a TCP (``amqp``) or TLS (``amqps``) stream to ``params``.
+
+    Raises:
+        ConnectionLost: the connection could not be made (refused, unreachable,
+            TLS failure), with the endpoint in the message (never a password).
+    """
+    if params.scheme in ("ws", "wss"):
+        raise ValueError(
+            f"the {params.scheme}:// transport needs trio-lavin's WebSocket support, "
+            "which this version does not include yet"
+        )
+    try:
+        stream: trio.abc.Stream = await trio.open_tcp_stream(params.host, params.port)
+    except OSError as exc:
+        raise ConnectionLost(f"cannot connect to {params.endpoint}: {exc}") from exc
+    if not params.tls:
+        return stream
+    tls = trio.SSLStream(
+        stream,
+        make_ssl_context(params),
+        server_hostname=params.server_name_indication or params.host,
+        https_compatible=True,
+    )
+    try:
+        await tls.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+        await trio.aclose_forcefully(tls)
+        raise ConnectionLost(f"TLS handshake with {params.endpoint} failed: {exc}") from exc
+    return tls

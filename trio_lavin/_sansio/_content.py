@@ -1,0 +1,98 @@
+"""Content assembly: a content-bearing method, its header, then its body.
+
+A message arrives as ``Basic.Deliver`` (or ``Basic.GetOk``, ``Basic.Return``),
+then a content header announcing ``body_size``, then body frames until exactly
+``body_size`` bytes have arrived (none when the body is empty).  On one
+channel nothing may come in between; anything out of order, a body longer than
+announced, or a body frame where a header is due is an
+:class:`~._errors.UnexpectedFrame` (505).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pamqp import base, commands
+
+from ._errors import UnexpectedFrame
+
+#: The largest message body accepted by default.  The header announces the
+#: size before any body byte arrives, so a hostile or broken broker cannot
+#: make us buffer more than this.  RabbitMQ's own max_message_size defaults to
+#: 128 MiB.
+DEFAULT_MAX_BODY_SIZE: Final = 128 * 1024 * 1024
+
+
+class ContentAssembler:
+    """Collects one message at a time on one channel.
+
+    Use :meth:`start` with the method, then :meth:`header` with the content
+    header, then :meth:`body` for each body frame; :meth:`header` and
+    :meth:`body` return the completed ``(method, properties, body)`` once the
+    last byte is in, else ``None``.
+    """
+
+    __slots__ = ("_channel", "_chunks", "_method", "_properties", "_remaining", "max_body_size")
+
+    def __init__(self, channel: int, max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
+        self._channel = channel
+        self._method: base.Frame | None = None
+        self._properties: commands.Basic.Properties | None = None
+        self._remaining = 0
+        self._chunks: list[bytes] = []
+        self.max_body_size = max_body_size
+
+    @property
+    def in_progress(self) -> bool:
+        """True between a content-bearing method and its last body byte."""
+        return self._method is not None
+
+    def start(self, method: base.Frame) -> None:
+        if self._method is not None:
+            raise UnexpectedFrame(
+                f"{method.name} on channel {self._channel} while content for "
+                f"{self._method.name} is incomplete"
+            )
+        self._method = method
+
+    def header(
+        self, body_size: int, properties: commands.Basic.Properties
+    ) -> tuple[base.Frame, commands.Basic.Properties, bytes] | None:
+        if self._method is None or self._properties is not None:
+            raise UnexpectedFrame(
+                f"content header on channel {self._channel} where none was expected"
+            )
+        if body_size > self.max_body_size:
+            raise UnexpectedFrame(
+                f"content header on channel {self._channel} announces a body of "
+                f"{body_size} bytes, more than the limit of {self.max_body_size}"
+            )
+        self._properties = properties
+        self._remaining = body_size
+        if body_size == 0:
+            return self._finish()
+        return None
+
+    def body(self, payload: bytes) -> tuple[base.Frame, commands.Basic.Properties, bytes] | None:
+        if self._properties is None:
+            raise UnexpectedFrame(f"content body on channel {self._channel} before a header")
+        if len(payload) > self._remaining:
+            raise UnexpectedFrame(
+                f"content body on channel {self._channel} overruns the announced size "
+                f"by {len(payload) - self._remaining} bytes"
+            )
+        self._chunks.append(payload)
+        self._remaining -= len(payload)
+        if self._remaining == 0:
+            return self._finish()
+        return None
+
+    def _finish(self) -> tuple[base.Frame, commands.Basic.Properties, bytes]:
+        method, properties = self._method, self._properties
+        assert method is not None
+        assert properties is not None
+        chunks = self._chunks
+        payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._method = self._properties = None
+        self._chunks = []
+        return method, properties, payload

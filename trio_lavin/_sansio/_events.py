@@ -1,0 +1,197 @@
+"""Events: what :meth:`AMQPConnection.receive_data` reports.
+
+Every event is a frozen value object.  Replies the protocol makes by itself
+(``CloseOk`` to a broker ``Close``, ``FlowOk``, ``CancelOk``, the handshake's
+``StartOk``/``TuneOk``/``Open``) are already queued in ``data_to_send()`` when
+the event is returned; the caller only has to flush.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pamqp import base, commands
+
+Properties = commands.Basic.Properties
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of all events."""
+
+
+# -- connection ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOpened(Event):
+    """The handshake finished: the connection is open with these tuned values.
+
+    ``frame_max`` 0 and ``heartbeat`` 0 mean "no limit" and "no heartbeats".
+    """
+
+    server_properties: dict[str, Any] = field(compare=False)
+    frame_max: int
+    channel_max: int
+    heartbeat: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosedByBroker(Event):
+    """The broker closed the connection (``Connection.Close``); the
+    ``CloseOk`` is queued.  ``reply_code`` says why, e.g. 320 CONNECTION_FORCED,
+    403 ACCESS_REFUSED, 530 NOT_ALLOWED."""
+
+    reply_code: int
+    reply_text: str
+    class_id: int = 0
+    method_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionCloseOk(Event):
+    """The broker acknowledged the ``Connection.Close`` we sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionBlocked(Event):
+    """The broker stopped accepting publishes (e.g. memory or disk alarm)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionUnblocked(Event):
+    """The broker accepts publishes again."""
+
+
+# -- channels -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEvent(Event):
+    """Base class of events about one channel."""
+
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpened(ChannelEvent):
+    """``Channel.OpenOk``: the channel is ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosedByBroker(ChannelEvent):
+    """The broker closed the channel (a soft error such as 404 NOT_FOUND or
+    406 PRECONDITION_FAILED); the ``CloseOk`` is queued and the channel number
+    is free again."""
+
+    reply_code: int
+    reply_text: str
+    class_id: int = 0
+    method_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelCloseOk(ChannelEvent):
+    """The broker acknowledged the ``Channel.Close`` we sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelFlow(ChannelEvent):
+    """The broker asks us to pause (``active=False``) or resume publishing;
+    the ``FlowOk`` is queued."""
+
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MethodReply(ChannelEvent):
+    """The reply to a synchronous method we sent, e.g. ``Queue.DeclareOk``.
+
+    Replies come back in the order the requests were sent; each request that
+    expects a reply gets exactly one (or the channel closes).
+    """
+
+    method: base.Frame = field(compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MethodReply):
+            return NotImplemented
+        return (self.channel, self.method.name, dict(self.method)) == (
+            other.channel,
+            other.method.name,
+            dict(other.method),
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.channel, self.method.name))
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerCancelled(ChannelEvent):
+    """The broker cancelled a consumer (``Basic.Cancel`` from the server,
+    e.g. its queue was deleted).  A ``CancelOk`` is queued unless the broker
+    asked for no reply."""
+
+    consumer_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceived(ChannelEvent):
+    """A message pushed to a consumer (``Basic.Deliver`` + content)."""
+
+    consumer_tag: str
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    properties: Properties = field(compare=False)
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetReceived(ChannelEvent):
+    """The answer to ``Basic.Get`` when the queue had a message
+    (``Basic.GetOk`` + content).  An empty queue answers with a
+    :class:`MethodReply` carrying ``Basic.GetEmpty``."""
+
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    message_count: int
+    properties: Properties = field(compare=False)
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReturned(ChannelEvent):
+    """A ``mandatory`` message the broker could not route (``Basic.Return``
+    + content).  With publisher confirms on, the return arrives before the
+    ack of the same message."""
+
+    reply_code: int
+    reply_text: str
+    exchange: str
+    routing_key: str
+    properties: Properties = field(compare=False)
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAcked(ChannelEvent):
+    """Publisher confirm: the broker took responsibility for the message with
+    this publish sequence number (and all before it, when ``multiple``)."""
+
+    delivery_tag: int
+    multiple: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PublishNacked(ChannelEvent):
+    """Publisher confirm: the broker could not take the message(s)."""
+
+    delivery_tag: int
+    multiple: bool
