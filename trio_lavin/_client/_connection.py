@@ -47,6 +47,7 @@ from .._sansio._connection_state import ConnectionState
 from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
+from .._util import unwrap_single_exception
 from ._channel import Channel
 
 logger = logging.getLogger("trio_lavin.connection")
@@ -567,12 +568,13 @@ async def open_connection(
         amqp.channel_max,
     )
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(connection._run)
-            try:
-                yield connection
-            finally:
-                await connection.aclose()
-                nursery.cancel_scope.cancel()
+        with unwrap_single_exception():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(connection._run)
+                try:
+                    yield connection
+                finally:
+                    await connection.aclose()
+                    nursery.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(stream)
