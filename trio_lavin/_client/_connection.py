@@ -394,9 +394,12 @@ class Connection:
                 amqp.send_heartbeat()
                 heartbeat.data_sent(now)
                 self._kick()
-            deadline = min(heartbeat.send_deadline(), heartbeat.receive_deadline())
             if self._reader_paused:
-                deadline = min(deadline, now + 1.0)
+                # The broker's silence is our doing while the reader waits for
+                # a slow consumer: check again soon instead of timing out.
+                deadline = min(heartbeat.send_deadline(), now + 1.0)
+            else:
+                deadline = min(heartbeat.send_deadline(), heartbeat.receive_deadline())
             await trio.sleep_until(deadline)
 
     # -- life cycle -------------------------------------------------------------------

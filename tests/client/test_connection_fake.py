@@ -1,0 +1,309 @@
+"""The trio connection against the in-process FakeBroker: fast tests of the
+I/O shell (failure detection, cancellation, task ownership) under trio's
+MockClock.  The same behaviours are tested against RabbitMQ in
+tests/integration."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+from pamqp import commands
+from pamqp import frame as pamqp_frame
+
+import trio_lavin as tl
+from trio_lavin.testing import FakeBrokerServer, open_fake_broker
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[FakeBrokerServer]:
+    async with open_fake_broker(heartbeat=10) as broker:
+        yield broker
+
+
+async def test_roundtrip_through_the_fake_broker(broker: FakeBrokerServer) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        assert conn.heartbeat == 10
+        channel = await conn.channel()
+        await channel.queue_declare("jobs")
+        await channel.confirm_select()
+        await channel.publish(b"one", routing_key="jobs")
+        await channel.basic_qos(10)
+        async with await channel.basic_consume("jobs") as consumer:
+            async for delivery in consumer:
+                assert delivery.body == b"one"
+                assert await delivery.ack()
+                break
+    assert broker.queue("jobs").messages_ready == 0
+    assert broker.queue("jobs").messages_unacknowledged == 0
+
+
+async def test_severed_connection_is_reported_at_once(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        start = trio.current_time()
+        broker.sever_all()
+        error = await conn.wait_closed()
+        assert trio.current_time() - start < 0.01
+        assert isinstance(error, tl.ConnectionLost)
+        assert not isinstance(error, tl.ConnectionClosedByBroker)
+        with pytest.raises(tl.ConnectionLost):
+            await channel.queue_declare("x")
+
+
+async def test_blackholed_connection_is_lost_after_two_heartbeat_intervals(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect, heartbeat=10) as conn:
+        await conn.channel()
+        start = trio.current_time()
+        broker.blackhole_all()
+        error = await conn.wait_closed()
+        elapsed = trio.current_time() - start
+    assert isinstance(error, tl.ConnectionLost)
+    assert "heartbeat timeout" in str(error)
+    # Silence is measured from the last byte received: at most 2 x 10 s.
+    assert 15.0 <= elapsed <= 20.0 + 0.01
+
+
+async def test_idle_connection_sends_heartbeats_and_stays_open(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect, heartbeat=10) as conn:
+        before = conn.bytes_sent
+        await trio.sleep(62)
+        assert conn.is_open
+        # One heartbeat frame (8 bytes) per half interval: at 5, 10, ... 60 s.
+        assert conn.bytes_sent - before == 8 * 12
+
+
+async def test_forced_close_by_broker_is_connection_closed_by_broker(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        broker.close_all_connections()
+        error = await conn.wait_closed()
+        assert isinstance(error, tl.ConnectionClosedByBroker)
+        assert error.reply_code == 320
+        assert not channel.is_open
+
+
+async def test_blocked_connection_is_reported_and_waitable(broker: FakeBrokerServer) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        await conn.channel()  # a round trip, so the handshake is over on both sides
+        broker.block("low on disk")
+        with trio.fail_after(1):
+            while not conn.blocked:
+                await trio.sleep(0.001)
+        broker.unblock()
+        with trio.fail_after(1):
+            await conn.wait_unblocked()
+        assert not conn.blocked
+
+
+async def test_broker_channel_close_fails_pending_and_later_calls(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        with pytest.raises(tl.ChannelClosed) as excinfo:
+            await channel.queue_declare("q", durable=True)
+        assert excinfo.value.reply_code == 406
+        with pytest.raises(tl.ChannelClosed):
+            await channel.queue_purge("q")
+        assert conn.is_open
+
+
+async def test_stale_ack_after_channel_close_returns_false_and_sends_nothing(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        broker.publish("", "q", b"m")
+        delivery = await channel.basic_get("q")
+        assert delivery is not None
+        await channel.aclose()
+        sent = conn.bytes_sent
+        assert not await delivery.ack()
+        await trio.sleep(0.01)
+        assert conn.bytes_sent == sent
+        assert broker.queue("q").messages_ready == 1
+
+
+async def test_nack_from_broker_fails_the_confirmation(broker: FakeBrokerServer) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        await channel.confirm_select()
+        broker.nack_next(1)
+        with pytest.raises(tl.MessageNacked) as excinfo:
+            await channel.publish(b"x", routing_key="q")
+        assert excinfo.value.delivery_tag == 1
+        await channel.publish(b"y", routing_key="q")
+
+
+async def test_pending_confirmations_fail_when_the_connection_is_lost(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        await channel.confirm_select()
+        broker.blackhole_all()
+        confirmation = await channel.basic_publish(b"x", routing_key="q")
+        assert confirmation is not None
+        broker.sever_all()
+        with pytest.raises(tl.ConnectionLost):
+            await confirmation.wait()
+        assert confirmation.done
+        assert not confirmation.acked
+
+
+async def test_slow_consumer_pauses_reading_but_not_heartbeats(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect, heartbeat=10) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        for i in range(5):
+            broker.publish("", "q", bytes([i]))
+        consumer = await channel.basic_consume("q", no_ack=True, buffer_size=2)
+        await trio.sleep(100)  # nobody iterates: the reader waits on the full buffer
+        assert conn.is_open
+        bodies = []
+        async for delivery in consumer:
+            bodies.append(delivery.body)
+            if len(bodies) == 5:
+                break
+        assert bodies == [bytes([i]) for i in range(5)]
+
+
+async def test_cancelled_channel_open_is_closed_again(broker: FakeBrokerServer) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        with trio.move_on_after(0):
+            await conn.channel()
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        await trio.sleep(0.01)
+        assert broker.connections[0].channel_ids == [channel.number]
+
+
+async def test_leaving_the_block_leaves_no_task_behind(broker: FakeBrokerServer) -> None:
+    def task_names() -> set[str]:
+        root = trio.lowlevel.current_root_task()
+        assert root is not None
+        names: set[str] = set()
+        stack = [root]
+        while stack:
+            task = stack.pop()
+            names.add(task.name)
+            for nursery in task.child_nurseries:
+                stack.extend(nursery.child_tasks)
+        return names
+
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        inside = task_names()
+        assert any("_reader" in name for name in inside)
+        assert any("_writer" in name for name in inside)
+        assert any("_heartbeats" in name for name in inside)
+    after = task_names()
+    assert not any(
+        "_reader" in name or "_writer" in name or "_heartbeats" in name for name in after
+    )
+    assert not conn.is_open
+
+
+def handshake_bytes(heartbeat: int = 0) -> bytes:
+    return b"".join(
+        pamqp_frame.marshal(value, 0)
+        for value in (
+            commands.Connection.Start(),
+            commands.Connection.Tune(2047, 131072, heartbeat),
+            commands.Connection.OpenOk(),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("garbage", "code"),
+    [
+        (struct.pack(">BHI", 9, 0, 0) + b"\xce", 501),  # unknown frame type
+        (pamqp_frame.marshal(commands.Basic.QosOk(), 5), 504),  # channel never opened
+        (pamqp_frame.marshal(commands.Connection.Start(), 0), 503),  # Start again
+    ],
+)
+async def test_protocol_error_from_broker_sends_close_and_loses_connection(
+    garbage: bytes, code: int
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+
+    async def factory() -> trio.abc.Stream:
+        return client
+
+    async with trio.open_nursery() as nursery:
+
+        async def broker() -> None:
+            await server.receive_some(8)
+            await server.send_all(handshake_bytes())
+            await server.send_all(garbage)
+
+        nursery.start_soon(broker)
+        async with tl.open_connection(stream_factory=factory) as conn:
+            error = await conn.wait_closed()
+        assert isinstance(error, tl.ConnectionLost)
+        assert error.reply_code == code
+        assert isinstance(error.__cause__, tl.RemoteProtocolError)
+        sent = b""
+        while chunk := await server.receive_some():
+            sent += chunk
+        frames = []
+        while sent:
+            used, _, value = pamqp_frame.unmarshal(sent)
+            frames.append(value)
+            sent = sent[used:]
+        closes = [f for f in frames if isinstance(f, commands.Connection.Close)]
+        assert [c.reply_code for c in closes] == [code]
+
+
+async def test_broker_that_never_answers_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+
+    async def factory() -> trio.abc.Stream:
+        return client
+
+    start = trio.current_time()
+    with pytest.raises(TimeoutError, match=r"took longer than 3\.0 s"):
+        async with tl.open_connection(stream_factory=factory, connect_timeout=3.0):
+            pass
+    assert trio.current_time() - start == pytest.approx(3.0)
+    await server.aclose()
+
+
+async def test_broker_answering_with_another_protocol_version_is_reported() -> None:
+    client, server = trio.testing.memory_stream_pair()
+
+    async def factory() -> trio.abc.Stream:
+        return client
+
+    async with trio.open_nursery() as nursery:
+
+        async def broker() -> None:
+            await server.receive_some(8)
+            await server.send_all(b"AMQP\x01\x01\x00\x0a")
+            await server.aclose()
+
+        nursery.start_soon(broker)
+        with pytest.raises(tl.ConnectionLost, match="does not accept AMQP 0-9-1") as excinfo:
+            async with tl.open_connection(stream_factory=factory):
+                pass
+        assert excinfo.value.reply_code == 540
