@@ -40,6 +40,16 @@ if TYPE_CHECKING:
     from ._client._channel import QueueDeclareOk as QueueDeclareOk
     from ._client._connection import Connection as Connection
     from ._client._connection import open_connection as open_connection
+    from ._robust._backoff import Backoff as Backoff
+    from ._robust._client import Client as Client
+    from ._robust._client import ClientStatistics as ClientStatistics
+    from ._robust._client import QueueRenamed as QueueRenamed
+    from ._robust._client import RecoveryFailed as RecoveryFailed
+    from ._robust._client import open_client as open_client
+    from ._robust._config import Config as Config
+    from ._robust._consumer import RecoveringConsumer as RecoveringConsumer
+    from ._robust._supervisor import ClientState as ClientState
+    from ._robust._supervisor import StateChange as StateChange
 
 #: Names loaded lazily (they import trio): name -> module.
 _LAZY = {
@@ -51,6 +61,16 @@ _LAZY = {
     "QueueDeclareOk": "._client._channel",
     "Connection": "._client._connection",
     "open_connection": "._client._connection",
+    "Backoff": "._robust._backoff",
+    "Client": "._robust._client",
+    "ClientStatistics": "._robust._client",
+    "QueueRenamed": "._robust._client",
+    "RecoveryFailed": "._robust._client",
+    "open_client": "._robust._client",
+    "Config": "._robust._config",
+    "RecoveringConsumer": "._robust._consumer",
+    "ClientState": "._robust._supervisor",
+    "StateChange": "._robust._supervisor",
 }
 
 
@@ -70,9 +90,14 @@ def __dir__() -> list[str]:
 __all__ = [
     "AMQPConnectionError",
     "AMQPError",
+    "Backoff",
     "BasicProperties",
     "Channel",
     "ChannelClosed",
+    "Client",
+    "ClientState",
+    "ClientStatistics",
+    "Config",
     "Confirmation",
     "Connection",
     "ConnectionClosed",
@@ -89,9 +114,14 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "QueueDeclareOk",
+    "QueueRenamed",
+    "RecoveringConsumer",
+    "RecoveryFailed",
     "RemoteProtocolError",
     "ReturnedMessage",
+    "StateChange",
     "__version__",
+    "open_client",
     "open_connection",
     "parse_url",
 ]

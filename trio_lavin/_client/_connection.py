@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -102,6 +102,11 @@ class Connection:
         now = trio.current_time()
         self._heartbeat = HeartbeatTimer(0, now, now)
         self._tasks: trio.Nursery | None = None
+        self._running: set[str] = set()
+        #: When the write in progress started (None: no write in progress).
+        self._write_started: float | None = None
+        #: True when the health poll (not the event path) found it dead.
+        self.failed_by_poll = False
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -224,12 +229,14 @@ class Connection:
             self._unsent = 0
             if self._writable_lot:
                 self._writable_lot.unpark_all()
+            self._write_started = trio.current_time()
             try:
                 async with self._send_lock:
                     await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
                 return
+            self._write_started = None
             self.bytes_sent += len(data)
             heartbeat.data_sent(trio.current_time())
 
@@ -428,7 +435,9 @@ class Connection:
                         )
                         return
                     if isinstance(event, ev.ConnectionClosedByBroker):
-                        await self._stream.send_all(amqp.data_to_send())
+                        # The broker may hang up right after its Close (RabbitMQ
+                        # does on bad credentials): the CloseOk is best effort.
+                        await self._flush_final()
                         raise ConnectionClosedByBroker(event.reply_text, event.reply_code)
             except RemoteProtocolError as exc:
                 await self._flush_final()
@@ -444,18 +453,53 @@ class Connection:
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._tasks = nursery
-            nursery.start_soon(self._reader)
-            nursery.start_soon(self._writer)
+            nursery.start_soon(self._guard, self._reader, name=f"{self!r} reader")
+            nursery.start_soon(self._guard, self._writer, name=f"{self!r} writer")
             if self._heartbeat.interval:
-                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._guard, self._heartbeats, name=f"{self!r} heartbeats")
             task_status.started()
 
-    def _fail(self, error: AMQPConnectionError) -> None:
+    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the connection's tasks: a bug in it ends the
+        connection (reported as lost) instead of crashing the application."""
+        name = task.__name__
+        self._running.add(name)
+        try:
+            await task()
+        except Exception as exc:
+            logger.exception("internal error in the %s task of %s", name, self)
+            self._fail(ConnectionLost(f"internal error in the {name} task: {exc!r}"))
+        finally:
+            self._running.discard(name)
+
+    def health_problem(self, now: float, write_timeout: float) -> str | None:
+        """What is wrong with a connection that claims to be open, as seen
+        from outside (the health poll), or None when nothing is."""
+        if self._error is not None:
+            return None
+        missing = {"_reader", "_writer"} - self._running
+        if missing:
+            return f"the {', '.join(sorted(missing))} task of the connection is not running"
+        heartbeat = self._heartbeat
+        if heartbeat.timed_out(now) and not self._reader_paused:
+            return (
+                f"no data from {self.params.endpoint} for {now - heartbeat.last_received:.1f} s "
+                f"(heartbeat timeout, interval {heartbeat.interval} s)"
+            )
+        if self._write_started is not None and now - self._write_started > write_timeout:
+            return (
+                f"a write to {self.params.endpoint} has not finished for "
+                f"{now - self._write_started:.1f} s (the broker stopped reading)"
+            )
+        return None
+
+    def _fail(self, error: AMQPConnectionError, *, by_poll: bool = False) -> None:
         """The connection ended: record why, fail every channel and waiter,
         and stop the tasks."""
         if self._error is not None:
             return
         self._error = error
+        self.failed_by_poll = by_poll
         if not isinstance(error, ConnectionClosed):
             logger.info("connection %s ended: %s", self.params.endpoint, error)
         for channel in list(self._channels.values()):

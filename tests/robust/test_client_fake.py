@@ -1,0 +1,366 @@
+"""open_client against the FakeBroker under trio's MockClock: reconnects,
+failure detection, fatal errors, topology recovery, task ownership."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+import trio_lavin as tl
+from trio_lavin.testing import FakeBrokerServer, open_fake_broker
+
+FAST = tl.Config(heartbeat=10, reconnect_jitter=0.0)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[FakeBrokerServer]:
+    async with open_fake_broker(heartbeat=10) as broker:
+        yield broker
+
+
+def client_tasks() -> list[str]:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    names: list[str] = []
+    stack = [root]
+    while stack:
+        task = stack.pop()
+        names.append(task.name)
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return [n for n in names if n.startswith(("trio-lavin", "<Connection"))]
+
+
+async def test_client_connects_and_reports_state(broker: FakeBrokerServer) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        async with client.events() as events:
+            connection = await client.wait_connected()
+            assert client.connected
+            assert client.state is tl.ClientState.CONNECTED
+            stats = client.statistics()
+            assert stats.connects == 1
+            assert stats.reconnects == 0
+            assert connection.heartbeat == 10
+        del events
+    assert client.state is tl.ClientState.CLOSED
+
+
+async def test_sever_reconnects_after_the_initial_delay_and_counts_it(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        first = await client.wait_connected()
+        async with client.events() as events:
+            start = trio.current_time()
+            broker.sever_all()
+            await first.wait_closed()
+            second = await client.wait_connected()
+            assert second is not first
+            assert trio.current_time() - start == pytest.approx(0.1)
+            states = []
+            while len(states) < 3:
+                event = await events.receive()
+                if isinstance(event, tl.StateChange):
+                    states.append((event.old, event.new))
+        assert states == [
+            (tl.ClientState.CONNECTED, tl.ClientState.DISCONNECTED),
+            (tl.ClientState.DISCONNECTED, tl.ClientState.CONNECTING),
+            (tl.ClientState.CONNECTING, tl.ClientState.CONNECTED),
+        ]
+        stats = client.statistics()
+        assert stats.reconnects == 1
+        assert stats.detections_by_event == 1
+        assert stats.detections_by_poll == 0
+
+
+async def test_backoff_grows_while_the_broker_refuses_then_resets(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.wait_connected()
+        broker.refuse_connections = True
+        broker.sever_all()
+        await trio.sleep(3.0)  # 0.1 + 0.2 + 0.4 + 0.8 + 1.6 = 3.1: four attempts fail
+        assert client.statistics().failed_attempts == 4
+        broker.refuse_connections = False
+        await client.wait_connected()
+        assert client._supervisor.delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6])
+        assert trio.current_time() == pytest.approx(3.1, abs=0.01)
+        # Healthy again: the next loss waits the initial delay, not 3.2 s.
+        broker.sever_all()
+        await trio.sleep(0.05)
+        await client.wait_connected()
+        assert client._supervisor.delays[-1] == pytest.approx(0.1)
+
+
+async def test_blackhole_is_detected_within_two_heartbeats_plus_one_second(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        first = await client.wait_connected()
+        start = trio.current_time()
+        broker.blackhole_all()
+        error = await first.wait_closed()
+        detected = trio.current_time() - start
+        assert isinstance(error, tl.ConnectionLost)
+        assert detected <= 2 * 10 + 1
+        await client.wait_connected()
+        assert client.statistics().reconnects == 1
+
+
+async def test_health_poll_catches_a_dead_reader(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        first = await client.wait_connected()
+        # Simulate the event path failing silently: the reader task is gone
+        # but nobody was told.
+        first._running.discard("_reader")
+        start = trio.current_time()
+        await first.wait_closed()
+        assert trio.current_time() - start <= 0.1 + 1e-9
+        assert first.failed_by_poll
+        await client.wait_connected()
+        assert client.statistics().detections_by_poll == 1
+
+
+async def test_health_poll_catches_a_hanging_write(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = tl.Config(heartbeat=0, write_timeout=2.0, reconnect_jitter=0.0)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        first = await client.wait_connected()
+        first._write_started = trio.current_time()  # a write that never finishes
+        await first.wait_closed()
+        assert first.failed_by_poll
+        assert "has not finished" in str(first.error)
+
+
+async def test_wrong_password_raises_access_refused_after_bounded_tries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_broker(users={"guest": "right"}) as broker:
+        with pytest.raises(tl.ConnectionClosedByBroker) as excinfo:
+            async with tl.open_client(
+                "amqp://guest:wrong@localhost/", FAST, stream_factory=broker.connect
+            ) as client:
+                await client.wait_connected()
+        assert excinfo.value.reply_code == 403
+        assert "ACCESS_REFUSED" in str(excinfo.value)
+        assert "wrong" not in str(excinfo.value)
+        assert broker.connection_count == 3  # max_fatal_attempts
+
+
+async def test_max_reconnect_attempts_gives_up_with_the_last_error(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    broker.refuse_connections = True
+    config = tl.Config(max_reconnect_attempts=4, reconnect_jitter=0.0)
+    with pytest.raises(tl.ConnectionLost, match="gave up after 4 attempts"):
+        async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+            await client.wait_connected()
+    assert trio.current_time() == pytest.approx(0.1 + 0.2 + 0.4)
+
+
+async def test_topology_is_declared_again_after_reconnect(broker: FakeBrokerServer) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_exchange("orders", "topic", durable=True)
+        await client.declare_queue("eu-orders", durable=True)
+        await client.bind_queue("eu-orders", "orders", "*.eu")
+        await client.declare_queue("temp", exclusive=True)
+        await client.declare_queue("gone")
+        await client.delete_queue("gone")
+        first = await client.wait_connected()
+        # A broker that lost everything (a restart without durability).
+        broker.sever_all()
+        broker._vhosts["/"].queues.clear()
+        broker._vhosts["/"].exchanges.pop("orders")
+        await first.wait_closed()
+        await client.wait_connected()
+        assert broker.queue_names() == ["eu-orders", "temp"]
+        assert "orders" in broker.exchange_names()
+        assert broker.publish("orders", "x.eu", b"routed") == 1
+        assert broker.queue("eu-orders").messages_ready == 1
+
+
+async def test_server_named_queue_gets_a_new_name_and_bindings_follow(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_exchange("fan", "fanout")
+        ok = await client.declare_queue("", exclusive=True)
+        original = ok.queue
+        await client.bind_queue(original, "fan")
+        async with client.events() as events:
+            first = await client.wait_connected()
+            broker.sever_all()
+            await first.wait_closed()
+            await client.wait_connected()
+            renamed = None
+            while renamed is None:
+                event = await events.receive()
+                if isinstance(event, tl.QueueRenamed):
+                    renamed = event
+        assert renamed.old == original
+        assert renamed.new != original
+        assert client.current_queue_name(original) == renamed.new
+        assert broker.queue_names() == [renamed.new]
+        assert broker.publish("fan", "", b"m") == 1
+        assert await client.purge_queue(original) == 1
+
+
+async def test_entity_that_fails_to_recover_is_reported_and_the_rest_recovers(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_queue("good-1")
+        await client.declare_exchange("ex", "direct")
+        await client.declare_queue("good-2")
+        first = await client.wait_connected()
+        async with client.events() as events:
+            broker.sever_all()
+            # While we are away, the exchange is re-created with another type.
+            broker._vhosts["/"].exchanges.pop("ex")
+            broker._vhosts["/"].queues.clear()
+            async with tl.open_connection(stream_factory=broker.connect) as other:
+                channel = await other.channel()
+                await channel.exchange_declare("ex", "fanout")
+            await first.wait_closed()
+            await client.wait_connected()
+            failures = []
+            while not failures:
+                event = await events.receive()
+                if isinstance(event, tl.RecoveryFailed):
+                    failures.append(event)
+        assert failures[0].entity == "exchange 'ex'"
+        assert isinstance(failures[0].error, tl.ChannelClosed)
+        assert failures[0].error.reply_code == 406
+        assert set(broker.queue_names()) == {"good-1", "good-2"}
+        assert client.statistics().recovery_failures == 1
+        assert client.connected
+
+
+async def test_recovering_consumer_receives_again_after_reconnect(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_queue("jobs", durable=True)
+        async with client.consume("jobs", prefetch=10) as consumer:
+            broker.publish("", "jobs", b"before")
+            first = await consumer.__anext__()
+            assert first.body == b"before"
+            assert await first.ack()
+            with trio.fail_after(5):
+                while broker.queue("jobs").messages_unacknowledged:
+                    await trio.sleep(0.001)
+            connection = await client.wait_connected()
+            broker.sever_all()
+            await connection.wait_closed()
+            broker.publish("", "jobs", b"after")
+            with trio.fail_after(5):
+                second = await consumer.__anext__()
+            assert second.body == b"after"
+            assert await second.ack()
+            assert consumer.subscriptions == 2
+
+
+async def test_stale_delivery_ack_returns_false_and_message_is_redelivered(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_queue("jobs")
+        async with client.consume("jobs", prefetch=10) as consumer:
+            broker.publish("", "jobs", b"m")
+            stale = await consumer.__anext__()
+            connection = await client.wait_connected()
+            broker.sever_all()
+            await connection.wait_closed()
+            assert not await stale.ack()
+            with trio.fail_after(5):
+                again = await consumer.__anext__()
+            assert again.body == b"m"
+            assert again.redelivered
+            assert await again.ack()
+
+
+async def test_consumer_resubscribes_after_server_cancel(broker: FakeBrokerServer) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_queue("jobs")
+        async with client.consume("jobs", prefetch=5) as consumer:
+            assert broker.cancel_consumers("jobs") == 1
+            broker.publish("", "jobs", b"still here")
+            with trio.fail_after(5):
+                delivery = await consumer.__anext__()
+            assert delivery.body == b"still here"
+            assert consumer.subscriptions == 2
+
+
+async def test_consumer_resubscribes_after_broker_channel_close(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_queue("jobs")
+        async with client.consume("jobs", prefetch=5) as consumer:
+            assert consumer.channel is not None
+            broker.close_channel(
+                broker.connections[0],
+                consumer.channel.number,
+                406,
+                "PRECONDITION_FAILED - delivery acknowledgement timed out",
+            )
+            broker.publish("", "jobs", b"after timeout")
+            with trio.fail_after(5):
+                delivery = await consumer.__anext__()
+            assert delivery.body == b"after timeout"
+            assert consumer.subscriptions == 2
+
+
+async def test_no_task_outlives_the_client(broker: FakeBrokerServer) -> None:
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        async with client.consume("q", prefetch=1):
+            names = client_tasks()
+            assert "trio-lavin supervisor" in names
+            assert "trio-lavin health poll" in names
+            assert any(n.endswith(" reader") for n in names)
+    assert client_tasks() == []
+
+
+async def test_failover_tries_the_next_url(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_fake_broker() as good:
+        attempts: list[int] = []
+
+        async def factory() -> trio.abc.Stream:
+            attempts.append(len(attempts))
+            if len(attempts) % 2 == 1:
+                raise OSError(111, "Connection refused")
+            return await good.connect()
+
+        urls = ["amqp://guest:guest@down.invalid/", "amqp://guest:guest@up.invalid/"]
+        async with tl.open_client(urls, FAST, stream_factory=factory) as client:
+            await client.wait_connected()
+            stats = client.statistics()
+        assert stats.endpoint == "amqp://up.invalid:5672/%2F"
+        assert stats.failed_attempts == 1
+
+
+async def test_jitter_spreads_delays_within_bounds(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = tl.Config(reconnect_jitter=0.5)
+    async with tl.open_client(
+        config=config, stream_factory=broker.connect, rng=random.Random(7)
+    ) as client:
+        await client.wait_connected()
+        for _ in range(5):
+            connection = await client.wait_connected()
+            broker.sever_all()
+            await connection.wait_closed()
+        await client.wait_connected()
+        delays = client._supervisor.delays
+        assert len(set(delays)) == 5
+        assert all(0.05 <= d <= 0.15 for d in delays)

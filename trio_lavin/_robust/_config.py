@@ -1,0 +1,115 @@
+"""Client configuration: one frozen, validated value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._sansio._content import DEFAULT_MAX_BODY_SIZE
+from .._sansio._framing import FRAME_MIN_SIZE
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """How an :func:`~trio_lavin.open_client` client behaves.
+
+    Every field is checked when the object is made; a bad value raises
+    :class:`ValueError` naming the field and the value.  Use
+    :func:`dataclasses.replace` to derive a variant.
+    """
+
+    #: Messages a producer buffers (while disconnected, or faster than the
+    #: broker takes them) before its buffer policy applies.
+    buffer_size: int = 10_000
+    #: Wait before the first reconnect attempt, in seconds.
+    reconnect_initial_delay: float = 0.1
+    #: Longest wait between attempts, in seconds.
+    reconnect_max_delay: float = 30.0
+    #: Each failed attempt multiplies the wait by this (>= 1).
+    reconnect_multiplier: float = 2.0
+    #: Random spread of each wait, as a fraction: 0.2 means +-20 %.  Spreads
+    #: the reconnects of many clients after a broker restart.
+    reconnect_jitter: float = 0.2
+    #: Stop after this many consecutive failed attempts (None: never) and
+    #: raise the last error out of ``open_client``.
+    max_reconnect_attempts: int | None = None
+    #: Fatal errors (403 ACCESS_REFUSED, 530 NOT_ALLOWED, a refused TLS
+    #: certificate) are tried this many times before they are raised.
+    max_fatal_attempts: int = 3
+    #: How often the health poll looks at the live connection, in seconds.
+    health_check_interval: float = 0.1
+    #: A write that has not finished after this many seconds means the
+    #: connection is dead (the peer stopped reading).
+    write_timeout: float = 30.0
+    #: Heartbeat interval to ask for, in seconds (the broker's lower value
+    #: wins; LavinMQ proposes 300).  A silent broker is declared dead after
+    #: two intervals.  0 disables heartbeats.
+    heartbeat: int = 30
+    #: Seconds allowed for TCP connect, TLS handshake and AMQP handshake.
+    connect_timeout: float = 10.0
+    #: Attempts to open a channel after a reconnect, and the pause between them.
+    channel_retry_attempts: int = 3
+    channel_retry_delay: float = 0.005
+    #: Largest frame to ask for (the broker's lower value wins).
+    frame_max: int = 131_072
+    #: Most channels to ask for (the broker's lower value wins).
+    channel_max: int = 2_047
+    #: Largest message body accepted from the broker.
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: Shown in the broker's management UI.
+    connection_name: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "buffer_size", integer=True)
+        _positive(self, "reconnect_initial_delay")
+        _positive(self, "reconnect_max_delay")
+        if self.reconnect_max_delay < self.reconnect_initial_delay:
+            raise ValueError(
+                f"reconnect_max_delay must be >= reconnect_initial_delay "
+                f"({self.reconnect_initial_delay!r}), not {self.reconnect_max_delay!r}"
+            )
+        _check(self, "reconnect_multiplier", lambda v: v >= 1, "a number >= 1")
+        _check(self, "reconnect_jitter", lambda v: 0 <= v <= 1, "a fraction in 0..1")
+        if self.max_reconnect_attempts is not None:
+            _positive(self, "max_reconnect_attempts", integer=True)
+        _positive(self, "max_fatal_attempts", integer=True)
+        _positive(self, "health_check_interval")
+        _positive(self, "write_timeout")
+        _check(
+            self, "heartbeat", lambda v: 0 <= v <= 65_535, "an integer in 0..65535", integer=True
+        )
+        _positive(self, "connect_timeout")
+        _positive(self, "channel_retry_attempts", integer=True)
+        _check(self, "channel_retry_delay", lambda v: v >= 0, "a number >= 0")
+        _check(
+            self,
+            "frame_max",
+            lambda v: v == 0 or FRAME_MIN_SIZE <= v <= 2**32 - 1,
+            f"0 or an integer >= {FRAME_MIN_SIZE}",
+            integer=True,
+        )
+        _check(
+            self, "channel_max", lambda v: 0 <= v <= 65_535, "an integer in 0..65535", integer=True
+        )
+        _positive(self, "max_body_size", integer=True)
+
+
+def _check(
+    config: Config, name: str, ok: Callable[[Any], bool], expected: str, *, integer: bool = False
+) -> None:
+    value = getattr(config, name)
+    number_types: tuple[type, ...] = (int,) if integer else (int, float)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, number_types)
+        or (isinstance(value, float) and math.isnan(value))
+        or not ok(value)
+    ):
+        raise ValueError(f"{name} must be {expected}, not {value!r}")
+
+
+def _positive(config: Config, name: str, *, integer: bool = False) -> None:
+    expected = "an integer >= 1" if integer else "a number > 0"
+    _check(config, name, lambda v: v > 0 and not math.isinf(v), expected, integer=integer)

@@ -1,0 +1,164 @@
+"""A consumer that survives reconnects, server cancels and channel closes."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._client._channel import Channel, Consumer, Delivery
+from .._client._connection import Connection
+from .._exceptions import AMQPConnectionError, ChannelClosed, ConsumerCancelled
+from ._backoff import Backoff
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+logger = logging.getLogger("trio_lavin.consumer")
+
+
+class RecoveringConsumer:
+    """Deliveries from one queue, across reconnects.  Made by
+    :meth:`Client.consume`; iterate it with ``async for``.
+
+    Each subscription has its own channel with ``basic.qos(prefetch)``.  When
+    the subscription ends - the connection was lost, the broker cancelled the
+    consumer (its queue was deleted), or the broker closed the channel (for
+    example a 406 consumer timeout) - the consumer subscribes again: on the
+    next connection, or at once (with backoff) when the connection is fine.
+    Deliveries from an ended subscription stay valid objects, but their
+    ``ack()`` returns False: the broker redelivers them.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        queue: str,
+        prefetch: int,
+        no_ack: bool,
+        exclusive: bool,
+        consumer_tag: str | None,
+        arguments: dict[str, Any] | None,
+    ) -> None:
+        self._client = client
+        self.queue = queue
+        self.prefetch = prefetch
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.consumer_tag = consumer_tag
+        self.arguments = arguments
+        self._channel: Channel | None = None
+        self._current: Consumer | None = None
+        self._changed = trio.Event()
+        self._lock = trio.Lock()
+        self._closed = False
+        #: Subscriptions made so far (the first one included).
+        self.subscriptions = 0
+
+    def __repr__(self) -> str:
+        return f"<RecoveringConsumer of queue {self.queue!r}>"
+
+    @property
+    def channel(self) -> Channel | None:
+        """The channel of the current subscription, if any."""
+        return self._channel
+
+    async def _subscribe(self, connection: Connection) -> None:
+        """Subscribe on ``connection`` (which the client just recovered, or
+        which is still fine after our subscription ended)."""
+        async with self._lock:
+            if self._closed or (
+                self._current is not None
+                and self._current.channel.connection is connection
+                and self._current.channel.is_open
+                and not self._current._finished
+            ):
+                return
+            channel = await self._client.open_channel(connection)
+            try:
+                if self.prefetch:
+                    await channel.basic_qos(self.prefetch)
+                consumer = await channel.basic_consume(
+                    self._client.current_queue_name(self.queue),
+                    no_ack=self.no_ack,
+                    exclusive=self.exclusive,
+                    consumer_tag=self.consumer_tag,
+                    arguments=self.arguments,
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await channel.aclose()
+                raise
+            self._channel, self._current = channel, consumer
+            self.subscriptions += 1
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def __aiter__(self) -> RecoveringConsumer:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        backoff = Backoff(
+            initial=self._client.config.reconnect_initial_delay,
+            multiplier=self._client.config.reconnect_multiplier,
+            maximum=self._client.config.reconnect_max_delay,
+            jitter=0,
+        )
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            current = self._current
+            if current is None:
+                await self._changed.wait()
+                continue
+            try:
+                return await current.__anext__()
+            except StopAsyncIteration:
+                if self._closed:
+                    raise
+                reason: BaseException = ConsumerCancelled(current.consumer_tag)
+            except (ConsumerCancelled, ChannelClosed) as exc:
+                reason = exc
+            except AMQPConnectionError:
+                # The client reconnects and re-subscribes us; wait for that.
+                if self._current is current:
+                    await self._changed.wait()
+                continue
+            if self._current is not current:
+                continue  # already replaced
+            logger.warning("consumer of %r ended (%s); subscribing again", self.queue, reason)
+            backoff = await self._resubscribe(backoff)
+
+    async def _resubscribe(self, backoff: Backoff) -> Backoff:
+        """Subscribe again on the live connection after our subscription
+        ended while the connection stayed up; back off while the broker
+        refuses (e.g. the queue does not exist yet)."""
+        connection = self._client.connection
+        if connection is None or not connection.is_open:
+            await self._changed.wait()
+            return backoff
+        try:
+            await self._subscribe(connection)
+        except ChannelClosed as exc:
+            delay = backoff.delay(self._client._supervisor.rng)
+            logger.warning(
+                "re-subscribing to %r failed (%s); trying again in %.2f s", self.queue, exc, delay
+            )
+            await trio.sleep(delay)
+            return backoff.next()
+        except AMQPConnectionError:
+            return backoff
+        return backoff.reset()
+
+    async def aclose(self) -> None:
+        """Stop consuming: cancel the subscription and close its channel
+        (unacked deliveries go back to the queue)."""
+        self._closed = True
+        self._changed.set()
+        current, channel = self._current, self._channel
+        self._current = self._channel = None
+        if current is not None:
+            current._finish(None)
+        if channel is not None:
+            await channel.aclose()

@@ -1,0 +1,263 @@
+"""When to (re)connect: the supervisor's decisions, without I/O or clock.
+
+The trio layer (:mod:`._client`) asks :meth:`Supervisor.next_action` what to
+do, does it (sleep, or try to connect), and reports the outcome with
+``connect_started`` / ``connected`` / ``connect_failed`` / ``lost``.  Time
+comes in as ``now``.  State changes are recorded in
+:attr:`Supervisor.changes` for the trio layer to publish.
+
+States and what moves between them (any other move is a bug and raises)::
+
+    DISCONNECTED --start attempt--> CONNECTING --success--> CONNECTED
+    CONNECTING --transient failure--> DISCONNECTED (wait backoff)
+    CONNECTING --fatal failure x max_fatal_attempts, or max_reconnect_attempts--> STOPPED
+    CONNECTED --lost--> DISCONNECTED (wait backoff)
+    any --close--> CLOSED
+
+``STOPPED`` and ``CLOSED`` are terminal.
+
+Backoff: ``attempt`` counts failures since the last healthy connection; a
+connection counts as healthy once it is open and its topology recovered
+(:meth:`connected`), which resets the backoff.  So a broker that accepts and
+immediately drops connections is retried with growing waits, and a client that
+lost a good connection comes back after ``reconnect_initial_delay``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import ssl
+from dataclasses import dataclass, field
+from typing import Final
+
+from .._exceptions import AMQPConnectionError, ConnectionClosedByBroker, ConnectionLost
+from .._sansio._errors import ACCESS_REFUSED, NOT_ALLOWED
+from ._backoff import Backoff
+from ._config import Config
+
+
+class ClientState(enum.Enum):
+    #: Not connected; the next attempt starts at ``retry_at``.
+    DISCONNECTED = "DISCONNECTED"
+    #: An attempt is in progress (connect, handshake, topology recovery).
+    CONNECTING = "CONNECTING"
+    #: Connected and recovered.
+    CONNECTED = "CONNECTED"
+    #: Gave up: a fatal error, or max_reconnect_attempts.  Terminal.
+    STOPPED = "STOPPED"
+    #: Closed by the user.  Terminal.
+    CLOSED = "CLOSED"
+
+
+class ErrorKind(enum.Enum):
+    #: Worth retrying: the network, a restarting broker, a forced close.
+    TRANSIENT = "TRANSIENT"
+    #: Retrying cannot help: credentials, vhost, certificates.
+    FATAL = "FATAL"
+
+
+#: Reply codes that retrying cannot fix.
+FATAL_REPLY_CODES: Final = frozenset({ACCESS_REFUSED, NOT_ALLOWED})
+
+
+def classify(error: BaseException) -> ErrorKind:
+    """Transient (retry with backoff) or fatal (raise after a few tries)."""
+    if isinstance(error, AMQPConnectionError) and error.reply_code in FATAL_REPLY_CODES:
+        return ErrorKind.FATAL
+    cause = error.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ErrorKind.FATAL
+    if isinstance(error, (ValueError, TypeError)):
+        return ErrorKind.FATAL
+    return ErrorKind.TRANSIENT
+
+
+class Detection(enum.Enum):
+    #: The reader saw EOF, a reset or Connection.Close; or a write failed.
+    EVENT = "event"
+    #: The health poll found a dead connection the event path missed.
+    POLL = "poll"
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One move of the client's state, as published by ``state_changes()``."""
+
+    old: ClientState
+    new: ClientState
+    at: float
+    #: The endpoint (without credentials) the change is about, if any.
+    endpoint: str | None = None
+    #: The error that caused the change, if any.
+    error: BaseException | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Try to connect to ``endpoints[endpoint]`` now."""
+
+    endpoint: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Sleep until ``until`` (then ask again)."""
+
+    until: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Give up and raise ``error`` out of the client."""
+
+    error: BaseException
+
+
+Action = Connect | Wait | Stop | None
+
+_ALLOWED: Final = {
+    (ClientState.DISCONNECTED, ClientState.CONNECTING),
+    (ClientState.CONNECTING, ClientState.CONNECTED),
+    (ClientState.CONNECTING, ClientState.DISCONNECTED),
+    (ClientState.CONNECTING, ClientState.STOPPED),
+    (ClientState.CONNECTED, ClientState.DISCONNECTED),
+    (ClientState.DISCONNECTED, ClientState.CLOSED),
+    (ClientState.CONNECTING, ClientState.CLOSED),
+    (ClientState.CONNECTED, ClientState.CLOSED),
+}
+
+
+class Supervisor:
+    """The reconnect decisions for one client (see the module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        endpoints: list[str],
+        now: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self.config = config
+        self.endpoints = endpoints
+        self.rng = rng if rng is not None else random.Random()
+        self.backoff = Backoff(
+            initial=config.reconnect_initial_delay,
+            multiplier=config.reconnect_multiplier,
+            maximum=config.reconnect_max_delay,
+            jitter=config.reconnect_jitter,
+        )
+        self.state = ClientState.DISCONNECTED
+        #: When the next attempt may start (DISCONNECTED only).
+        self.retry_at = now
+        #: Index of the endpoint of the current or last attempt.
+        self.endpoint = len(endpoints) - 1
+        #: Consecutive failed attempts since the last healthy connection.
+        self.failures = 0
+        #: Fatal failures since the last healthy connection.
+        self.fatal_failures = 0
+        #: Successful connections, and how many of them were reconnections.
+        self.connects = 0
+        self.reconnects = 0
+        self.attempts = 0
+        self.detections = {Detection.EVENT: 0, Detection.POLL: 0}
+        self.last_error: BaseException | None = None
+        self.connected_since: float | None = None
+        self.stop_error: BaseException | None = None
+        #: Every change, in order; the trio layer drains it.
+        self.changes: list[StateChange] = []
+        #: The delays chosen, in order (for tests and statistics).
+        self.delays: list[float] = []
+
+    def _move(self, new: ClientState, now: float, error: BaseException | None = None) -> None:
+        old = self.state
+        if (old, new) not in _ALLOWED:
+            raise RuntimeError(f"Invalid client state change {old.value} -> {new.value}")
+        self.state = new
+        self.changes.append(StateChange(old, new, now, self.endpoints[self.endpoint], error))
+
+    def next_action(self, now: float) -> Action:
+        """What the trio layer should do next."""
+        if self.state is ClientState.STOPPED:
+            assert self.stop_error is not None
+            return Stop(self.stop_error)
+        if self.state is not ClientState.DISCONNECTED:
+            return None
+        if now < self.retry_at:
+            return Wait(self.retry_at)
+        return Connect((self.endpoint + 1) % len(self.endpoints))
+
+    def connect_started(self, now: float, endpoint: int) -> None:
+        self.endpoint = endpoint
+        self.attempts += 1
+        self._move(ClientState.CONNECTING, now)
+
+    def connected(self, now: float) -> None:
+        """The attempt succeeded: the connection is open and recovered."""
+        self._move(ClientState.CONNECTED, now)
+        if self.connects:
+            self.reconnects += 1
+        self.connects += 1
+        self.failures = 0
+        self.fatal_failures = 0
+        self.backoff = self.backoff.reset()
+        self.connected_since = now
+
+    def connect_failed(self, now: float, error: BaseException) -> None:
+        self.last_error = error
+        self.failures += 1
+        limit = self.config.max_reconnect_attempts
+        if classify(error) is ErrorKind.FATAL:
+            self.fatal_failures += 1
+            if self.fatal_failures >= self.config.max_fatal_attempts:
+                self._stop(now, error)
+                return
+        if limit is not None and self.failures >= limit:
+            self._stop(now, error)
+            return
+        self._schedule(now)
+        self._move(ClientState.DISCONNECTED, now, error)
+
+    def lost(self, now: float, error: BaseException, detected_by: Detection) -> None:
+        """The connection died after it was established."""
+        self.last_error = error
+        self.detections[detected_by] += 1
+        self.connected_since = None
+        self._schedule(now)
+        self._move(ClientState.DISCONNECTED, now, error)
+
+    def close(self, now: float) -> None:
+        if self.state in (ClientState.CLOSED, ClientState.STOPPED):
+            return
+        self.connected_since = None
+        self._move(ClientState.CLOSED, now)
+
+    def _schedule(self, now: float) -> None:
+        delay = self.backoff.delay(self.rng)
+        self.delays.append(delay)
+        self.backoff = self.backoff.next()
+        self.retry_at = now + delay
+
+    def _stop(self, now: float, error: BaseException) -> None:
+        self.stop_error = error
+        self.retry_at = math.inf
+        self._move(ClientState.STOPPED, now, error)
+
+
+def describe_stop(error: BaseException, attempts: int) -> ConnectionLost:
+    """The error raised out of the client when the supervisor gives up."""
+    if isinstance(error, ConnectionClosedByBroker):
+        final: ConnectionLost = ConnectionClosedByBroker(
+            f"gave up after {attempts} attempts: {error.reply_text}", error.reply_code or 0
+        )
+    elif isinstance(error, AMQPConnectionError):
+        final = ConnectionLost(
+            f"gave up after {attempts} attempts: {error.reply_text}", error.reply_code
+        )
+    else:
+        final = ConnectionLost(f"gave up after {attempts} attempts: {error}")
+    final.__cause__ = error
+    return final
