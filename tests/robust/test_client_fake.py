@@ -46,7 +46,7 @@ async def test_client_connects_and_reports_state(broker: FakeBrokerServer) -> No
             assert stats.reconnects == 0
             assert connection.heartbeat == 10
         del events
-    assert client.state is tl.ClientState.CLOSED
+    assert client.statistics().state is tl.ClientState.CLOSED
 
 
 async def test_sever_reconnects_after_the_initial_delay_and_counts_it(
@@ -61,7 +61,7 @@ async def test_sever_reconnects_after_the_initial_delay_and_counts_it(
             second = await client.wait_connected()
             assert second is not first
             assert trio.current_time() - start == pytest.approx(0.1)
-            states = []
+            states: list[tuple[tl.ClientState, tl.ClientState]] = []
             while len(states) < 3:
                 event = await events.receive()
                 if isinstance(event, tl.StateChange):
@@ -231,7 +231,7 @@ async def test_entity_that_fails_to_recover_is_reported_and_the_rest_recovers(
                 await channel.exchange_declare("ex", "fanout")
             await first.wait_closed()
             await client.wait_connected()
-            failures = []
+            failures: list[tl.RecoveryFailed] = []
             while not failures:
                 event = await events.receive()
                 if isinstance(event, tl.RecoveryFailed):
