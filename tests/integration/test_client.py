@@ -1,0 +1,88 @@
+"""open_client against the real broker: killing and restarting the node,
+operator-forced closes, fatal errors."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import trio
+
+import trio_lavin as tl
+from tests._broker import RabbitNode
+
+pytestmark = pytest.mark.broker
+
+CONFIG = tl.Config(heartbeat=5, reconnect_max_delay=2.0)
+
+
+def unique(prefix: str = "q") -> str:
+    return f"trio-lavin-test.{prefix}.{secrets.token_hex(6)}"
+
+
+async def test_wrong_password_raises_access_refused_out_of_open_client(amqp_url: str) -> None:
+    params = tl.parse_url(amqp_url)
+    bad = tl.Parameters(
+        host=params.host, port=params.port, username="guest", password="not-the-password"
+    )
+    start = trio.current_time()
+    with trio.fail_after(20), pytest.raises(tl.ConnectionClosedByBroker) as excinfo:
+        async with tl.open_client(bad, CONFIG) as client:
+            await client.wait_connected()
+    assert excinfo.value.reply_code == 403
+    assert "ACCESS_REFUSED" in str(excinfo.value)
+    assert "not-the-password" not in str(excinfo.value)
+    print(f"gave up after {trio.current_time() - start:.2f} s")
+
+
+async def test_operator_close_is_followed_by_a_reconnect(rabbit_node: RabbitNode) -> None:
+    queue = unique()
+    async with tl.open_client(rabbit_node.url, CONFIG) as client:
+        await client.declare_queue(queue, auto_delete=True)
+        first = await client.wait_connected()
+        async with client.consume(queue, prefetch=10) as consumer:
+            await trio.to_thread.run_sync(rabbit_node.close_all_connections, "test")
+            error = await first.wait_closed()
+            assert isinstance(error, tl.ConnectionClosedByBroker)
+            assert error.reply_code == 320
+            with trio.fail_after(5):
+                second = await client.wait_connected()
+            assert second is not first
+            channel = await second.channel()
+            await channel.confirm_select()
+            await channel.publish(b"after", routing_key=queue)
+            with trio.fail_after(5):
+                delivery = await consumer.__anext__()
+            assert delivery.body == b"after"
+            assert await delivery.ack()
+        assert client.statistics().reconnects == 1
+
+
+async def test_broker_killed_and_restarted_client_reconnects_and_consumers_receive(
+    rabbit_node: RabbitNode,
+) -> None:
+    queue = unique("durable")
+    async with tl.open_client(rabbit_node.url, CONFIG) as client:
+        await client.declare_queue(queue, durable=True)
+        async with client.consume(queue, prefetch=10) as consumer:
+            first = await client.wait_connected()
+            await trio.to_thread.run_sync(rabbit_node.kill)
+            with trio.fail_after(10):
+                error = await first.wait_closed()
+            assert isinstance(error, tl.ConnectionLost)
+            assert not client.connected
+            restart_started = trio.current_time()
+            await trio.to_thread.run_sync(rabbit_node.start)
+            with trio.fail_after(30):
+                second = await client.wait_connected()
+            print(f"reconnected {trio.current_time() - restart_started:.2f} s after restart")
+            channel = await second.channel()
+            await channel.confirm_select()
+            props = tl.BasicProperties(delivery_mode=2)
+            await channel.publish(b"survivor", routing_key=queue, properties=props)
+            with trio.fail_after(10):
+                delivery = await consumer.__anext__()
+            assert delivery.body == b"survivor"
+            assert await delivery.ack()
+            assert consumer.subscriptions == 2
+        await client.delete_queue(queue)
