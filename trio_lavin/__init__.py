@@ -48,6 +48,15 @@ if TYPE_CHECKING:
     from ._robust._client import open_client as open_client
     from ._robust._config import Config as Config
     from ._robust._consumer import RecoveringConsumer as RecoveringConsumer
+    from ._robust._producer import BufferFull as BufferFull
+    from ._robust._producer import BufferPolicy as BufferPolicy
+    from ._robust._producer import DropReason as DropReason
+    from ._robust._producer import Message as Message
+    from ._robust._producer import MessageTooLarge as MessageTooLarge
+    from ._robust._producer import Producer as Producer
+    from ._robust._producer import ProducerClosed as ProducerClosed
+    from ._robust._producer import ProducerStatistics as ProducerStatistics
+    from ._robust._producer import PublishMode as PublishMode
     from ._robust._supervisor import ClientState as ClientState
     from ._robust._supervisor import StateChange as StateChange
 
@@ -69,6 +78,15 @@ _LAZY = {
     "open_client": "._robust._client",
     "Config": "._robust._config",
     "RecoveringConsumer": "._robust._consumer",
+    "BufferFull": "._robust._producer",
+    "BufferPolicy": "._robust._producer",
+    "DropReason": "._robust._producer",
+    "Message": "._robust._producer",
+    "MessageTooLarge": "._robust._producer",
+    "Producer": "._robust._producer",
+    "ProducerClosed": "._robust._producer",
+    "ProducerStatistics": "._robust._producer",
+    "PublishMode": "._robust._producer",
     "ClientState": "._robust._supervisor",
     "StateChange": "._robust._supervisor",
 }
@@ -92,6 +110,8 @@ __all__ = [
     "AMQPError",
     "Backoff",
     "BasicProperties",
+    "BufferFull",
+    "BufferPolicy",
     "Channel",
     "ChannelClosed",
     "Client",
@@ -106,13 +126,20 @@ __all__ = [
     "Consumer",
     "ConsumerCancelled",
     "Delivery",
+    "DropReason",
     "FrameError",
     "LocalProtocolError",
+    "Message",
     "MessageNacked",
     "MessageReturned",
+    "MessageTooLarge",
     "Parameters",
+    "Producer",
+    "ProducerClosed",
+    "ProducerStatistics",
     "ProtocolError",
     "PublishError",
+    "PublishMode",
     "QueueDeclareOk",
     "QueueRenamed",
     "RecoveringConsumer",

@@ -107,6 +107,7 @@ class Confirmation:
         "_error",
         "_event",
         "body",
+        "callback",
         "delivery_tag",
         "exchange",
         "mandatory",
@@ -123,6 +124,9 @@ class Confirmation:
         self.body = body
         self.mandatory = mandatory
         self.returned: MessageReturned | None = None
+        #: Called once with the outcome (None for an ack, else the error)
+        #: when the verdict arrives; it must not block or raise.
+        self.callback: Callable[[BaseException | None], None] | None = None
         self._event = trio.Event()
         self._error: BaseException | None = None
 
@@ -139,6 +143,8 @@ class Confirmation:
         if not self._event.is_set():
             self._error = error
             self._event.set()
+            if self.callback is not None:
+                self.callback(error)
 
     async def wait(self) -> None:
         """Wait for the broker's verdict; see the class doc.  Cancelling the

@@ -39,6 +39,13 @@ from .._sansio._errors import ProtocolError
 from .._util import unwrap_single_exception
 from ._config import Config
 from ._consumer import RecoveringConsumer
+from ._producer import (
+    DEFAULT_CONFIRM_WINDOW,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    BufferPolicy,
+    Producer,
+    PublishMode,
+)
 from ._supervisor import (
     ClientState,
     Connect,
@@ -140,6 +147,7 @@ class Client:
         self._control_lock = trio.Lock()
         self._subscribers: list[trio.MemorySendChannel[ClientEvent]] = []
         self._consumers: set[RecoveringConsumer] = set()
+        self._producers: list[Producer] = []
         self._recovery_failures = 0
         self._events_dropped = 0
         self._nursery: trio.Nursery | None = None
@@ -591,6 +599,49 @@ class Client:
         """The name a server-named queue has on the current connection."""
         return self._topology.current(queue)
 
+    # -- producing -----------------------------------------------------------------
+
+    def producer(
+        self,
+        queue: str | None = None,
+        *,
+        exchange: str = "",
+        routing_key: str | None = None,
+        mode: PublishMode = PublishMode.CONFIRM,
+        buffer_policy: BufferPolicy = BufferPolicy.BLOCK,
+        mandatory: bool = False,
+        confirm_window: int = DEFAULT_CONFIRM_WINDOW,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> Producer:
+        """A buffered producer for ``queue`` (through the default exchange),
+        or for ``exchange`` with ``routing_key``.
+
+        Its sender task runs in the client's nursery until the client closes;
+        messages still buffered then are reported to ``on_drop`` as CLOSED
+        (call ``await producer.drain()`` first to avoid that).
+        """
+        if queue is not None and (exchange or routing_key is not None):
+            raise ValueError("give either queue, or exchange and routing_key, not both")
+        if self._closing or self._nursery is None:
+            raise ConnectionClosed("the client is closed")
+        producer = Producer(
+            self,
+            exchange=exchange,
+            routing_key=queue if queue is not None else (routing_key or ""),
+            mode=mode,
+            buffer_policy=buffer_policy,
+            mandatory=mandatory,
+            confirm_window=confirm_window,
+            max_message_size=max_message_size,
+        )
+        self._producers.append(producer)
+        self._nursery.start_soon(producer._run, name=f"trio-lavin producer {producer.target}")
+        return producer
+
+    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
     # -- consuming -----------------------------------------------------------------
 
     @asynccontextmanager
@@ -632,6 +683,8 @@ class Client:
 
     async def _close(self) -> None:
         self._closing = True
+        for producer in self._producers:
+            producer._close()
         self._supervisor.close(trio.current_time())
         self._publish_changes()
         connection = self._connection

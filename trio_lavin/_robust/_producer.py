@@ -1,0 +1,581 @@
+"""The buffered producer: every message is delivered, or you are told why not.
+
+A :class:`Producer` puts messages in a bounded buffer (a trio memory channel
+of ``Config.buffer_size``) and one sender task moves them to the live
+connection.  While the client is disconnected the buffer holds them; after a
+reconnect it is flushed at once, with no artificial delay.
+
+In ``CONFIRM`` mode every message ends in exactly one outcome:
+
+* confirmed by the broker (``basic.ack``), or
+* given up and reported to the ``on_drop`` callbacks with a
+  :class:`DropReason`: evicted or refused by the buffer policy, nacked,
+  returned unroutable (``mandatory``), too large, or still pending when the
+  client closed.
+
+Messages in flight when a connection dies have no verdict; they are published
+again after the reconnect, in their original order and before newer ones
+(at-least-once: the broker may have taken some, so duplicates are possible).
+
+In ``FIRE_AND_FORGET`` mode a message counts as done once it is handed to the
+connection's writer; the few in the writer's buffer when a connection dies
+are lost (at-most-once), which is what that mode trades for speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import inspect
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from .._client._channel import BasicProperties, Channel, Confirmation
+from .._exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    ChannelClosed,
+    MessageNacked,
+    MessageReturned,
+    PublishError,
+)
+from .._sansio._errors import PRECONDITION_FAILED
+from ._backoff import Backoff
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+logger = logging.getLogger("trio_lavin.producer")
+
+#: The largest body a producer accepts, by default: RabbitMQ's own
+#: max_message_size default.  Larger messages are refused at once.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 128 * 1024 * 1024
+
+#: Messages published but not yet confirmed, at most (CONFIRM mode).
+DEFAULT_CONFIRM_WINDOW: Final = 1_000
+
+
+class PublishMode(enum.Enum):
+    #: Done once handed to the connection: fastest, at-most-once.
+    FIRE_AND_FORGET = "FIRE_AND_FORGET"
+    #: Done once the broker confirmed: at-least-once.
+    CONFIRM = "CONFIRM"
+
+
+class BufferPolicy(enum.Enum):
+    #: When full, evict the oldest buffered message (reported as EVICTED).
+    DROP_OLDEST = "DROP_OLDEST"
+    #: When full, refuse the new message (reported as BUFFER_FULL).
+    DROP_NEWEST = "DROP_NEWEST"
+    #: When full, raise :class:`BufferFull`.
+    RAISE = "RAISE"
+    #: When full, ``publish()`` waits for room; ``publish_nowait()`` raises
+    #: :class:`trio.WouldBlock`.
+    BLOCK = "BLOCK"
+
+
+class DropReason(enum.Enum):
+    #: Pushed out of a full buffer by a newer message (DROP_OLDEST).
+    EVICTED = "EVICTED"
+    #: Refused because the buffer was full (DROP_NEWEST).
+    BUFFER_FULL = "BUFFER_FULL"
+    #: The broker answered basic.nack.
+    NACKED = "NACKED"
+    #: ``mandatory`` and no queue was bound for it (basic.return).
+    RETURNED = "RETURNED"
+    #: Larger than the producer's ``max_message_size``.
+    TOO_LARGE = "TOO_LARGE"
+    #: Still buffered or unconfirmed when the producer or client closed.
+    CLOSED = "CLOSED"
+
+
+class BufferFull(PublishError):
+    """The producer's buffer is full (BufferPolicy.RAISE)."""
+
+    def __init__(self, queue: str, size: int) -> None:
+        super().__init__(f"the producer buffer for {queue!r} is full ({size} messages)")
+
+
+class MessageTooLarge(PublishError):
+    """The body is larger than the producer's ``max_message_size``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message body of {size} bytes exceeds max_message_size {limit}")
+
+
+class ProducerClosed(PublishError):
+    """The producer (or its client) is closed; the message was not taken."""
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """A message handed to a producer, as passed to ``on_drop``."""
+
+    body: bytes
+    properties: BasicProperties | None
+    exchange: str
+    routing_key: str
+    mandatory: bool
+    #: Position in the producer's order (1, 2, ...).
+    sequence: int
+    #: Publications so far (more than 1 after a re-publish).
+    attempts: int = 0
+    _waiter: trio.Event | None = None
+    _error: BaseException | None = None
+
+
+DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class ProducerStatistics:
+    buffered: int
+    in_flight: int
+    published: int
+    republished: int
+    confirmed: int
+    nacked: int
+    returned: int
+    dropped: dict[DropReason, int]
+
+
+class Producer:
+    """Publishes to one queue (default exchange) or exchange + routing key.
+
+    Made by :meth:`Client.producer`.  See the module documentation for the
+    guarantees.  All methods are safe to call while disconnected.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        exchange: str,
+        routing_key: str,
+        mode: PublishMode,
+        buffer_policy: BufferPolicy,
+        mandatory: bool,
+        confirm_window: int,
+        max_message_size: int,
+    ) -> None:
+        if confirm_window < 1:
+            raise ValueError(f"confirm_window must be >= 1, not {confirm_window!r}")
+        if max_message_size < 0:
+            raise ValueError(f"max_message_size must be >= 0, not {max_message_size!r}")
+        self._client = client
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mode = mode
+        self.buffer_policy = buffer_policy
+        self.mandatory = mandatory
+        self.confirm_window = confirm_window
+        self.max_message_size = max_message_size
+        self._capacity = client.config.buffer_size
+        self._send, self._receive = trio.open_memory_channel[Message](self._capacity)
+        self._retry: deque[Message] = deque()
+        self._requeued: list[Message] = []
+        self._in_flight = 0
+        self._wakeup = trio.lowlevel.ParkingLot()
+        self._window_lot = trio.lowlevel.ParkingLot()
+        self._idle_lot = trio.lowlevel.ParkingLot()
+        self._sequence = itertools.count(1)
+        self._callbacks: list[DropCallback] = []
+        self._channel: Channel | None = None
+        self._closed = False
+        self._published = 0
+        self._republished = 0
+        self._confirmed = 0
+        self._nacked = 0
+        self._returned = 0
+        self._dropped = dict.fromkeys(DropReason, 0)
+        self._rejections = 0
+        self._rejection_backoff: Backoff | None = None
+        #: True while the sender holds a message it has not published yet.
+        self._sending = False
+
+    @property
+    def target(self) -> str:
+        """The queue name (default exchange) or ``exchange/routing_key``."""
+        return self.routing_key if not self.exchange else f"{self.exchange}/{self.routing_key}"
+
+    def __repr__(self) -> str:
+        return f"<Producer {self.target!r} {self.mode.value} {self.buffer_policy.value}>"
+
+    def on_drop(self, callback: DropCallback) -> DropCallback:
+        """Call ``callback(message, target, reason)`` for every message the
+        producer gives up on.  It may be a plain function or an async one
+        (run in the client's nursery); an exception in it is logged and
+        otherwise ignored.  Returns ``callback``, so it works as a decorator.
+        """
+        self._callbacks.append(callback)
+        return callback
+
+    def statistics(self) -> ProducerStatistics:
+        return ProducerStatistics(
+            buffered=self._receive.statistics().current_buffer_used
+            + len(self._retry)
+            + len(self._requeued),
+            in_flight=self._in_flight,
+            published=self._published,
+            republished=self._republished,
+            confirmed=self._confirmed,
+            nacked=self._nacked,
+            returned=self._returned,
+            dropped=dict(self._dropped),
+        )
+
+    # -- publishing ----------------------------------------------------------------
+
+    def _message(
+        self,
+        body: bytes | bytearray | memoryview,
+        properties: BasicProperties | None,
+        routing_key: str | None,
+        headers: dict[str, Any] | None,
+    ) -> Message:
+        if self._closed:
+            raise ProducerClosed(f"the producer for {self.target!r} is closed")
+        if not isinstance(body, bytes):
+            if not isinstance(body, (bytearray, memoryview)):
+                raise TypeError(f"body must be bytes, not {type(body).__name__}")
+            body = bytes(body)
+        if headers is not None:
+            if properties is None:
+                properties = BasicProperties(headers=headers)
+            else:
+                properties = copy.copy(properties)
+                properties.headers = headers
+        message = Message(
+            body,
+            properties,
+            self.exchange,
+            self.routing_key if routing_key is None else routing_key,
+            self.mandatory,
+            next(self._sequence),
+        )
+        if len(body) > self.max_message_size:
+            self._drop(message, DropReason.TOO_LARGE)
+            raise MessageTooLarge(len(body), self.max_message_size)
+        return message
+
+    def publish_nowait(
+        self,
+        body: bytes | bytearray | memoryview,
+        *,
+        properties: BasicProperties | None = None,
+        headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+    ) -> bool:
+        """Buffer a message without waiting.
+
+        Returns True if it was buffered, False if the DROP_NEWEST policy
+        refused it (it was reported to ``on_drop`` as BUFFER_FULL).  With
+        DROP_OLDEST the oldest buffered message makes room (reported as
+        EVICTED).
+
+        Raises:
+            BufferFull: the buffer is full and the policy is RAISE.
+            trio.WouldBlock: the buffer is full and the policy is BLOCK.
+            MessageTooLarge: the body exceeds ``max_message_size``.
+            ProducerClosed: the producer or client is closed.
+        """
+        message = self._message(body, properties, routing_key, headers)
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            if not self._make_room(message):
+                return False
+            self._send.send_nowait(message)
+        if self._wakeup:
+            self._wakeup.unpark_all()
+        return True
+
+    def _make_room(self, message: Message) -> bool:
+        policy = self.buffer_policy
+        if policy is BufferPolicy.DROP_OLDEST:
+            oldest = self._receive.receive_nowait()
+            self._drop(oldest, DropReason.EVICTED)
+            return True
+        if policy is BufferPolicy.DROP_NEWEST:
+            self._drop(message, DropReason.BUFFER_FULL)
+            return False
+        if policy is BufferPolicy.RAISE:
+            raise BufferFull(self.target, self._capacity)
+        raise trio.WouldBlock
+
+    async def publish(
+        self,
+        body: bytes | bytearray | memoryview,
+        *,
+        properties: BasicProperties | None = None,
+        headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+    ) -> bool:
+        """Buffer a message and, in CONFIRM mode, wait until the broker
+        confirmed it.
+
+        With the BLOCK policy this waits for room in the buffer; the other
+        policies behave as in :meth:`publish_nowait`.  Returns True once the
+        message was taken (and, in CONFIRM mode, confirmed); False if the
+        DROP_NEWEST policy refused it (reported to ``on_drop``).
+
+        Cancellation: cancelled while waiting for room, the message was not
+        taken; cancelled while waiting for the confirm, the message stays in
+        the producer and still gets its outcome (on_drop if given up).
+
+        Raises:
+            MessageNacked, MessageReturned: the broker refused it (it was
+                also reported to ``on_drop``).
+            ProducerClosed: the client closed before the message was
+                confirmed (also reported to ``on_drop`` as CLOSED).
+            BufferFull, MessageTooLarge: as for :meth:`publish_nowait`.
+        """
+        message = self._message(body, properties, routing_key, headers)
+        if self.mode is PublishMode.CONFIRM:
+            message._waiter = trio.Event()
+        if self.buffer_policy is BufferPolicy.BLOCK:
+            await self._send.send(message)
+        else:
+            try:
+                self._send.send_nowait(message)
+            except trio.WouldBlock:
+                if not self._make_room(message):
+                    await trio.lowlevel.checkpoint()
+                    return False
+                self._send.send_nowait(message)
+        if self._wakeup:
+            self._wakeup.unpark_all()
+        if message._waiter is not None:
+            await message._waiter.wait()
+            if message._error is not None:
+                raise message._error
+        else:
+            await trio.lowlevel.checkpoint()
+        return True
+
+    async def drain(self) -> None:
+        """Wait until every buffered message is published and, in CONFIRM
+        mode, confirmed (or given up).  Bound it with a trio timeout."""
+        while self._pending():
+            await self._idle_lot.park()
+
+    def _pending(self) -> bool:
+        return bool(
+            self._receive.statistics().current_buffer_used
+            or self._retry
+            or self._requeued
+            or self._in_flight
+            or self._sending
+        )
+
+    # -- outcomes -------------------------------------------------------------------
+
+    def _drop(self, message: Message, reason: DropReason, error: AMQPError | None = None) -> None:
+        self._dropped[reason] += 1
+        if message._waiter is not None and message._error is None:
+            message._error = error or _drop_error(message, reason)
+            message._waiter.set()
+        for callback in self._callbacks:
+            try:
+                result = callback(message, self.target, reason)
+                if inspect.isawaitable(result):
+                    self._client._spawn(_run_callback, result)
+            except Exception:
+                logger.exception("on_drop callback %r raised", callback)
+
+    def _settled(self, message: Message, error: BaseException | None) -> None:
+        """A confirmation arrived (or the channel/connection died first)."""
+        self._in_flight -= 1
+        if self._window_lot:
+            self._window_lot.unpark_all()
+        if error is None:
+            self._confirmed += 1
+            self._rejection_backoff = None
+            if message._waiter is not None:
+                message._waiter.set()
+        elif isinstance(error, MessageNacked):
+            self._nacked += 1
+            self._drop(message, DropReason.NACKED, MessageNacked(message.sequence))
+        elif isinstance(error, MessageReturned):
+            self._returned += 1
+            self._drop(message, DropReason.RETURNED, error)
+        elif self._closed:
+            self._drop(message, DropReason.CLOSED)
+        else:
+            # No verdict: publish it again on the next channel, in order.
+            self._requeued.append(message)
+            if self._wakeup:
+                self._wakeup.unpark_all()
+        self._notify_idle()
+
+    def _notify_idle(self) -> None:
+        if self._idle_lot and not self._pending():
+            self._idle_lot.unpark_all()
+
+    # -- the sender task ------------------------------------------------------------------
+
+    async def _next_message(self) -> Message:
+        while True:
+            if self._requeued:
+                merged = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
+                self._requeued.clear()
+                self._retry = deque(merged)
+            if self._retry:
+                return self._retry.popleft()
+            try:
+                return self._receive.receive_nowait()
+            except trio.WouldBlock:
+                self._notify_idle()
+                await self._wakeup.park()
+
+    async def _open_channel(self) -> Channel:
+        """A channel on the live connection, in confirm mode if needed;
+        waits for the connection and backs off while the broker refuses."""
+        backoff = Backoff(
+            initial=self._client.config.reconnect_initial_delay,
+            multiplier=self._client.config.reconnect_multiplier,
+            maximum=self._client.config.reconnect_max_delay,
+            jitter=self._client.config.reconnect_jitter,
+        )
+        while True:
+            if self._channel is not None and self._channel.is_open:
+                return self._channel
+            try:
+                channel = await self._client.open_channel()
+                if self.mode is PublishMode.CONFIRM:
+                    await channel.confirm_select()
+            except ChannelClosed as exc:
+                delay = backoff.delay(self._client._supervisor.rng)
+                logger.warning(
+                    "producer %r cannot open a channel (%s); retrying in %.2f s",
+                    self.target,
+                    exc,
+                    delay,
+                )
+                backoff = backoff.next()
+                await trio.sleep(delay)
+                continue
+            except AMQPConnectionError:
+                continue  # wait_connected inside open_channel waits for the next one
+            self._channel = channel
+            return channel
+
+    async def _run(self) -> None:
+        confirm = self.mode is PublishMode.CONFIRM
+        while True:
+            message = await self._next_message()
+            self._sending = True
+            while True:
+                channel = await self._open_channel()
+                connection = channel.connection
+                if connection.blocked:
+                    await connection.wait_unblocked()
+                    continue
+                if confirm:
+                    while self._in_flight >= self.confirm_window and channel.is_open:
+                        await self._window_lot.park()
+                try:
+                    confirmation = await channel.basic_publish(
+                        message.body,
+                        exchange=message.exchange,
+                        routing_key=message.routing_key,
+                        properties=message.properties,
+                        mandatory=message.mandatory,
+                    )
+                except ChannelClosed as exc:
+                    await self._after_channel_closed(exc)
+                    continue
+                except AMQPConnectionError:
+                    continue
+                break
+            self._sending = False
+            message.attempts += 1
+            self._published += 1
+            if message.attempts > 1:
+                self._republished += 1
+            if confirmation is None:
+                if message._waiter is not None:
+                    message._waiter.set()
+                self._notify_idle()
+                continue
+            self._in_flight += 1
+            confirmation.callback = _Settle(self, message, confirmation)
+
+    async def _after_channel_closed(self, exc: ChannelClosed) -> None:
+        """The broker closed our channel while we published.  A 406 is how
+        LavinMQ says "low on disk": treat it as blocked and back off (until a
+        confirm arrives again) before the next channel; otherwise reopen at
+        once."""
+        self._channel = None
+        if exc.reply_code != PRECONDITION_FAILED:
+            return
+        self._rejections += 1
+        config = self._client.config
+        backoff = self._rejection_backoff or Backoff(
+            initial=config.reconnect_initial_delay,
+            multiplier=config.reconnect_multiplier,
+            maximum=config.reconnect_max_delay,
+            jitter=config.reconnect_jitter,
+        )
+        delay = backoff.delay(self._client._supervisor.rng)
+        logger.warning(
+            "broker closed the publishing channel of %r (%s); pausing %.2f s",
+            self.target,
+            exc,
+            delay,
+        )
+        self._rejection_backoff = backoff.next()
+        await trio.sleep(delay)
+
+    def _close(self) -> None:
+        """Give up on everything still pending (the client is closing)."""
+        self._closed = True
+        pending = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
+        self._requeued.clear()
+        self._retry.clear()
+        while True:
+            try:
+                pending.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        for message in pending:
+            self._drop(message, DropReason.CLOSED)
+        self._send.close()
+        self._idle_lot.unpark_all()
+
+
+class _Settle:
+    """A confirmation's callback: hands the outcome to the producer."""
+
+    __slots__ = ("confirmation", "message", "producer")
+
+    def __init__(self, producer: Producer, message: Message, confirmation: Confirmation) -> None:
+        self.producer = producer
+        self.message = message
+        self.confirmation = confirmation
+
+    def __call__(self, error: BaseException | None) -> None:
+        self.producer._settled(self.message, error)
+
+
+def _drop_error(message: Message, reason: DropReason) -> AMQPError:
+    if reason is DropReason.NACKED:
+        return MessageNacked(message.sequence)
+    if reason is DropReason.CLOSED:
+        return ProducerClosed("the client closed before the message was confirmed")
+    return PublishError(f"message {message.sequence} was dropped: {reason.value}")
+
+
+async def _run_callback(result: Awaitable[None]) -> None:
+    try:
+        await result
+    except Exception:
+        logger.exception("async on_drop callback raised")
