@@ -13,6 +13,7 @@ so tests are deterministic.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, replace
 
@@ -26,12 +27,14 @@ class Backoff:
     attempt: int = 0
 
     def __post_init__(self) -> None:
-        if not self.initial > 0:
-            raise ValueError(f"initial must be > 0 seconds, not {self.initial!r}")
+        if not 0 < self.initial < math.inf:
+            raise ValueError(f"initial must be a finite number > 0 seconds, not {self.initial!r}")
         if not self.multiplier >= 1:
             raise ValueError(f"multiplier must be >= 1, not {self.multiplier!r}")
-        if not self.maximum >= self.initial:
-            raise ValueError(f"maximum must be >= initial ({self.initial}), not {self.maximum!r}")
+        if not self.initial <= self.maximum < math.inf:
+            raise ValueError(
+                f"maximum must be finite and >= initial ({self.initial}), not {self.maximum!r}"
+            )
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be a fraction in 0..1, not {self.jitter!r}")
         if self.attempt < 0:

@@ -153,6 +153,7 @@ class Client:
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._stop_waiters: list[trio.CancelScope] = []
+        self._supervisor_scope = trio.CancelScope()
 
     def __repr__(self) -> str:
         return f"<Client {self._supervisor.state.value} {self._supervisor.endpoints}>"
@@ -167,6 +168,11 @@ class Client:
     @property
     def state(self) -> ClientState:
         return self._supervisor.state
+
+    @property
+    def finished(self) -> bool:
+        """True once the client is closed or gave up (it will not connect again)."""
+        return self._closing or self._supervisor.state in (ClientState.CLOSED, ClientState.STOPPED)
 
     @property
     def connection(self) -> Connection | None:
@@ -258,6 +264,10 @@ class Client:
     # -- supervisor ---------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        with self._supervisor_scope:
+            await self._supervise_loop()
+
+    async def _supervise_loop(self) -> None:
         sup = self._supervisor
         assert self._nursery is not None
         while True:
@@ -272,6 +282,8 @@ class Client:
             if isinstance(action, Wait):
                 await trio.sleep_until(action.until)
                 continue
+            if action is None:
+                return  # closed
             assert isinstance(action, Connect)
             params = self._endpoints[action.endpoint]
             sup.connect_started(trio.current_time(), action.endpoint)
@@ -280,6 +292,8 @@ class Client:
             try:
                 connection: Connection = await self._nursery.start(self._run_connection, params)
             except CONNECT_ERRORS as exc:
+                if self._closing:
+                    return
                 sup.connect_failed(trio.current_time(), exc)
                 logger.warning(
                     "connecting to %s failed: %s%s",
@@ -290,6 +304,8 @@ class Client:
                     else f"; retrying in {sup.retry_at - trio.current_time():.2f} s",
                 )
                 continue
+            if self._closing:
+                return
             sup.connected(trio.current_time())
             self._connection = connection
             self._connected.set()
@@ -303,7 +319,7 @@ class Client:
             self._connection = None
             self._control = None
             self._connected = trio.Event()
-            if self._closing:
+            if self.finished:
                 return
             detected = Detection.POLL if connection.failed_by_poll else Detection.EVENT
             sup.lost(trio.current_time(), error, detected)
@@ -683,6 +699,7 @@ class Client:
 
     async def _close(self) -> None:
         self._closing = True
+        self._supervisor_scope.cancel()
         for producer in self._producers:
             producer._close()
         self._supervisor.close(trio.current_time())

@@ -422,19 +422,18 @@ class Producer:
 
     # -- the sender task ------------------------------------------------------------------
 
-    async def _next_message(self) -> Message:
-        while True:
-            if self._requeued:
-                merged = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
-                self._requeued.clear()
-                self._retry = deque(merged)
-            if self._retry:
-                return self._retry.popleft()
-            try:
-                return self._receive.receive_nowait()
-            except trio.WouldBlock:
-                self._notify_idle()
-                await self._wakeup.park()
+    def _take_message(self) -> Message | None:
+        """The next message to publish: re-publications first, in order."""
+        if self._requeued:
+            merged = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
+            self._requeued.clear()
+            self._retry = deque(merged)
+        if self._retry:
+            return self._retry.popleft()
+        try:
+            return self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return None
 
     async def _open_channel(self) -> Channel:
         """A channel on the live connection, in confirm mode if needed;
@@ -464,38 +463,51 @@ class Producer:
                 await trio.sleep(delay)
                 continue
             except AMQPConnectionError:
+                if self._client.finished:
+                    # The client gave up or is closing: nothing to publish
+                    # to; its close reports what is left.
+                    await trio.sleep_forever()
+                await trio.lowlevel.checkpoint()
                 continue  # wait_connected inside open_channel waits for the next one
             self._channel = channel
             return channel
 
     async def _run(self) -> None:
+        """The sender task.  It takes a message out of the buffer only when
+        it can publish it at once, so while disconnected the buffer holds
+        exactly ``buffer_size`` messages."""
         confirm = self.mode is PublishMode.CONFIRM
         while True:
-            message = await self._next_message()
+            if self._closed:
+                await trio.sleep_forever()  # the client's nursery ends us
+            channel = await self._open_channel()
+            connection = channel.connection
+            if connection.blocked:
+                await connection.wait_unblocked()
+                continue
+            if confirm and self._in_flight >= self.confirm_window:
+                await self._window_lot.park()
+                continue
+            message = self._take_message()
+            if message is None:
+                self._notify_idle()
+                await self._wakeup.park()
+                continue
             self._sending = True
-            while True:
-                channel = await self._open_channel()
-                connection = channel.connection
-                if connection.blocked:
-                    await connection.wait_unblocked()
-                    continue
-                if confirm:
-                    while self._in_flight >= self.confirm_window and channel.is_open:
-                        await self._window_lot.park()
-                try:
-                    confirmation = await channel.basic_publish(
-                        message.body,
-                        exchange=message.exchange,
-                        routing_key=message.routing_key,
-                        properties=message.properties,
-                        mandatory=message.mandatory,
-                    )
-                except ChannelClosed as exc:
+            try:
+                confirmation = await channel.basic_publish(
+                    message.body,
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    properties=message.properties,
+                    mandatory=message.mandatory,
+                )
+            except (ChannelClosed, AMQPConnectionError) as exc:
+                self._retry.appendleft(message)  # not published: first in line again
+                self._sending = False
+                if isinstance(exc, ChannelClosed):
                     await self._after_channel_closed(exc)
-                    continue
-                except AMQPConnectionError:
-                    continue
-                break
+                continue
             self._sending = False
             message.attempts += 1
             self._published += 1
@@ -504,7 +516,6 @@ class Producer:
             if confirmation is None:
                 if message._waiter is not None:
                     message._waiter.set()
-                self._notify_idle()
                 continue
             self._in_flight += 1
             confirmation.callback = _Settle(self, message, confirmation)

@@ -1,0 +1,338 @@
+"""The buffered Producer against the FakeBroker: buffer policies, confirms,
+drops, re-publishing after a reconnect, and "exactly one outcome"."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import trio_lavin as tl
+from trio_lavin.testing import FakeBrokerServer, open_fake_broker
+
+SMALL = tl.Config(buffer_size=5, reconnect_jitter=0.0, heartbeat=10)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[FakeBrokerServer]:
+    async with open_fake_broker(heartbeat=10) as broker:
+        yield broker
+
+
+def bodies(broker: FakeBrokerServer, queue: str) -> list[bytes]:
+    return [m.body for m in broker.queue(queue).messages]
+
+
+class Drops:
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, str, tl.DropReason]] = []
+
+    def __call__(self, message: tl.Message, target: str, reason: tl.DropReason) -> None:
+        self.seen.append((message.body, target, reason))
+
+
+async def declare_then_disconnect(client: tl.Client, broker: FakeBrokerServer) -> None:
+    await client.declare_queue("q")
+    connection = await client.wait_connected()
+    broker.refuse_connections = True
+    broker.sever_all()
+    await connection.wait_closed()
+
+
+async def test_drop_oldest_evicts_and_reports_the_oldest_while_disconnected(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer("q", buffer_policy=tl.BufferPolicy.DROP_OLDEST)
+        drops = Drops()
+        producer.on_drop(drops)
+        for i in range(8):
+            assert producer.publish_nowait(b"%d" % i)
+        assert drops.seen == [(b"%d" % i, "q", tl.DropReason.EVICTED) for i in range(3)]
+        assert producer.statistics().buffered == 5
+        broker.refuse_connections = False
+        with trio.fail_after(5):
+            await producer.drain()
+        assert bodies(broker, "q") == [b"3", b"4", b"5", b"6", b"7"]
+        assert producer.statistics().confirmed == 5
+
+
+async def test_drop_newest_refuses_and_reports_the_new_messages(broker: FakeBrokerServer) -> None:
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer("q", buffer_policy=tl.BufferPolicy.DROP_NEWEST)
+        drops = Drops()
+        producer.on_drop(drops)
+        taken = [producer.publish_nowait(b"%d" % i) for i in range(8)]
+        assert taken == [True] * 5 + [False] * 3
+        assert [(b, r) for b, _, r in drops.seen] == [
+            (b"5", tl.DropReason.BUFFER_FULL),
+            (b"6", tl.DropReason.BUFFER_FULL),
+            (b"7", tl.DropReason.BUFFER_FULL),
+        ]
+        broker.refuse_connections = False
+        with trio.fail_after(5):
+            await producer.drain()
+        assert bodies(broker, "q") == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_raise_policy_raises_buffer_full_and_keeps_the_rest(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer("q", buffer_policy=tl.BufferPolicy.RAISE)
+        drops = Drops()
+        producer.on_drop(drops)
+        for i in range(5):
+            producer.publish_nowait(b"%d" % i)
+        with pytest.raises(tl.BufferFull, match=r"buffer for 'q' is full \(5 messages\)"):
+            producer.publish_nowait(b"5")
+        assert drops.seen == []
+        broker.refuse_connections = False
+        with trio.fail_after(5):
+            await producer.drain()
+        assert bodies(broker, "q") == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_block_policy_waits_for_room_and_nowait_raises_would_block(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer(
+            "q", buffer_policy=tl.BufferPolicy.BLOCK, mode=tl.PublishMode.FIRE_AND_FORGET
+        )
+        for i in range(5):
+            producer.publish_nowait(b"%d" % i)
+        with pytest.raises(trio.WouldBlock):
+            producer.publish_nowait(b"x")
+        published = trio.Event()
+
+        async def blocked_publisher() -> None:
+            await producer.publish(b"5")
+            published.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blocked_publisher)
+            await trio.sleep(0.2)
+            assert not published.is_set()
+            broker.refuse_connections = False
+            with trio.fail_after(5):
+                await published.wait()
+                await producer.drain()
+                # Fire-and-forget: drained means written, not yet received.
+                while len(bodies(broker, "q")) < 6:
+                    await trio.sleep(0.001)
+        assert bodies(broker, "q") == [b"%d" % i for i in range(6)]
+
+
+async def test_confirm_mode_publish_returns_after_the_broker_confirmed(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q")
+        assert await producer.publish(b"m", headers={"k": "v"})
+        assert bodies(broker, "q") == [b"m"]
+        assert broker.queue("q").messages[0].properties.headers == {"k": "v"}
+        assert producer.statistics().confirmed == 1
+
+
+async def test_nack_is_raised_and_reported(broker: FakeBrokerServer) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q")
+        drops = Drops()
+        producer.on_drop(drops)
+        broker.nack_next(1)
+        with pytest.raises(tl.MessageNacked):
+            await producer.publish(b"nacked")
+        assert await producer.publish(b"fine")
+        assert drops.seen == [(b"nacked", "q", tl.DropReason.NACKED)]
+        stats = producer.statistics()
+        assert (stats.nacked, stats.confirmed) == (1, 1)
+
+
+async def test_unroutable_mandatory_message_is_returned_and_reported(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        producer = client.producer(exchange="", routing_key="nowhere", mandatory=True)
+        drops = Drops()
+        producer.on_drop(drops)
+        with pytest.raises(tl.MessageReturned) as excinfo:
+            await producer.publish(b"lost")
+        assert excinfo.value.reply_code == 312
+        assert drops.seen == [(b"lost", "nowhere", tl.DropReason.RETURNED)]
+
+
+async def test_too_large_message_is_refused_at_once(broker: FakeBrokerServer) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        producer = client.producer("q", max_message_size=10)
+        drops = Drops()
+        producer.on_drop(drops)
+        with pytest.raises(tl.MessageTooLarge, match="11 bytes exceeds max_message_size 10"):
+            producer.publish_nowait(b"x" * 11)
+        assert drops.seen == [(b"x" * 11, "q", tl.DropReason.TOO_LARGE)]
+
+
+async def test_closing_without_drain_reports_every_buffered_message(
+    broker: FakeBrokerServer,
+) -> None:
+    drops = Drops()
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer("q")
+        producer.on_drop(drops)
+        for i in range(3):
+            producer.publish_nowait(b"%d" % i)
+    assert drops.seen == [(b"%d" % i, "q", tl.DropReason.CLOSED) for i in range(3)]
+    with pytest.raises(tl.ProducerClosed):
+        producer.publish_nowait(b"late")
+
+
+async def test_unconfirmed_messages_are_republished_in_order_before_newer_ones(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        connection = await client.wait_connected()
+        producer = client.producer("q", confirm_window=100)
+        assert await producer.publish(b"first")  # the producer's channel is open
+        # The broker takes the messages but its confirms never arrive.
+        broker.blackhole_all()
+        for i in range(5):
+            producer.publish_nowait(b"old-%d" % i)
+        await trio.sleep(0.01)
+        assert producer.statistics().in_flight == 5
+        broker.sever_all()
+        await connection.wait_closed()
+        for i in range(3):
+            producer.publish_nowait(b"new-%d" % i)
+        with trio.fail_after(30):
+            await producer.drain()
+        stats = producer.statistics()
+        assert stats.republished == 5
+        assert stats.confirmed == 9
+        assert bodies(broker, "q")[-8:] == [b"old-%d" % i for i in range(5)] + [
+            b"new-%d" % i for i in range(3)
+        ]
+
+
+async def test_blocked_connection_pauses_publishing_and_keeps_buffering(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        connection = await client.wait_connected()
+        producer = client.producer("q")
+        broker.block("low on disk")
+        with trio.fail_after(2):
+            while not connection.blocked:
+                await trio.sleep(0.001)
+        for i in range(3):
+            producer.publish_nowait(b"%d" % i)
+        await trio.sleep(0.1)
+        assert bodies(broker, "q") == []
+        assert producer.statistics().buffered == 3
+        broker.unblock()
+        with trio.fail_after(5):
+            await producer.drain()
+        assert bodies(broker, "q") == [b"0", b"1", b"2"]
+
+
+async def test_failing_and_async_drop_callbacks_do_not_hurt_the_producer(
+    broker: FakeBrokerServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[bytes] = []
+
+    def broken(message: tl.Message, target: str, reason: tl.DropReason) -> None:
+        raise RuntimeError("callback bug")
+
+    async def async_callback(message: tl.Message, target: str, reason: tl.DropReason) -> None:
+        await trio.lowlevel.checkpoint()
+        seen.append(message.body)
+
+    caplog.set_level(logging.ERROR, logger="trio_lavin")
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        producer = client.producer("q", max_message_size=1)
+        producer.on_drop(broken)
+        producer.on_drop(async_callback)
+        with pytest.raises(tl.MessageTooLarge):
+            producer.publish_nowait(b"big")
+        await trio.sleep(0.01)
+        assert seen == [b"big"]
+        await client.declare_queue("q")
+        assert await producer.publish(b"k")  # the producer still works
+    assert any("on_drop callback" in r.getMessage() for r in caplog.records)
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.integers(1, 8)),
+        st.tuples(st.just("sever"), st.just(0)),
+        st.tuples(st.just("refuse"), st.integers(0, 1)),
+        st.tuples(st.just("nack"), st.integers(1, 3)),
+        st.tuples(st.just("wait"), st.integers(0, 2000)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(operations=OPERATIONS, policy=st.sampled_from(tl.BufferPolicy), drain=st.booleans())
+def test_every_message_handed_over_gets_exactly_one_outcome(
+    operations: list[tuple[str, int]], policy: tl.BufferPolicy, drain: bool
+) -> None:
+    """Random interleavings of publish, sever, refuse, nack, time and close:
+    when the client has closed, every message the producer took is either
+    confirmed or reported to on_drop, exactly once."""
+    dropped: list[int] = []
+    handed = 0
+    config = tl.Config(buffer_size=4, heartbeat=10, reconnect_max_delay=1.0)
+
+    async def scenario() -> tl.ProducerStatistics:
+        nonlocal handed
+        async with open_fake_broker(heartbeat=10) as broker:
+            async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+                await client.declare_queue("q")
+                producer = client.producer("q", buffer_policy=policy, confirm_window=3)
+                producer.on_drop(lambda message, target, reason: dropped.append(message.sequence))
+                for operation, argument in operations:
+                    if operation == "publish":
+                        for _ in range(argument):
+                            try:
+                                producer.publish_nowait(b"m")
+                            except (tl.BufferFull, trio.WouldBlock):
+                                continue
+                            handed += 1
+                    elif operation == "sever":
+                        broker.sever_all()
+                    elif operation == "refuse":
+                        broker.refuse_connections = bool(argument)
+                    elif operation == "nack":
+                        broker.nack_next(argument)
+                    else:
+                        await trio.sleep(argument / 1000)
+                broker.refuse_connections = False
+                if drain:
+                    with trio.fail_after(120):
+                        await producer.drain()
+                    assert producer.statistics().buffered == 0
+                    assert producer.statistics().in_flight == 0
+            return producer.statistics()
+
+    stats = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert stats.confirmed + sum(stats.dropped.values()) == handed
+    assert len(set(dropped)) == len(dropped) == sum(stats.dropped.values())
+    assert stats.dropped[tl.DropReason.NACKED] == stats.nacked
+    if drain:
+        assert stats.dropped[tl.DropReason.CLOSED] == 0
