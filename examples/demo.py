@@ -5,10 +5,11 @@ against your own broker::
 
     AMQP_URL=amqp://guest:guest@localhost/ python examples/demo.py --seconds 10
 
-The producer publishes with publisher confirms, keeping a window of messages
-in flight; the consumer acks each delivery.  Every second it prints the
-publish, confirm and consume rates; at the end, the totals.  It exits 0 when
-every confirmed message was consumed.
+One ``open_client`` carries both: a buffered producer in CONFIRM mode (the
+broker confirms every message; nothing is lost silently) and a consumer with
+a prefetch that acks in batches.  Every second it prints the publish,
+confirm and consume rates; at the end, the totals.  It exits 0 when every
+confirmed message was consumed.
 """
 
 from __future__ import annotations
@@ -17,107 +18,87 @@ import argparse
 import os
 import secrets
 import sys
-from collections import deque
 
 import trio
 
 import trio_lavin as lavin
 
 
-async def produce(
-    url: str, queue: str, stop: trio.Event, counts: dict[str, int], window: int, size: int
-) -> None:
-    async with lavin.open_connection(url, connection_name="demo-producer") as conn:
-        channel = await conn.channel()
-        await channel.confirm_select()
-        body = b"x" * size
-        in_flight: deque[lavin.Confirmation] = deque()
-        while not stop.is_set():
-            confirmation = await channel.basic_publish(body, routing_key=queue)
-            assert confirmation is not None
-            in_flight.append(confirmation)
-            counts["published"] += 1
-            while len(in_flight) >= window or (in_flight and in_flight[0].done):
-                await in_flight.popleft().wait()
-                counts["confirmed"] += 1
-        while in_flight:
-            await in_flight.popleft().wait()
-            counts["confirmed"] += 1
-
-
-async def consume(
-    url: str, queue: str, done: trio.Event, counts: dict[str, int], prefetch: int
-) -> None:
-    async with lavin.open_connection(url, connection_name="demo-consumer") as conn:
-        channel = await conn.channel()
-        await channel.basic_qos(prefetch)
-        async with await channel.basic_consume(queue) as deliveries:
-            async for delivery in deliveries:
-                counts["consumed"] += 1
-                # Ack in batches of prefetch/2: one frame acks them all.
-                if counts["consumed"] % max(prefetch // 2, 1) == 0:
-                    await delivery.ack(multiple=True)
-                if done.is_set() and counts["consumed"] >= counts["confirmed"]:
-                    await delivery.ack(multiple=True)
-                    return
-
-
-async def report(counts: dict[str, int], stop: trio.Event) -> None:
-    last = dict(counts)
-    second = 0
+async def produce(producer: lavin.Producer, stop: trio.Event, size: int) -> None:
+    body = b"x" * size
     while not stop.is_set():
+        # Waits only while the 10 000-message buffer is full.
+        await producer.enqueue(body)
+
+
+async def consume(client: lavin.Client, queue: str, counts: dict[str, int], prefetch: int) -> None:
+    batch = max(prefetch // 2, 1)
+    async with client.consume(queue, prefetch=prefetch) as deliveries:
+        async for delivery in deliveries:
+            counts["consumed"] += 1
+            if counts["consumed"] % batch == 0:
+                await delivery.ack(multiple=True)  # one frame acks the whole batch
+            else:
+                counts["unacked"] = delivery.delivery_tag
+
+
+async def report(producer: lavin.Producer, counts: dict[str, int]) -> None:
+    last = (0, 0, 0)
+    second = 0
+    while True:
         await trio.sleep(1)
         second += 1
-        rates = {key: counts[key] - last[key] for key in counts}
-        last = dict(counts)
+        stats = producer.statistics()
+        now = (stats.published, stats.confirmed, counts["consumed"])
+        rates = [b - a for a, b in zip(last, now, strict=True)]
+        last = now
         print(
-            f"{second:3d}s  publish {rates['published']:7d} msg/s   "
-            f"confirm {rates['confirmed']:7d} msg/s   consume {rates['consumed']:7d} msg/s",
+            f"{second:3d}s  publish {rates[0]:7d} msg/s   confirm {rates[1]:7d} msg/s   "
+            f"consume {rates[2]:7d} msg/s   buffered {stats.buffered:5d}",
             flush=True,
         )
 
 
-async def main(url: str, seconds: float, window: int, prefetch: int, size: int) -> int:
+async def main(url: str, seconds: float, prefetch: int, size: int) -> int:
     queue = f"trio-lavin-demo-{secrets.token_hex(4)}"
-    async with lavin.open_connection(url) as admin:
-        channel = await admin.channel()
-        await channel.queue_declare(queue, auto_delete=False)
-    counts = {"published": 0, "confirmed": 0, "consumed": 0}
-    stop = trio.Event()
-    producer_done = trio.Event()
+    counts = {"consumed": 0, "unacked": 0}
     print(f"trio-lavin {lavin.__version__} demo: {lavin.parse_url(url).endpoint}, queue {queue}")
-    with trio.fail_after(seconds + 30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(report, counts, stop)
-
-            async def run_producer() -> None:
-                await produce(url, queue, stop, counts, window, size)
-                producer_done.set()
-
-            nursery.start_soon(run_producer)
-            nursery.start_soon(consume, url, queue, producer_done, counts, prefetch)
-            await trio.sleep(seconds)
-            stop.set()
-            await producer_done.wait()
-    async with lavin.open_connection(url) as admin:
-        channel = await admin.channel()
-        left = await channel.queue_delete(queue)
+    with trio.fail_after(seconds + 60):
+        async with lavin.open_client(url, lavin.Config(connection_name="demo")) as client:
+            await client.declare_queue(queue, auto_delete=True)
+            producer = client.producer(queue, mode=lavin.PublishMode.CONFIRM)
+            drops: list[lavin.DropReason] = []
+            producer.on_drop(lambda message, target, reason: drops.append(reason))
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(report, producer, counts)
+                nursery.start_soon(consume, client, queue, counts, prefetch)
+                async with trio.open_nursery() as producers:
+                    producers.start_soon(produce, producer, stop, size)
+                    await trio.sleep(seconds)
+                    stop.set()
+                await producer.drain()
+                confirmed = producer.statistics().confirmed
+                with trio.move_on_after(30):
+                    while counts["consumed"] < confirmed:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+            stats = producer.statistics()
     print(
-        f"total: published {counts['published']}, confirmed {counts['confirmed']}, "
-        f"consumed {counts['consumed']} in {seconds:.0f} s "
-        f"({counts['consumed'] / seconds:.0f} msg/s end to end); left in queue: {left}"
+        f"total: published {stats.published}, confirmed {stats.confirmed}, "
+        f"consumed {counts['consumed']}, dropped {len(drops)} in {seconds:.0f} s "
+        f"({counts['consumed'] / seconds:.0f} msg/s end to end)"
     )
-    return 0 if counts["consumed"] >= counts["confirmed"] > 0 else 1
+    return 0 if counts["consumed"] >= stats.confirmed > 0 and not drops else 1
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="trio-lavin demo: live publish/consume rates")
     parser.add_argument(
         "--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost/")
     )
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--window", type=int, default=1000, help="confirms in flight")
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--size", type=int, default=16, help="body size in bytes")
     args = parser.parse_args()
-    sys.exit(trio.run(main, args.url, args.seconds, args.window, args.prefetch, args.size))
+    sys.exit(trio.run(main, args.url, args.seconds, args.prefetch, args.size))

@@ -46,6 +46,10 @@ DEFAULT_CONSUMER_BUFFER: Final = 1_000
 #: How long closing a channel or cancelling a consumer waits for the broker.
 CLOSE_TIMEOUT: Final = 5.0
 
+#: Publishers wait while this many bytes are queued on a connection and not
+#: yet taken by its writer, which bounds the memory a fast publisher can fill.
+SEND_HIGH_WATER: Final = 4 * 1024 * 1024
+
 _tag_counter = itertools.count(1)
 
 
@@ -536,7 +540,7 @@ class Channel:
 
     async def basic_publish(
         self,
-        body: bytes,
+        body: bytes | bytearray | memoryview,
         *,
         exchange: str = "",
         routing_key: str = "",
@@ -559,12 +563,41 @@ class Channel:
             ValueError: exchange or routing key longer than 255 bytes, or a
                 property that cannot be encoded.
         """
-        if not isinstance(body, (bytes, bytearray, memoryview)):
-            raise TypeError(f"body must be bytes, not {type(body).__name__}")
         self._check_open()
         await self.connection._wait_writable()
+        return self.basic_publish_nowait(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+        )
+
+    def basic_publish_nowait(
+        self,
+        body: bytes | bytearray | memoryview,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        properties: BasicProperties | None = None,
+        mandatory: bool = False,
+    ) -> Confirmation | None:
+        """:meth:`basic_publish` without waiting: queue the message now.
+
+        Raises:
+            trio.WouldBlock: the connection's send buffer is full; wait with
+                :meth:`basic_publish` instead.
+            Others: as :meth:`basic_publish`.
+        """
+        if not isinstance(body, bytes):
+            if not isinstance(body, (bytearray, memoryview)):
+                raise TypeError(f"body must be bytes, not {type(body).__name__}")
+            body = bytes(body)
         self._check_open()
-        body = bytes(body)
+        connection = self.connection
+        if connection._unsent > SEND_HIGH_WATER:
+            connection._check_open()
+            raise trio.WouldBlock
         tag = self._amqp.publish(
             self.number,
             body,
@@ -573,7 +606,7 @@ class Channel:
             properties=properties,
             mandatory=mandatory,
         )
-        self.connection._published(len(body))
+        connection._published(len(body))
         if not tag:
             return None
         confirmation = Confirmation(tag, exchange, routing_key, body, mandatory)

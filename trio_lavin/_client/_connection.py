@@ -48,17 +48,13 @@ from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
-from ._channel import Channel
+from ._channel import SEND_HIGH_WATER, Channel
 
 logger = logging.getLogger("trio_lavin.connection")
 
 #: Bytes asked of the transport per read: large reads mean few system calls
 #: and few parser passes when messages stream in.
 RECEIVE_SIZE: Final = 256 * 1024
-
-#: Publishers wait while this many bytes are queued and not yet taken by the
-#: writer, which bounds the memory a fast publisher can fill.
-SEND_HIGH_WATER: Final = 4 * 1024 * 1024
 
 #: Default heartbeat we ask for (the broker's lower value wins): LavinMQ
 #: proposes 300 s, far too long to notice a dead peer.

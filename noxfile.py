@@ -1,0 +1,104 @@
+"""Development sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s demo``.
+
+``tests`` and ``demo`` need a real broker: with ``AMQP_URL`` set that one is used; otherwise a
+throwaway RabbitMQ node is started on free loopback ports (see ``tests/_broker.py``), and
+Debian's ``rabbitmq-server`` is installed with apt first if it is missing and we are root.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from pathlib import Path
+
+import nox
+from nox.command import CommandFailed
+
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+TEST_DEPS = ["pytest>=8", "pytest-trio>=0.8", "hypothesis", "trustme"]
+APT_GET = Path("/usr/bin/apt-get")
+
+
+def _rabbitmq_installed() -> bool:
+    """Whether RabbitMQ's own scripts are there (the same places ``tests/_broker.py`` looks)."""
+    dirs = [
+        *glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin"),
+        "/usr/lib/rabbitmq/bin",
+    ]
+    return any(Path(d, "rabbitmq-server").is_file() for d in dirs)
+
+
+def _ignore_failure(session: nox.Session, *args: str) -> None:
+    if shutil.which(args[0]) is None:
+        return
+    try:
+        session.run(*args, external=True)
+    except CommandFailed:
+        session.log(f"ignored: `{' '.join(args)}` failed")
+
+
+def ensure_broker(session: nox.Session) -> None:
+    """Make sure the tests can get a broker: AMQP_URL, or an installed rabbitmq-server."""
+    if os.environ.get("AMQP_URL"):
+        session.log("using the broker at AMQP_URL (not starting one)")
+        return
+    if _rabbitmq_installed():
+        return
+    if os.geteuid() != 0 or not APT_GET.exists():
+        session.error(
+            "RabbitMQ is not installed and this is not a root shell on Debian/Ubuntu, so it "
+            "cannot be installed here: run `apt-get install rabbitmq-server` as root, or set "
+            "AMQP_URL to a running broker (amqp://user:password@host:port/vhost)"
+        )
+    session.log("installing Debian's rabbitmq-server (the tests start private nodes of it)")
+    session.run("apt-get", "update", external=True)
+    session.run(
+        "apt-get",
+        "install",
+        "-y",
+        "rabbitmq-server",
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+        external=True,
+    )
+    # The package may have started the system-wide broker (port 5672); the tests never use it.
+    _ignore_failure(session, "service", "rabbitmq-server", "stop")
+    _ignore_failure(session, "systemctl", "disable", "--now", "rabbitmq-server")
+    if not _rabbitmq_installed():
+        session.error("apt-get installed rabbitmq-server but its scripts were not found")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, against a real broker."""
+    ensure_broker(session)
+    session.install("-e", ".[ws]", *TEST_DEPS)
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[ws]", "mypy", *TEST_DEPS)
+    session.run("mypy", "--strict", "trio_lavin", "tests")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """examples/demo.py against a throwaway RabbitMQ node (or the broker at AMQP_URL)."""
+    ensure_broker(session)
+    session.install("-e", ".")
+    command = ["python", "examples/demo.py", *session.posargs]
+    if os.environ.get("AMQP_URL"):
+        session.run(*command)
+    else:
+        session.run("python", "-m", "tests._broker", "exec", "--", *command)

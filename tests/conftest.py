@@ -1,0 +1,107 @@
+"""Test-wide fixtures: a real AMQP broker.
+
+Tests that talk to a broker are marked ``@pytest.mark.broker`` and use one of:
+
+``broker``       (session) a :class:`tests._broker.Broker`: ``.url`` and ``.node``, the
+                 :class:`tests._broker.RabbitNode` the harness started (None with AMQP_URL).
+``amqp_url``     (session) the broker's URL, a str.
+``rabbit_node``  (function) the harness's RabbitNode, for tests that kill, restart or close
+                 connections on the node; fails when AMQP_URL points at an outside broker.
+                 The node is running when the test starts and is started again afterwards if
+                 the test left it down.
+
+With ``AMQP_URL`` set, that broker is used; otherwise a throwaway RabbitMQ node is started
+once per session (needs ``apt-get install rabbitmq-server``; never skipped, it fails).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests._broker import INSTALL_HINT, Broker, BrokerError, RabbitNode, find_rabbitmq_sbin
+
+_BROKER_FIXTURES = frozenset({"broker", "amqp_url", "rabbit_node"})
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    url = os.environ.get("AMQP_URL")
+    if url:
+        yield Broker(url=url, node=None)
+        return
+    if find_rabbitmq_sbin() is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    node = RabbitNode()
+    error: BrokerError | None = None
+    try:
+        node.start()
+    except BrokerError as exc:  # reported outside the handler, without exception chaining
+        node.stop()
+        error = exc
+    if error is not None:
+        pytest.fail(f"could not start the test broker: {error}", pytrace=False)
+    try:
+        yield Broker(url=node.url, node=node)
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(broker: Broker) -> str:
+    return broker.url
+
+
+@pytest.fixture
+def rabbit_node(broker: Broker) -> Iterator[RabbitNode]:
+    node = broker.node
+    if node is None:
+        pytest.fail(
+            "this test kills/restarts/controls the broker, so it needs the harness's own "
+            "RabbitMQ node: unset AMQP_URL (and install rabbitmq-server)",
+            pytrace=False,
+        )
+    if not node.is_running():
+        node.start()
+    yield node
+    if not node.is_running():  # leave a running broker for the tests that follow
+        node.start()
+
+
+def _uses_real_broker(item: pytest.Item) -> bool:
+    """Whether ``item`` uses (directly or through other fixtures) one of *these* fixtures.
+
+    A test module may define its own fixture with one of these names (say, a fake ``broker``);
+    that one does not count.
+    """
+    names = _BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", None)
+    if not names or defs is None:
+        return bool(names)
+    for name in names:
+        chain = defs.get(name) or ()
+        if chain and getattr(chain[-1].func, "__module__", __name__) == __name__:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the broker fixtures get the ``broker`` marker (so ``-m "not broker"``
+    deselects them) even if they forgot it."""
+    for item in items:
+        if item.get_closest_marker("broker") is None and _uses_real_broker(item):
+            item.add_marker(pytest.mark.broker)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``broker`` must get its broker from these fixtures."""
+    if item.get_closest_marker("broker") is not None and not _uses_real_broker(item):
+        pytest.fail(
+            f"{item.nodeid} is marked `broker` but uses none of the fixtures "
+            f"{sorted(_BROKER_FIXTURES)} of tests/conftest.py: take the URL from `amqp_url` "
+            "(or `broker`), not from a hard-coded address",
+            pytrace=False,
+        )

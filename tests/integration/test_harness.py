@@ -1,0 +1,190 @@
+"""The broker harness itself works: a real broker, controllable by the tests.
+
+Deliberately uses only plain sockets and pamqp, not trio_lavin.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import urllib.parse
+from typing import TypeVar
+
+import pytest
+from pamqp import body, commands, frame, header, heartbeat
+from pamqp.base import Frame
+
+from tests._broker import RabbitNode
+
+F = TypeVar("F", bound=Frame)
+
+
+class RawConnection:
+    """Just enough AMQP 0-9-1, by hand, to poke at the broker."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.user = urllib.parse.unquote(parts.username or "guest")
+        self.password = urllib.parse.unquote(parts.password or "guest")
+        self.vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672))
+        self.sock.settimeout(timeout)
+        self._buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def send(self, channel: int, *frames: frame.FrameTypes) -> None:
+        self.sock.sendall(b"".join(frame.marshal(f, channel) for f in frames))
+
+    def recv(self) -> tuple[int, frame.FrameTypes]:
+        while True:
+            if len(self._buf) >= 7:
+                (size,) = struct.unpack(">I", self._buf[3:7])
+                if len(self._buf) >= size + 8:
+                    used, channel, value = frame.unmarshal(self._buf[: size + 8])
+                    self._buf = self._buf[used:]
+                    return channel, value
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the broker closed the TCP connection")
+            self._buf += data
+
+    def expect(self, cls: type[F]) -> F:
+        while True:
+            _, value = self.recv()
+            if isinstance(value, heartbeat.Heartbeat):
+                continue
+            assert isinstance(value, cls), f"expected {cls.__name__}, got {value!r}"
+            return value
+
+    def open(self) -> None:
+        self.sock.sendall(header.ProtocolHeader().marshal())
+        self.expect(commands.Connection.Start)
+        self.send(
+            0,
+            commands.Connection.StartOk(
+                client_properties={"product": "trio-lavin test harness"},
+                mechanism="PLAIN",
+                response=f"\0{self.user}\0{self.password}",
+                locale="en_US",
+            ),
+        )
+        tune = self.expect(commands.Connection.Tune)
+        self.send(
+            0,
+            commands.Connection.TuneOk(
+                channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0
+            ),
+            commands.Connection.Open(virtual_host=self.vhost),
+        )
+        self.expect(commands.Connection.OpenOk)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 5672
+
+
+@pytest.mark.broker
+def test_broker_answers_protocol_header_with_connection_start(amqp_url: str) -> None:
+    with socket.create_connection(_host_port(amqp_url), timeout=10) as sock:
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        data = b""
+        while len(data) < 7 or len(data) < struct.unpack(">I", data[3:7])[0] + 8:
+            chunk = sock.recv(65536)
+            assert chunk, "broker closed the connection before a whole frame arrived"
+            data += chunk
+    assert data[0] == 1  # a method frame
+    _, channel, start = frame.unmarshal(data)
+    assert channel == 0
+    assert isinstance(start, commands.Connection.Start)
+    assert (start.version_major, start.version_minor) == (0, 9)
+    assert "PLAIN" in start.mechanisms.split()
+
+
+@pytest.mark.broker
+def test_handshake_with_guest_over_loopback(amqp_url: str) -> None:
+    with RawConnection(amqp_url) as conn:
+        conn.open()
+        conn.send(
+            0, commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
+        )
+        conn.expect(commands.Connection.CloseOk)
+
+
+@pytest.mark.broker
+def test_rabbitmqctl_status(rabbit_node: RabbitNode) -> None:
+    out = rabbit_node.rabbitmqctl("status")
+    assert rabbit_node.nodename in out
+    assert "RabbitMQ version" in out
+    assert "\x1b[" not in out
+
+
+@pytest.mark.broker
+def test_close_all_connections_sends_connection_forced(rabbit_node: RabbitNode) -> None:
+    with RawConnection(rabbit_node.url) as conn:
+        conn.open()
+        assert len(rabbit_node.list_connection_pids()) == 1
+        assert rabbit_node.close_all_connections("harness test") == 1
+        close = conn.expect(commands.Connection.Close)
+        assert close.reply_code == 320
+        assert "harness test" in close.reply_text
+        conn.send(0, commands.Connection.CloseOk())
+    assert rabbit_node.list_connection_pids() == []
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_kill_and_restart_keeps_port_durable_queue_and_persistent_message(
+    rabbit_node: RabbitNode,
+) -> None:
+    queue = "harness.durable"
+    with RawConnection(rabbit_node.url) as conn:
+        conn.open()
+        conn.send(1, commands.Channel.Open())
+        conn.expect(commands.Channel.OpenOk)
+        conn.send(1, commands.Queue.Declare(queue=queue, durable=True))
+        conn.expect(commands.Queue.DeclareOk)
+        conn.send(1, commands.Confirm.Select())
+        conn.expect(commands.Confirm.SelectOk)
+        payload = b"survives a crash"
+        conn.send(
+            1,
+            commands.Basic.Publish(exchange="", routing_key=queue),
+            header.ContentHeader(
+                body_size=len(payload), properties=commands.Basic.Properties(delivery_mode=2)
+            ),
+            body.ContentBody(payload),
+        )
+        conn.expect(commands.Basic.Ack)
+
+        port = rabbit_node.amqp_port
+        rabbit_node.kill()
+        assert not rabbit_node.is_running()
+        with pytest.raises((EOFError, ConnectionError)):
+            conn.recv()
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+            pass
+
+    rabbit_node.restart()
+    assert rabbit_node.amqp_port == port
+    assert rabbit_node.url.endswith(f":{port}/")
+    listed = rabbit_node.rabbitmqctl(
+        "list_queues", "name", "durable", "messages", "-q", "--no-table-headers"
+    )
+    assert [queue, "true", "1"] in [line.split() for line in listed.splitlines()]
+
+    with RawConnection(rabbit_node.url) as conn:
+        conn.open()
+        conn.send(1, commands.Channel.Open())
+        conn.expect(commands.Channel.OpenOk)
+        conn.send(1, commands.Queue.Delete(queue=queue))
+        deleted = conn.expect(commands.Queue.DeleteOk)
+        assert deleted.message_count == 1
