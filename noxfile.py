@@ -89,7 +89,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[ws]", "mypy", *TEST_DEPS)
-    session.run("mypy", "--strict", "trio_lavin", "tests")
+    session.run("mypy", "--strict", "trio_lavin", "tests", "examples")
 
 
 @nox.session
