@@ -1189,9 +1189,11 @@ def test_public_api_is_exactly_the_documented_names() -> None:
         "ConnectionState",
         "FakeBroker",
         "FakeBrokerServer",
+        "FaultProxy",
         "Message",
         "QueueInfo",
         "open_fake_broker",
+        "open_fault_proxy",
     ]
     assert testing.__doc__ is not None
     assert "never replaces tests" in testing.__doc__

@@ -22,13 +22,17 @@ from ._fake_broker import Message as Message
 from ._fake_broker import QueueInfo as QueueInfo
 from ._fake_server import FakeBrokerServer as FakeBrokerServer
 from ._fake_server import open_fake_broker as open_fake_broker
+from ._fault_proxy import FaultProxy as FaultProxy
+from ._fault_proxy import open_fault_proxy as open_fault_proxy
 
 __all__ = [
     "BrokerConnection",
     "ConnectionState",
     "FakeBroker",
     "FakeBrokerServer",
+    "FaultProxy",
     "Message",
     "QueueInfo",
     "open_fake_broker",
+    "open_fault_proxy",
 ]
