@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import pytest
 import trio
@@ -52,10 +53,11 @@ async def test_after_a_sever_the_client_is_back_and_round_trips_within_one_secon
         await client.declare_queue(queue, auto_delete=True)
         async with client.consume(queue, prefetch=10) as consumer:
             await roundtrip(client, queue, consumer)
-            for mode in ("rst", "fin"):
+            modes: tuple[Literal["rst", "fin"], ...] = ("rst", "fin")
+            for mode in modes:
                 connection = await client.wait_connected()
                 start = trio.current_time()
-                assert proxy.sever(mode) >= 1  # type: ignore[arg-type]
+                assert proxy.sever(mode) >= 1
                 await connection.wait_closed()
                 with trio.fail_after(1.0):
                     await roundtrip(client, queue, consumer)
