@@ -16,14 +16,57 @@ once per session (needs ``apt-get install rabbitmq-server``; never skipped, it f
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests._broker import INSTALL_HINT, Broker, BrokerError, RabbitNode, find_rabbitmq_sbin
 
 _BROKER_FIXTURES = frozenset({"broker", "amqp_url", "rabbit_node"})
+
+
+def _child_processes() -> list[str]:
+    """Processes (zombies included) whose parent is this test process."""
+    me = str(os.getpid())
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited while we looked
+        if fields[1] == me:
+            children.append(f"pid {stat.parent.name} (state {fields[0]})")
+    return children
+
+
+def _open_sockets() -> int:
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole suite (and the broker's teardown): no child process
+    and no socket of ours is left.  Tasks cannot leak: each test's trio.run
+    only returns once every task in it has finished."""
+    sockets = _open_sockets()
+    yield
+    gc.collect()
+    leftovers = []
+    if children := _child_processes():
+        leftovers.append(f"child processes still running: {', '.join(children)}")
+    if (now := _open_sockets()) > sockets:
+        leftovers.append(f"{now - sockets} socket(s) still open")
+    if leftovers:
+        pytest.fail("the test suite left things behind: " + "; ".join(leftovers), pytrace=False)
 
 
 @pytest.fixture(scope="session")
