@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s demo``.
+"""Development sessions: ``tests``, ``lint``, ``typecheck``, ``demo`` and ``fuzz``.
 
 ``tests`` and ``demo`` need a real broker: with ``AMQP_URL`` set that one is used; otherwise a
 throwaway RabbitMQ node is started on free loopback ports (see ``tests/_broker.py``), and
@@ -89,7 +89,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[ws]", "mypy", *TEST_DEPS)
-    session.run("mypy", "--strict", "trio_lavin", "tests", "examples")
+    session.run("mypy", "--strict", "trio_lavin", "tests", "examples", "fuzz", "benchmarks")
 
 
 @nox.session
@@ -102,3 +102,25 @@ def demo(session: nox.Session) -> None:
         session.run(*command)
     else:
         session.run("python", "-m", "tests._broker", "exec", "--", *command)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Every harness in fuzz/ under atheris; seconds per harness as the
+    first argument (default 60)."""
+    seconds = session.posargs[0] if session.posargs else "60"
+    session.install("-e", ".", "atheris")
+    for harness in sorted(Path("fuzz").glob("fuzz_*.py")):
+        seeds = Path("fuzz/corpus") / harness.stem.removeprefix("fuzz_")
+        # libFuzzer adds what it finds to the first corpus folder: keep that
+        # out of the repository's seeds.
+        found = Path(session.create_tmp()) / harness.stem
+        found.mkdir(exist_ok=True)
+        session.run(
+            "python",
+            str(harness),
+            str(found),
+            str(seeds),
+            f"-max_total_time={seconds}",
+            "-artifact_prefix=fuzz/crash-",
+        )
