@@ -50,7 +50,7 @@ def check(data: bytes) -> None:
 
 
 def main() -> None:
-    import atheris  # type: ignore[import-not-found]
+    import atheris
 
     atheris.instrument_all()
     atheris.Setup(sys.argv, check)
