@@ -410,9 +410,10 @@ class Connection:
     async def _handshake(self) -> None:
         amqp = self._amqp
         amqp.initiate()
-        await self._stream.send_all(amqp.data_to_send())
         while True:
             try:
+                if out := amqp.data_to_send():
+                    await self._stream.send_all(out)
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(
@@ -442,9 +443,6 @@ class Connection:
                     f"{exc.reply_text}",
                     exc.reply_code,
                 ) from exc
-            out = amqp.data_to_send()
-            if out:
-                await self._stream.send_all(out)
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

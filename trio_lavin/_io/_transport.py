@@ -66,5 +66,9 @@ async def open_stream(params: Parameters) -> trio.abc.Stream:
         await tls.do_handshake()
     except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
         await trio.aclose_forcefully(tls)
-        raise ConnectionLost(f"TLS handshake with {params.endpoint} failed: {exc}") from exc
+        # trio wraps the ssl error: its text says what went wrong.
+        detail = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+        raise ConnectionLost(
+            f"TLS handshake with {params.endpoint} failed: {detail or type(exc).__name__}"
+        ) from exc
     return tls

@@ -66,11 +66,17 @@ def classify(error: BaseException) -> ErrorKind:
     """Transient (retry with backoff) or fatal (raise after a few tries)."""
     if isinstance(error, AMQPConnectionError) and error.reply_code in FATAL_REPLY_CODES:
         return ErrorKind.FATAL
-    cause = error.__cause__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return ErrorKind.FATAL
     if isinstance(error, (ValueError, TypeError)):
         return ErrorKind.FATAL
+    # A certificate the client refuses stays refused; it may sit a few
+    # causes deep (ConnectionLost <- BrokenResourceError <- SSL error).
+    seen = 0
+    cause = error.__cause__ or error.__context__
+    while cause is not None and seen < 10:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return ErrorKind.FATAL
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
     return ErrorKind.TRANSIENT
 
 
