@@ -17,6 +17,7 @@ once per session (needs ``apt-get install rabbitmq-server``; never skipped, it f
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,44 @@ def _open_sockets() -> int:
         except OSError:
             continue
     return count
+
+
+#: Passwords no log record may ever contain (tests add theirs).
+SECRETS: set[str] = set()
+
+
+class _SecretScanner(logging.Handler):
+    """Records every trio_lavin log record that mentions a registered secret."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.leaks: list[str] = []
+        self.seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen += 1
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]!r} {record.exc_info[1]}"
+        for secret in SECRETS:
+            if secret in text:
+                self.leaks.append(f"{record.name}: {text[:200]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_password_in_any_log() -> Iterator[_SecretScanner]:
+    """Every log record of trio_lavin in the whole suite is scanned for the
+    registered passwords; one leak fails the run."""
+    scanner = _SecretScanner()
+    logger = logging.getLogger("trio_lavin")
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(scanner)
+    yield scanner
+    logger.removeHandler(scanner)
+    logger.setLevel(previous)
+    if scanner.leaks:
+        pytest.fail(f"passwords found in log records: {scanner.leaks[:5]}", pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
