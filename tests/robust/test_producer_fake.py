@@ -336,3 +336,37 @@ def test_every_message_handed_over_gets_exactly_one_outcome(
     assert stats.dropped[tl.DropReason.NACKED] == stats.nacked
     if drain:
         assert stats.dropped[tl.DropReason.CLOSED] == 0
+
+
+async def test_channel_closed_with_406_while_publishing_is_reopened_after_a_pause(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """LavinMQ closes a publishing channel with 406 when it is low on disk:
+    the producer treats that as "blocked", pauses, reopens and loses nothing."""
+    config = tl.Config(heartbeat=10, reconnect_jitter=0.0)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", confirm_window=10)
+        assert await producer.publish(b"before")
+        channel = producer._channel
+        assert channel is not None
+        # The broker closes the channel while these are on their way: the
+        # client only learns of it after publishing them.
+        broker.close_channel(
+            broker.connections[0], channel.number, 406, "PRECONDITION_FAILED - low disk"
+        )
+        for i in range(5):
+            producer.publish_nowait(b"%d" % i)
+        start = trio.current_time()
+        with trio.fail_after(30):
+            await producer.drain()
+        assert trio.current_time() - start >= 0.1  # paused before reopening
+        stats = producer.statistics()
+        assert stats.confirmed == 6
+        assert sum(stats.dropped.values()) == 0
+        assert producer._channel is not channel
+        assert not channel.is_open
+        assert client.statistics().reconnects == 0
+        assert [m.body for m in broker.queue("q").messages] == [b"before"] + [
+            b"%d" % i for i in range(5)
+        ]

@@ -479,8 +479,13 @@ class Producer:
             jitter=self._client.config.reconnect_jitter,
         )
         while True:
-            if self._channel is not None and self._channel.is_open:
-                return self._channel
+            previous = self._channel
+            if previous is not None:
+                if previous.is_open:
+                    return previous
+                self._channel = None
+                if isinstance(previous.error, ChannelClosed):
+                    await self._after_channel_closed(previous.error)
             try:
                 channel = await self._client.open_channel()
                 if self.mode is PublishMode.CONFIRM:
@@ -546,10 +551,8 @@ class Producer:
             except trio.WouldBlock:
                 await connection._wait_writable()
                 continue
-            except ChannelClosed as exc:
-                await self._after_channel_closed(exc)
-                continue
-            except AMQPConnectionError:
+            except (ChannelClosed, AMQPConnectionError):
+                # The next _open_channel() pauses if the broker meant "low disk".
                 await trio.lowlevel.checkpoint()
                 continue
             if published:
@@ -575,7 +578,6 @@ class Producer:
         LavinMQ says "low on disk": treat it as blocked and back off (until a
         confirm arrives again) before the next channel; otherwise reopen at
         once."""
-        self._channel = None
         if exc.reply_code != PRECONDITION_FAILED:
             return
         self._rejections += 1
