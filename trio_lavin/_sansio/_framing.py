@@ -199,7 +199,7 @@ def encode_frame(channel: int, value: FrameValue) -> bytes:
     """
     try:
         return pamqp_frame.marshal(value, channel)
-    except (ValueError, TypeError, struct.error) as exc:
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
         raise ValueError(f"cannot encode {value.name} on channel {channel}: {exc}") from exc
 
 
