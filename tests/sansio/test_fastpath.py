@@ -4,12 +4,15 @@ what pamqp produces, for any valid input."""
 from __future__ import annotations
 
 import datetime
+import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pamqp import commands
+from pamqp import commands, header
+from pamqp import frame as pamqp_frame
 
+from trio_lavin._sansio import FrameError, FrameReader
 from trio_lavin._sansio._framing import encode_content
 
 from .helpers import open_channel
@@ -135,3 +138,92 @@ def test_unencodable_float_in_headers_is_a_value_error() -> None:
     props = commands.Basic.Properties(headers={"big": 1e300})
     with pytest.raises(ValueError, match="cannot encode message properties"):
         conn.publish(number, b"x", properties=props)
+
+
+def _pamqp_decode(data: bytes) -> object:
+    _, _, value = pamqp_frame.unmarshal(data)
+    return value
+
+
+def _fast_decode(data: bytes) -> object:
+    reader = FrameReader()
+    reader.receive_data(data)
+    frame = reader.next_frame()
+    assert frame is not None
+    assert reader.buffered == 0
+    return frame[1]
+
+
+def _fields(value: object) -> dict[str, object]:
+    return {name: getattr(value, name) for name in type(value).__slots__}
+
+
+@settings(max_examples=300)
+@given(
+    consumer_tag=names,
+    delivery_tag=st.integers(0, 2**63 - 1),
+    redelivered=st.booleans(),
+    exchange=exchange_names,
+    routing_key=names,
+)
+def test_deliver_fast_decoder_agrees_with_pamqp(
+    consumer_tag: str, delivery_tag: int, redelivered: bool, exchange: str, routing_key: str
+) -> None:
+    data = pamqp_frame.marshal(
+        commands.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key), 3
+    )
+    fast, slow = _fast_decode(data), _pamqp_decode(data)
+    assert type(fast) is type(slow) is commands.Basic.Deliver
+    assert _fields(fast) == _fields(slow)
+
+
+@given(st.integers(0, 2**63 - 1), st.booleans(), st.booleans())
+def test_ack_and_nack_fast_decoders_agree_with_pamqp(
+    tag: int, multiple: bool, requeue: bool
+) -> None:
+    for method in (
+        commands.Basic.Ack(tag, multiple),
+        commands.Basic.Nack(tag, multiple, requeue),
+    ):
+        data = pamqp_frame.marshal(method, 1)
+        fast, slow = _fast_decode(data), _pamqp_decode(data)
+        assert type(fast) is type(slow)
+        assert _fields(fast) == _fields(slow)
+
+
+@given(st.integers(0, 2**63 - 1), properties)
+def test_content_header_decoding_agrees_with_pamqp(
+    size: int, props: commands.Basic.Properties | None
+) -> None:
+    data = pamqp_frame.marshal(
+        header.ContentHeader(0, size, props or commands.Basic.Properties()), 1
+    )
+    fast, slow = _fast_decode(data), _pamqp_decode(data)
+    assert isinstance(fast, header.ContentHeader)
+    assert isinstance(slow, header.ContentHeader)
+    assert (fast.class_id, fast.weight, fast.body_size) == (
+        slow.class_id,
+        slow.weight,
+        slow.body_size,
+    )
+    assert fast.properties == slow.properties
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x3c\x00\x3c\x05ab",  # consumer tag runs past the end
+        b"\x00\x3c\x00\x3c\x00\x00\x00",  # delivery tag truncated
+        b"\x00\x3c\x00\x3c\x00" + b"\x00" * 8,  # bits missing
+        b"\x00\x3c\x00\x3c\x01\xff" + b"\x00" * 9 + b"\x00",  # tag not UTF-8
+        b"\x00\x3c\x00\x50\x00",  # ack truncated
+        b"\x00\x3c\x00\x78" + b"\x00" * 8,  # nack without bits
+    ],
+)
+def test_truncated_hot_frames_are_frame_errors(payload: bytes) -> None:
+    data = struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
+    reader = FrameReader()
+    reader.receive_data(data)
+    with pytest.raises(FrameError) as excinfo:
+        reader.next_frame()
+    assert excinfo.value.reply_code == 501

@@ -32,6 +32,10 @@ from ._errors import (
 
 
 class ChannelState(enum.Enum):
+    # Members are singletons: hash by identity, in C (Enum's own __hash__
+    # is Python code, and the tables are looked up for every frame).
+    __hash__ = object.__hash__
+
     #: Not open (never opened, or closed); the number is free.
     CLOSED = "CLOSED"
     #: Channel.Open sent; waiting for OpenOk.
@@ -43,6 +47,10 @@ class ChannelState(enum.Enum):
 
 
 class ChannelInput(enum.Enum):
+    # Members are singletons: hash by identity, in C (Enum's own __hash__
+    # is Python code, and the tables are looked up for every frame).
+    __hash__ = object.__hash__
+
     SEND_OPEN = "SEND_OPEN"
     SEND_CLOSE = "SEND_CLOSE"
     #: Any other method or content we send.

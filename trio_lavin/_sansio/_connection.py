@@ -26,8 +26,18 @@ from typing import Any, Final
 from pamqp import base, body, commands, header, heartbeat
 
 from . import _events as ev
-from ._channel_state import ChannelInput, ChannelState, channel_transition
-from ._connection_state import ConnectionInput, ConnectionState, connection_transition
+from ._channel_state import (
+    CHANNEL_TRANSITIONS,
+    ChannelInput,
+    ChannelState,
+    channel_transition,
+)
+from ._connection_state import (
+    CONNECTION_TRANSITIONS,
+    ConnectionInput,
+    ConnectionState,
+    connection_transition,
+)
 from ._content import DEFAULT_MAX_BODY_SIZE, ContentAssembler
 from ._errors import (
     CHANNEL_ERROR,
@@ -50,6 +60,12 @@ from ._framing import (
 )
 
 CI = ConnectionInput
+
+# The frame handlers skip the table lookup for input that keeps an OPEN
+# connection or channel OPEN; these rows make that shortcut true.
+assert CONNECTION_TRANSITIONS[ConnectionState.OPEN, CI.RECV_CHANNEL_FRAME] is ConnectionState.OPEN
+assert CHANNEL_TRANSITIONS[ChannelState.OPEN, ChannelInput.RECV_CONTENT] is ChannelState.OPEN
+assert CHANNEL_TRANSITIONS[ChannelState.OPEN, ChannelInput.RECV_METHOD] is ChannelState.OPEN
 
 #: Heartbeat frame bytes: type 8, channel 0, size 0, end octet.
 HEARTBEAT_FRAME: Final = b"\x08\x00\x00\x00\x00\x00\x00\xce"
@@ -525,7 +541,8 @@ class AMQPConnection:
 
     def _handle_frame(self, channel: int, value: Any) -> None:
         if channel:
-            self._transition(CI.RECV_CHANNEL_FRAME)
+            if self._state is not ConnectionState.OPEN:  # OPEN -> OPEN, per the table
+                self._transition(CI.RECV_CHANNEL_FRAME)
             if self._state is ConnectionState.OPEN:
                 self._handle_channel_frame(channel, value)
             return
@@ -621,9 +638,10 @@ class AMQPConnection:
                 )
             record = self._channels[number] = _Channel(number, self.max_body_size)
         if isinstance(value, (header.ContentHeader, body.ContentBody)):
-            record.state = channel_transition(record.state, ChannelInput.RECV_CONTENT, number)
-            if record.state is not ChannelState.OPEN:
-                return
+            if record.state is not ChannelState.OPEN:  # OPEN -> OPEN, per the table
+                record.state = channel_transition(record.state, ChannelInput.RECV_CONTENT, number)
+                if record.state is not ChannelState.OPEN:
+                    return
             if isinstance(value, body.ContentBody):
                 message = record.content.body(value.value)
             else:
@@ -660,7 +678,8 @@ class AMQPConnection:
             record.reset()
             self._pending.append(ev.ChannelCloseOk(number))
         else:
-            record.state = channel_transition(record.state, ChannelInput.RECV_METHOD, number)
+            if record.state is not ChannelState.OPEN:  # OPEN -> OPEN, per the table
+                record.state = channel_transition(record.state, ChannelInput.RECV_METHOD, number)
             if record.state is ChannelState.OPEN:
                 self._handle_channel_method(record, value)
 

@@ -37,6 +37,10 @@ from ._errors import (
 
 
 class ConnectionState(enum.Enum):
+    # Members are singletons: hash by identity, in C (Enum's own __hash__
+    # is Python code, and the tables are looked up for every frame).
+    __hash__ = object.__hash__
+
     #: Nothing sent yet.
     INITIAL = "INITIAL"
     #: Protocol header sent; waiting for Connection.Start.
@@ -54,6 +58,10 @@ class ConnectionState(enum.Enum):
 
 
 class ConnectionInput(enum.Enum):
+    # Members are singletons: hash by identity, in C (Enum's own __hash__
+    # is Python code, and the tables are looked up for every frame).
+    __hash__ = object.__hash__
+
     SEND_PROTOCOL_HEADER = "SEND_PROTOCOL_HEADER"
     SEND_CLOSE = "SEND_CLOSE"
     SEND_HEARTBEAT = "SEND_HEARTBEAT"

@@ -63,6 +63,60 @@ FrameValue: TypeAlias = base.Frame | header.ContentHeader | body.ContentBody | h
 Frame: TypeAlias = tuple[int, FrameValue]
 
 
+_CONTENT_HEADER_FIXED = struct.Struct(">HHQ")
+_TAG = struct.Struct(">Q")
+
+
+def _shortstr(payload: bytes, offset: int) -> tuple[str, int]:
+    end = offset + 1 + payload[offset]
+    if end > len(payload):
+        raise ValueError("short string runs past the end of the frame")
+    return payload[offset + 1 : end].decode("utf-8"), end
+
+
+def _decode_deliver(payload: bytes) -> commands.Basic.Deliver:
+    """Basic.Deliver without pamqp's generic decoder (the hottest frame)."""
+    consumer_tag, offset = _shortstr(payload, 4)
+    (delivery_tag,) = _TAG.unpack_from(payload, offset)
+    redelivered = bool(payload[offset + 8] & 1)
+    exchange, offset = _shortstr(payload, offset + 9)
+    routing_key, offset = _shortstr(payload, offset)
+    method = commands.Basic.Deliver.__new__(commands.Basic.Deliver)
+    method.consumer_tag = consumer_tag
+    method.delivery_tag = delivery_tag
+    method.redelivered = redelivered
+    method.exchange = exchange
+    method.routing_key = routing_key
+    return method
+
+
+def _decode_ack(payload: bytes) -> commands.Basic.Ack:
+    (delivery_tag,) = _TAG.unpack_from(payload, 4)
+    method = commands.Basic.Ack.__new__(commands.Basic.Ack)
+    method.delivery_tag = delivery_tag
+    method.multiple = bool(payload[12] & 1)
+    return method
+
+
+def _decode_nack(payload: bytes) -> commands.Basic.Nack:
+    (delivery_tag,) = _TAG.unpack_from(payload, 4)
+    bits = payload[12]
+    method = commands.Basic.Nack.__new__(commands.Basic.Nack)
+    method.delivery_tag = delivery_tag
+    method.multiple = bool(bits & 1)
+    method.requeue = bool(bits & 2)
+    return method
+
+
+#: Hand-written decoders for the hot methods, by method id; everything else
+#: goes through pamqp.  tests/sansio/test_fastpath.py checks they agree.
+_FAST_METHODS: Final = {
+    commands.Basic.Deliver.index: _decode_deliver,
+    commands.Basic.Ack.index: _decode_ack,
+    commands.Basic.Nack.index: _decode_nack,
+}
+
+
 class FrameReader:
     """Turns a byte stream from the broker into frames.
 
@@ -167,12 +221,21 @@ class FrameReader:
                 if len(payload) < 4:
                     self._fail(f"method frame of {len(payload)} bytes has no method id")
                 method_id = int.from_bytes(payload[:4], "big")
+                fast = _FAST_METHODS.get(method_id)
+                if fast is not None:
+                    return fast(payload)
                 try:
                     method = commands.INDEX_MAPPING[method_id]()
                 except KeyError:
                     self._fail(f"unknown method id {method_id:#010x} on channel {channel}")
                 method.unmarshal(payload[4:])
                 return method  # type: ignore[no-any-return]
+            if len(payload) == 14 and payload[12:14] == b"\x00\x00":
+                # No properties set, the usual case: skip the generic decoder.
+                class_id, weight, body_size = _CONTENT_HEADER_FIXED.unpack_from(payload)
+                content_header = header.ContentHeader(weight, body_size)
+                content_header.class_id = class_id
+                return content_header
             content_header = header.ContentHeader()
             content_header.unmarshal(payload)
             return content_header
