@@ -155,7 +155,8 @@ def _fast_decode(data: bytes) -> object:
 
 
 def _fields(value: object) -> dict[str, object]:
-    return {name: getattr(value, name) for name in type(value).__slots__}
+    slots: list[str] = getattr(type(value), "__slots__", [])
+    return {name: getattr(value, name) for name in slots}
 
 
 @settings(max_examples=300)
