@@ -19,7 +19,14 @@ nox.options.error_on_missing_interpreters = True
 nox.options.reuse_venv = "yes"
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
-TEST_DEPS = ["pytest>=8", "pytest-trio>=0.8", "hypothesis", "trustme"]
+TEST_DEPS = [
+    "pytest>=8",
+    "pytest-trio>=0.8",
+    "hypothesis",
+    "trustme",
+    "websockify",
+    "trio-websocket",  # an independent WebSocket server for the transport tests
+]
 APT_GET = Path("/usr/bin/apt-get")
 
 
@@ -124,3 +131,28 @@ def fuzz(session: nox.Session) -> None:
             f"-max_total_time={seconds}",
             "-artifact_prefix=fuzz/crash-",
         )
+
+
+#: What ``bench`` compares trio-lavin with (py-amqp is ``amqp``; uvloop runs the asyncio
+#: peers), plus pyinstrument for ``--profile``.  Installed one at a time: one that fails to
+#: install shows as "n/a" in the table instead of failing the session.
+BENCH_PEERS = ["aio-pika", "aiormq", "pika", "amqp", "uvloop", "pyinstrument"]
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """benchmarks/bench_suite.py: trio-lavin against every Python peer and two ceiling
+    clients, against one broker (a throwaway RabbitMQ node, or AMQP_URL).  Arguments go to
+    the suite, e.g. ``nox -s bench -- --rounds 5 --scenarios consume roundtrip``."""
+    ensure_broker(session)
+    session.install("-e", ".")
+    for peer in BENCH_PEERS:
+        try:
+            session.install(peer)
+        except CommandFailed:
+            session.warn(f"could not install {peer}: the suite shows it as n/a")
+    command = ["python", "benchmarks/bench_suite.py", *session.posargs]
+    if os.environ.get("AMQP_URL"):
+        session.run(*command)
+    else:
+        session.run("python", "-m", "tests._broker", "exec", "--", *command)

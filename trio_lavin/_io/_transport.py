@@ -39,17 +39,25 @@ def make_ssl_context(params: Parameters) -> ssl.SSLContext:
 
 
 async def open_stream(params: Parameters) -> trio.abc.Stream:
-    """Open a TCP (``amqp``) or TLS (``amqps``) stream to ``params``.
+    """Open a TCP (``amqp``) or TLS (``amqps``) stream to ``params``, or for
+    ``ws``/``wss`` a WebSocket (over TLS for ``wss``) carrying AMQP in binary
+    messages (see :mod:`trio_lavin._io._websocket`).
 
     Raises:
         ConnectionLost: the connection could not be made (refused, unreachable,
-            TLS failure), with the endpoint in the message (never a password).
+            TLS failure, WebSocket upgrade refused), with the endpoint in the
+            message (never a password).
+        ImportError: ``ws``/``wss`` without the ``trio-lavin[ws]`` extra.
     """
     if params.scheme in ("ws", "wss"):
-        raise ValueError(
-            f"the {params.scheme}:// transport needs trio-lavin's WebSocket support, "
-            "which this version does not include yet"
-        )
+        try:
+            from ._websocket import connect_websocket
+        except ImportError as exc:
+            raise ImportError(
+                f"the {params.scheme}:// transport needs wsproto: "
+                "install trio-lavin[ws] (pip install 'trio-lavin[ws]')"
+            ) from exc
+        return await connect_websocket(params, make_ssl_context(params) if params.tls else None)
     try:
         stream: trio.abc.Stream = await trio.open_tcp_stream(params.host, params.port)
     except OSError as exc:

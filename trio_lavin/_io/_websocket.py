@@ -1,0 +1,493 @@
+"""AMQP over WebSocket: a :class:`trio.abc.Stream` made of binary WebSocket messages.
+
+LavinMQ serves AMQP 0-9-1 over WebSocket on its HTTP port (15672, or 15671 with TLS) on any
+path except ``/mqtt`` and ``/ws/mqtt``, with the subprotocol ``Sec-WebSocket-Protocol: amqp``.
+The binary messages carry the raw AMQP byte stream; message boundaries mean nothing (LavinMQ,
+websockify and proxies split and join them freely), so this module turns the messages back
+into a plain byte stream and the AMQP layer above never knows.
+
+How a URL maps (see :mod:`trio_lavin._params`)::
+
+    ws://user:password@host:15672/vhost?heartbeat=10
+      -> TCP to host:15672 (TLS with SNI for wss://)
+      -> GET / HTTP/1.1, Host: host:15672, Upgrade: websocket, Sec-WebSocket-Protocol: amqp
+      -> AMQP 0-9-1 over binary messages; the URL's path is the AMQP virtual host, exactly as
+         for amqp:// (it goes into Connection.Open, not into the HTTP request, whose path is
+         always "/").
+
+Design: the WebSocket protocol is driven with the sans-IO ``wsproto`` (installed with
+``trio-lavin[ws]``) directly inside :meth:`send_all` and
+:meth:`receive_some`, over one underlying trio stream.  trio-websocket itself is not used
+at run time: its connection needs a reader task in a nursery, and :func:`open_stream` is a
+plain coroutine that returns a ready stream (the contract every ``StreamFactory`` keeps), so
+the task would have no owner that outlives the call, unless ``open_stream`` became a context
+manager and changed the whole client.  trio-websocket 0.12 also queues received messages
+ahead of the reader (backpressure lost) and leaves the socket open after a rejected handshake
+or an abnormal close.  Driving wsproto in place needs no task at all: backpressure is the
+socket's own, cancellation keeps trio's stream semantics, and closing the stream closes the
+socket.  The tests use trio-websocket's server as an independent peer.
+
+Only what an AMQP client needs: the client handshake, binary messages, ping/pong, and the
+close handshake.  No extensions (per-message deflate) are offered.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import RemoteProtocolError
+
+from .._exceptions import ConnectionLost
+from .._params import Parameters
+
+logger = logging.getLogger("trio_lavin.transport")
+
+__all__ = [
+    "AMQP_SUBPROTOCOL",
+    "WebSocketHandshakeError",
+    "WebSocketStream",
+    "client_handshake",
+    "connect_websocket",
+]
+
+#: The subprotocol LavinMQ expects (``Sec-WebSocket-Protocol: amqp``).
+AMQP_SUBPROTOCOL: Final = "amqp"
+#: The HTTP request path of the upgrade.  LavinMQ takes AMQP on any path but its MQTT ones;
+#: the virtual host travels inside AMQP, never in this path.
+REQUEST_TARGET: Final = "/"
+#: Bytes asked from the socket per read (or the reader's ``max_bytes`` if larger).  The
+#: buffer of received payload never holds more than one read (we read only when it is
+#: empty), so this bounds the memory per stream.
+RECEIVE_SIZE: Final = 64 * 1024
+#: Longest a pong, or the close frame that answers the peer's close, may take to be written
+#: from inside :meth:`WebSocketStream.receive_some` (and :meth:`~WebSocketStream.aclose`'s
+#: close frame): a few bytes that a live peer takes at once.  After it the stream is broken.
+CONTROL_SEND_TIMEOUT: Final = 5.0
+
+_DEFAULT_HTTP_PORTS: Final = {"ws": 80, "wss": 443}
+
+
+class WebSocketHandshakeError(Exception):
+    """The server did not accept the WebSocket upgrade (an HTTP error status, a malformed
+    or non-WebSocket response, or a wrong ``Sec-WebSocket-Accept``/subprotocol).
+
+    Attributes:
+        status_code: the HTTP status of a rejection (e.g. 400, 404), else ``None``.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class _ConflictDetector:
+    """Raise :class:`trio.BusyResourceError` when two tasks use one side of the stream at
+    once, as trio's streams do."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._held = False
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if self._held:
+            raise trio.BusyResourceError(self._message)
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+
+
+class WebSocketStream(trio.abc.Stream):
+    """A byte stream carried in the binary messages of an open WebSocket connection.
+
+    :meth:`send_all` sends its data as one binary message; :meth:`receive_some` returns the
+    payload of received binary messages in order, regardless of how the peer split or
+    joined them, and keeps what exceeds ``max_bytes`` for the next call.
+
+    The end of the stream, in trio's vocabulary:
+
+    * the peer's close with code 1000 (normal closure) is the end of the stream:
+      :meth:`receive_some` returns ``b""`` (after the data received before it), and sending
+      raises :class:`trio.BrokenResourceError`;
+    * a close with any other code, a connection lost without a close frame (1006), a text
+      message (AMQP uses binary messages only; answered with close 1003) or a framing error
+      (answered with close 1002) break the stream: :class:`trio.BrokenResourceError` with
+      the reason, and the socket is closed;
+    * :meth:`aclose` sends close 1000 (when no send is in progress) and closes the socket;
+      afterwards every method raises :class:`trio.ClosedResourceError`.
+
+    Cancellation: a cancelled :meth:`receive_some` loses no data.  A :meth:`send_all`
+    cancelled while writing may have sent part of a frame, so the stream is then broken
+    (like :class:`trio.SSLStream`).  Pings are answered from :meth:`receive_some` when no
+    send is in progress, otherwise by the send in progress before it returns.
+
+    Half-closing is not possible (a WebSocket close ends both directions), so this is a
+    :class:`trio.abc.Stream`, not a :class:`~trio.abc.HalfCloseableStream`.
+    """
+
+    def __init__(self, transport: trio.abc.Stream, ws: WSConnection) -> None:
+        """Wrap ``ws``, whose opening handshake has completed on ``transport``.  The stream
+        owns ``transport`` from now on."""
+        if ws.state is not ConnectionState.OPEN:
+            raise ValueError(f"the WebSocket connection must be open, not {ws.state.name}")
+        self.transport = transport
+        self._ws = ws
+        self._received = bytearray()
+        # Frames generated but not written yet, in the order wsproto made them.  Whoever
+        # holds _write_lock writes all of it (see _flush), so pongs and close replies
+        # queued from receive_some during a send go out right after it.
+        self._outgoing = bytearray()
+        self._write_lock = trio.StrictFIFOLock()
+        self._send_conflict = _ConflictDetector("another task is sending on this WebSocket stream")
+        self._receive_conflict = _ConflictDetector(
+            "another task is receiving from this WebSocket stream"
+        )
+        self._closed = False  # aclose() was called
+        self._eof = False  # the peer closed normally (1000)
+        self._broken: str | None = None  # why the stream is broken
+
+    def __repr__(self) -> str:
+        if self._closed:
+            state = "closed"
+        elif self._broken is not None:
+            state = "broken"
+        elif self._eof:
+            state = "closed by the peer"
+        else:
+            state = "open"
+        return f"<WebSocketStream {state} over {self.transport!r}>"
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as one binary message.
+
+        Raises:
+            trio.BusyResourceError: another task is in :meth:`send_all` or
+                :meth:`wait_send_all_might_not_block`.
+            trio.BrokenResourceError: the connection broke or the peer closed it.
+            trio.ClosedResourceError: this stream was closed with :meth:`aclose`.
+        """
+        with self._send_conflict.hold():
+            self._check_sendable()
+            payload = bytes(data)
+            if not payload:
+                await trio.lowlevel.checkpoint()
+                return
+            async with self._write_lock:
+                self._check_sendable()
+                self._outgoing += self._ws.send(BytesMessage(data=payload))
+                await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the socket takes more data (see
+        :meth:`trio.abc.SendStream.wait_send_all_might_not_block`)."""
+        with self._send_conflict.hold():
+            self._check_sendable()
+            async with self._write_lock:
+                await self._flush()
+                try:
+                    await self.transport.wait_send_all_might_not_block()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise self._transport_failed(exc) from exc
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this WebSocket stream was closed")
+        if self._broken is not None:
+            raise trio.BrokenResourceError(self._broken)
+        if self._eof or self._ws.state is not ConnectionState.OPEN:
+            raise trio.BrokenResourceError("the WebSocket peer closed the connection")
+
+    async def _flush(self) -> None:
+        """Write every queued frame; the caller holds ``_write_lock``.
+
+        A write interrupted midway (cancelled or failed) may have sent part of a frame, so
+        the stream is broken afterwards.
+        """
+        while self._outgoing:
+            await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before any byte: intact
+            data = bytes(self._outgoing)
+            self._outgoing.clear()
+            try:
+                await self.transport.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise self._transport_failed(exc) from exc
+            except BaseException:
+                self._break("a WebSocket write was interrupted midway (cancelled)")
+                raise
+
+    async def _flush_control(self) -> None:
+        """Write queued control frames (pong, close) from ``receive_some`` or ``aclose``, if
+        no send is in progress (otherwise that send writes them), within
+        :data:`CONTROL_SEND_TIMEOUT`.  A failure only breaks the stream (recorded in
+        ``_broken``); only :class:`trio.Cancelled` propagates."""
+        if not self._outgoing:
+            return
+        try:
+            self._write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            return
+        try:
+            with trio.move_on_after(CONTROL_SEND_TIMEOUT) as scope:
+                await self._flush()
+            if scope.cancelled_caught:
+                self._break(f"the peer took no data for {CONTROL_SEND_TIMEOUT} s")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # recorded by _transport_failed
+        finally:
+            self._write_lock.release()
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return up to ``max_bytes`` (or all that is buffered) of the byte stream, waiting
+        for a message if none is buffered; ``b""`` once the peer closed normally.
+
+        Raises:
+            trio.BusyResourceError: another task is in :meth:`receive_some`.
+            trio.BrokenResourceError: the connection broke, the peer closed it with a
+                code other than 1000, or broke the protocol (e.g. sent a text message).
+            trio.ClosedResourceError: this stream was closed with :meth:`aclose`.
+        """
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError(f"max_bytes must be >= 1, not {max_bytes!r}")
+        with self._receive_conflict.hold():
+            if self._closed:
+                raise trio.ClosedResourceError("this WebSocket stream was closed")
+            if self._received or self._eof or self._broken is not None:
+                await trio.lowlevel.checkpoint()
+            else:
+                await self._receive_more(max(max_bytes or 0, RECEIVE_SIZE))
+            if self._closed:
+                raise trio.ClosedResourceError("this WebSocket stream was closed")
+            if self._received:
+                size = len(self._received) if max_bytes is None else max_bytes
+                chunk = bytes(self._received[:size])
+                del self._received[:size]
+                return chunk
+            if self._eof:
+                return b""
+            raise trio.BrokenResourceError(self._broken)
+
+    async def _receive_more(self, read_size: int) -> None:
+        """Read from the socket until payload is buffered, the peer closed, or the stream
+        broke."""
+        while True:
+            self._process_events()
+            if self._outgoing:
+                await self._flush_control()
+            if self._broken is not None:
+                await trio.aclose_forcefully(self.transport)
+            if self._received or self._eof or self._broken is not None:
+                return
+            try:
+                data = await self.transport.receive_some(read_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise self._transport_failed(exc) from exc
+            # EOF (b"") becomes wsproto's CloseConnection(1006) event.
+            self._ws.receive_data(bytes(data) if data else None)
+
+    def _process_events(self) -> None:
+        ws = self._ws
+        for event in ws.events():
+            if isinstance(event, BytesMessage):
+                self._received += event.data
+            elif isinstance(event, Ping):
+                if ws.state is ConnectionState.OPEN:
+                    self._outgoing += ws.send(event.response())
+            elif isinstance(event, TextMessage):
+                self._fail_connection(
+                    CloseReason.UNSUPPORTED_DATA,
+                    "received a text WebSocket message; AMQP over WebSocket uses binary "
+                    "messages only",
+                )
+            elif isinstance(event, CloseConnection):
+                self._closed_by_peer(event)
+            # Pong: nothing to do (we send no pings).
+            if self._eof or self._broken is not None:
+                return
+
+    def _closed_by_peer(self, event: CloseConnection) -> None:
+        ws = self._ws
+        if ws.state is ConnectionState.OPEN:
+            # wsproto reports a frame it cannot parse as a close event without a state change.
+            self._fail_connection(
+                event.code, f"WebSocket protocol error from the peer: {event.reason}"
+            )
+            return
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            self._outgoing += ws.send(event.response())
+        if event.code == CloseReason.NORMAL_CLOSURE:
+            self._eof = True
+        elif event.code == CloseReason.ABNORMAL_CLOSURE:
+            self._break("the connection was lost without a WebSocket close (1006)")
+        else:
+            reason = f": {event.reason}" if event.reason else ""
+            self._break(f"the WebSocket peer closed the connection with code {event.code}{reason}")
+
+    def _fail_connection(self, code: int, reason: str) -> None:
+        """Break the stream because of the peer's protocol error; queue a close frame with
+        ``code``.  The socket is closed once the frame is written (or could not be)."""
+        if self._ws.state is ConnectionState.OPEN:
+            self._outgoing += self._ws.send(CloseConnection(code=code, reason=reason[:100]))
+        self._break(reason)
+
+    # -- errors and closing ---------------------------------------------------------------
+
+    def _break(self, reason: str) -> None:
+        if self._broken is None:
+            self._broken = reason
+
+    def _transport_failed(self, exc: BaseException) -> Exception:
+        """The exception for a failure of the underlying stream."""
+        if self._closed:
+            return trio.ClosedResourceError("this WebSocket stream was closed")
+        self._break(f"the connection broke: {exc}" if str(exc) else "the connection broke")
+        return trio.BrokenResourceError(self._broken)
+
+    async def aclose(self) -> None:
+        """Close the WebSocket (close frame 1000, unless a send is in progress or the
+        stream is broken) and the socket.  Idempotent; a cancelled ``aclose`` still closes
+        the socket."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._broken is None and self._ws.state is ConnectionState.OPEN:
+                self._outgoing += self._ws.send(CloseConnection(code=CloseReason.NORMAL_CLOSURE))
+                await self._flush_control()
+        finally:
+            await self.transport.aclose()
+
+
+def _host_header(params: Parameters) -> str:
+    host = f"[{params.host}]" if ":" in params.host else params.host
+    if params.port == _DEFAULT_HTTP_PORTS.get(params.scheme):
+        return host
+    return f"{host}:{params.port}"
+
+
+async def client_handshake(
+    transport: trio.abc.Stream,
+    host: str,
+    *,
+    target: str = REQUEST_TARGET,
+    subprotocols: tuple[str, ...] = (AMQP_SUBPROTOCOL,),
+) -> WebSocketStream:
+    """Upgrade ``transport`` to WebSocket as a client, offering ``subprotocols``.
+
+    ``host`` is the ``Host`` header (``name:port``).  A server that accepts without choosing
+    a subprotocol is accepted too; one that chooses a subprotocol that was not offered is an
+    error.  The stream takes ownership of ``transport``, which is closed if the handshake
+    fails (also when cancelled).
+
+    Raises:
+        WebSocketHandshakeError: the server refused or answered something else than a valid
+            WebSocket upgrade.
+        trio.BrokenResourceError: the connection broke or closed during the handshake.
+    """
+    ws = WSConnection(ConnectionType.CLIENT)
+    try:
+        await transport.send_all(
+            ws.send(Request(host=host, target=target, subprotocols=list(subprotocols)))
+        )
+        await _receive_upgrade_response(transport, ws)
+    except BaseException:
+        await trio.aclose_forcefully(transport)
+        raise
+    # Anything the server sent after its response stays queued in wsproto for the
+    # stream's first receive_some.
+    return WebSocketStream(transport, ws)
+
+
+async def _receive_upgrade_response(transport: trio.abc.Stream, ws: WSConnection) -> None:
+    start = b""  # the beginning of the response, for the error message
+    while True:
+        data = await transport.receive_some(RECEIVE_SIZE)
+        if not data:
+            hint = ""
+            if start.startswith(b"AMQP"):
+                hint = " (an AMQP protocol header: this is an AMQP port, use amqp:// for it)"
+            elif start:
+                hint = f" after {start!r}"
+            raise trio.BrokenResourceError(
+                f"the server closed the connection during the WebSocket handshake{hint}"
+            )
+        start = (start + data)[:40]
+        try:
+            ws.receive_data(bytes(data))
+        except RemoteProtocolError as exc:
+            raise WebSocketHandshakeError(f"invalid WebSocket upgrade response: {exc}") from exc
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                if event.subprotocol is None:
+                    logger.debug("the WebSocket server chose no subprotocol")
+                return
+            if isinstance(event, RejectConnection):
+                raise WebSocketHandshakeError(
+                    f"the server refused the WebSocket upgrade with HTTP {event.status_code}",
+                    event.status_code,
+                )
+
+
+async def connect_websocket(
+    params: Parameters, ssl_context: ssl.SSLContext | None
+) -> WebSocketStream:
+    """Connect to a ``ws://`` or ``wss://`` endpoint: TCP, TLS with SNI when
+    ``ssl_context`` is given, then the WebSocket upgrade to ``GET /`` with the ``amqp``
+    subprotocol (the URL's path is the AMQP virtual host, not the HTTP path).
+
+    Raises:
+        ConnectionLost: connecting, TLS or the upgrade failed; the message names the
+            endpoint (never the password) and ``__cause__`` is the original error.
+    """
+    endpoint = params.endpoint
+    try:
+        tcp = await trio.open_tcp_stream(params.host, params.port)
+    except OSError as exc:
+        raise ConnectionLost(f"cannot connect to {endpoint}: {exc}") from exc
+    transport: trio.abc.Stream = tcp
+    if ssl_context is not None:
+        tls = trio.SSLStream(
+            tcp,
+            ssl_context,
+            server_hostname=params.server_name_indication or params.host,
+            https_compatible=True,
+        )
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            await trio.aclose_forcefully(tls)
+            raise ConnectionLost(f"TLS handshake with {endpoint} failed: {exc}") from exc
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        transport = tls
+    try:
+        return await client_handshake(transport, _host_header(params))
+    except (WebSocketHandshakeError, trio.BrokenResourceError, OSError) as exc:
+        raise ConnectionLost(f"WebSocket handshake with {endpoint} failed: {exc}") from exc
