@@ -86,3 +86,20 @@ async def test_broker_killed_and_restarted_client_reconnects_and_consumers_recei
             assert await delivery.ack()
             assert consumer.subscriptions == 2
         await client.delete_queue(queue)
+
+
+async def test_failover_across_transports_tries_the_next_url(amqp_url: str) -> None:
+    # Nothing listens on this port: the WebSocket attempt is refused and the
+    # next attempt goes to the broker over plain AMQP.
+    dead = trio.socket.socket()
+    await dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    urls = [f"ws://guest:guest@127.0.0.1:{port}/", amqp_url]
+    async with tl.open_client(urls, CONFIG) as client:
+        with trio.fail_after(10):
+            connection = await client.wait_connected()
+        stats = client.statistics()
+    assert connection.params.scheme == "amqp"
+    assert stats.failed_attempts == 1
+    assert stats.endpoint == tl.parse_url(amqp_url).endpoint
