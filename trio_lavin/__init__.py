@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from ._robust._producer import ProducerClosed as ProducerClosed
     from ._robust._producer import ProducerStatistics as ProducerStatistics
     from ._robust._producer import PublishMode as PublishMode
+    from ._robust._producer import PublishTimeout as PublishTimeout
     from ._robust._supervisor import ClientState as ClientState
     from ._robust._supervisor import StateChange as StateChange
 
@@ -87,6 +88,7 @@ _LAZY = {
     "ProducerClosed": "._robust._producer",
     "ProducerStatistics": "._robust._producer",
     "PublishMode": "._robust._producer",
+    "PublishTimeout": "._robust._producer",
     "ClientState": "._robust._supervisor",
     "StateChange": "._robust._supervisor",
 }
@@ -140,6 +142,7 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "PublishMode",
+    "PublishTimeout",
     "QueueDeclareOk",
     "QueueRenamed",
     "RecoveringConsumer",

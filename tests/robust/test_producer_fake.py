@@ -370,3 +370,23 @@ async def test_channel_closed_with_406_while_publishing_is_reopened_after_a_paus
         assert [m.body for m in broker.queue("q").messages] == [b"before"] + [
             b"%d" % i for i in range(5)
         ]
+
+
+async def test_publish_timeout_raises_and_the_message_still_gets_its_outcome(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer("q", publish_timeout=2.0)
+        start = trio.current_time()
+        with pytest.raises(tl.PublishTimeout, match=r"within 2\.0 s"):
+            await producer.publish(b"late")
+        assert trio.current_time() - start == pytest.approx(2.0)
+        assert producer.statistics().buffered == 1
+        broker.refuse_connections = False
+        with trio.fail_after(10):
+            await producer.drain()
+        assert producer.statistics().confirmed == 1
+        assert bodies(broker, "q") == [b"late"]
+        with pytest.raises(ValueError, match="publish_timeout must be > 0 seconds or None"):
+            client.producer("q", publish_timeout=0)

@@ -628,10 +628,12 @@ class Client:
         mandatory: bool = False,
         confirm_window: int = DEFAULT_CONFIRM_WINDOW,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        publish_timeout: float | None = None,
     ) -> Producer:
         """A buffered producer for ``queue`` (through the default exchange),
         or for ``exchange`` with ``routing_key``.
 
+        ``publish_timeout`` is the default limit of ``producer.publish()``.
         Its sender task runs in the client's nursery until the client closes;
         messages still buffered then are reported to ``on_drop`` as CLOSED
         (call ``await producer.drain()`` first to avoid that).
@@ -649,6 +651,7 @@ class Client:
             mandatory=mandatory,
             confirm_window=confirm_window,
             max_message_size=max_message_size,
+            publish_timeout=publish_timeout,
         )
         self._producers.append(producer)
         self._nursery.start_soon(producer._run, name=f"trio-lavin producer {producer.target}")

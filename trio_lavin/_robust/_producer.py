@@ -111,6 +111,15 @@ class MessageTooLarge(PublishError):
         super().__init__(f"message body of {size} bytes exceeds max_message_size {limit}")
 
 
+class PublishTimeout(PublishError):
+    """``publish()`` got no verdict in time (the message, if taken, stays in
+    the producer and still gets its outcome)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"no confirm from the broker within {seconds} s")
+
+
 class ProducerClosed(PublishError):
     """The producer (or its client) is closed; the message was not taken."""
 
@@ -165,6 +174,7 @@ class Producer:
         mandatory: bool,
         confirm_window: int,
         max_message_size: int,
+        publish_timeout: float | None = None,
     ) -> None:
         if confirm_window < 1:
             raise ValueError(f"confirm_window must be >= 1, not {confirm_window!r}")
@@ -178,6 +188,12 @@ class Producer:
         self.mandatory = mandatory
         self.confirm_window = confirm_window
         self.max_message_size = max_message_size
+        if publish_timeout is not None and not publish_timeout > 0:
+            raise ValueError(
+                f"publish_timeout must be > 0 seconds or None, not {publish_timeout!r}"
+            )
+        #: Default limit for :meth:`publish` (None: wait as long as it takes).
+        self.publish_timeout = publish_timeout
         self._capacity = client.config.buffer_size
         self._send, self._receive = trio.open_memory_channel[Message](self._capacity)
         self._retry: deque[Message] = deque()
@@ -329,13 +345,34 @@ class Producer:
         taken; cancelled while waiting for the confirm, the message stays in
         the producer and still gets its outcome (on_drop if given up).
 
+        The producer's ``publish_timeout`` (seconds; None: no limit) bounds
+        the whole call; a trio cancel scope around it works as well.
+
         Raises:
             MessageNacked, MessageReturned: the broker refused it (it was
                 also reported to ``on_drop``).
+            PublishTimeout: no verdict within ``publish_timeout``; if the
+                message was taken it stays in the producer and still gets its
+                outcome.
             ProducerClosed: the client closed before the message was
                 confirmed (also reported to ``on_drop`` as CLOSED).
             BufferFull, MessageTooLarge: as for :meth:`publish_nowait`.
         """
+        limit = self.publish_timeout
+        if limit is None:
+            return await self._publish(body, properties, routing_key, headers)
+        with trio.move_on_after(limit) as scope:
+            return await self._publish(body, properties, routing_key, headers)
+        assert scope.cancelled_caught
+        raise PublishTimeout(limit)
+
+    async def _publish(
+        self,
+        body: bytes | bytearray | memoryview,
+        properties: BasicProperties | None,
+        routing_key: str | None,
+        headers: dict[str, Any] | None,
+    ) -> bool:
         message = self._message(body, properties, routing_key, headers)
         if self.mode is PublishMode.CONFIRM:
             message._waiter = trio.Event()
