@@ -4,86 +4,14 @@ certificates made in the test with trustme."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 import trio_lavin as tl
-from tests._broker import BrokerError, RabbitNode, free_port
+from tests.integration.conftest import TLSBroker
 
 pytestmark = pytest.mark.broker
-
-
-@dataclass(frozen=True)
-class TLSBroker:
-    port: int
-    ca_file: Path
-    client_cert: Path
-    client_key: Path
-    foreign_ca_file: Path
-    foreign_client_cert: Path
-    foreign_client_key: Path
-
-    def url(self, query: str = "") -> str:
-        return f"amqps://guest:guest@localhost:{self.port}/{'?' + query if query else ''}"
-
-
-@pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory, broker: object) -> Iterator[TLSBroker]:
-    """A second node whose TLS listener verifies client certificates when
-    presented (``verify_peer``, ``fail_if_no_peer_cert = false``): plain TLS
-    and mutual TLS against one node."""
-    del broker  # depend on the harness fixture: RabbitMQ must be installed
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    server = ca.issue_cert("localhost", "127.0.0.1")
-    client = ca.issue_cert("trio-lavin-test-client")
-    foreign = trustme.CA()
-    foreign_client = foreign.issue_cert("intruder")
-    files = {
-        "ca.pem": ca.cert_pem,
-        "server.pem": server.cert_chain_pems[0],
-        "server.key": server.private_key_pem,
-        "client.pem": client.cert_chain_pems[0],
-        "client.key": client.private_key_pem,
-        "foreign-ca.pem": foreign.cert_pem,
-        "foreign-client.pem": foreign_client.cert_chain_pems[0],
-        "foreign-client.key": foreign_client.private_key_pem,
-    }
-    for name, blob in files.items():
-        blob.write_to_path(str(folder / name))
-    port = free_port()
-    node = RabbitNode(
-        config_lines=[
-            f"listeners.ssl.default = 127.0.0.1:{port}",
-            f"ssl_options.cacertfile = {folder / 'ca.pem'}",
-            f"ssl_options.certfile = {folder / 'server.pem'}",
-            f"ssl_options.keyfile = {folder / 'server.key'}",
-            "ssl_options.verify = verify_peer",
-            "ssl_options.fail_if_no_peer_cert = false",
-        ]
-    )
-    try:
-        node.start()
-    except BrokerError as exc:
-        node.stop()
-        pytest.fail(f"could not start the TLS broker: {exc}", pytrace=False)
-    try:
-        yield TLSBroker(
-            port,
-            folder / "ca.pem",
-            folder / "client.pem",
-            folder / "client.key",
-            folder / "foreign-ca.pem",
-            folder / "foreign-client.pem",
-            folder / "foreign-client.key",
-        )
-    finally:
-        node.stop()
 
 
 async def test_trusted_certificate_connects_with_verification_and_sni(
