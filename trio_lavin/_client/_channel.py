@@ -595,8 +595,8 @@ class Channel:
             body = bytes(body)
         self._check_open()
         connection = self.connection
+        connection._check_open()
         if connection._unsent > SEND_HIGH_WATER:
-            connection._check_open()
             raise trio.WouldBlock
         tag = self._amqp.publish(
             self.number,

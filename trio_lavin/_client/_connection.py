@@ -114,7 +114,8 @@ class Connection:
 
     @property
     def is_open(self) -> bool:
-        return self._error is None
+        """True until the connection starts closing or is lost."""
+        return self._error is None and self._amqp.state is ConnectionState.OPEN
 
     @property
     def error(self) -> AMQPConnectionError | None:
@@ -160,6 +161,8 @@ class Connection:
     def _check_open(self) -> None:
         if self._error is not None:
             raise self._error
+        if self._amqp.state is not ConnectionState.OPEN:
+            raise ConnectionClosed(f"connection to {self.params.endpoint} is closing")
 
     # -- channels -----------------------------------------------------------------
 
@@ -238,11 +241,12 @@ class Connection:
 
     async def _flush_final(self) -> None:
         """Send what is queued (a final Close or CloseOk) from outside the
-        writer, bounded in time."""
+        writer, bounded in time, even if the caller is being cancelled."""
         data = self._amqp.data_to_send()
         if not data:
             return
-        with trio.move_on_after(FLUSH_TIMEOUT):
+        with trio.move_on_after(FLUSH_TIMEOUT) as scope:
+            scope.shield = True
             try:
                 async with self._send_lock:
                     await self._stream.send_all(data)
@@ -272,13 +276,14 @@ class Connection:
                     event = amqp.next_event()
                 except RemoteProtocolError as exc:
                     logger.warning("protocol error from %s: %s", self.params.endpoint, exc)
-                    await self._flush_final()
                     error = ConnectionLost(
                         f"protocol error from {self.params.endpoint}: {exc.reply_text}",
                         exc.reply_code,
                     )
                     error.__cause__ = exc
+                    # Fail first, so nothing races the final Close; then send it.
                     self._fail(error)
+                    await self._flush_final()
                     return
                 if event is None:
                     break
@@ -363,14 +368,16 @@ class Connection:
             logger.info("broker unblocked publishing on %s", self.params.endpoint)
             self._unblocked.set()
         elif isinstance(event, ev.ConnectionClosedByBroker):
-            await self._flush_final()
             logger.warning(
                 "broker closed the connection %s: %d %s",
                 self.params.endpoint,
                 event.reply_code,
                 event.reply_text,
             )
+            # Fail first (channels then refuse further use at once), then
+            # send the CloseOk the machine queued.
             self._fail(ConnectionClosedByBroker(event.reply_text, event.reply_code))
+            await self._flush_final()
             return False
         elif isinstance(event, ev.ConnectionCloseOk):
             self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
@@ -397,12 +404,17 @@ class Connection:
                 amqp.send_heartbeat()
                 heartbeat.data_sent(now)
                 self._kick()
+            # Heartbeats are only sent while OPEN: closing, the send deadline
+            # stays in the past and must not be slept until (a busy loop).
+            send_deadline = (
+                heartbeat.send_deadline() if amqp.state is ConnectionState.OPEN else math.inf
+            )
             if self._reader_paused:
                 # The broker's silence is our doing while the reader waits for
                 # a slow consumer: check again soon instead of timing out.
-                deadline = min(heartbeat.send_deadline(), now + 1.0)
+                deadline = min(send_deadline, now + 1.0)
             else:
-                deadline = min(heartbeat.send_deadline(), heartbeat.receive_deadline())
+                deadline = min(send_deadline, heartbeat.receive_deadline())
             await trio.sleep_until(deadline)
 
     # -- life cycle -------------------------------------------------------------------

@@ -42,13 +42,13 @@ class Backoff:
 
     def base_delay(self) -> float:
         """The wait before the next try, without jitter."""
-        # Compare exponents instead of computing huge powers.
-        delay = self.initial
-        for _ in range(self.attempt):
-            delay *= self.multiplier
-            if delay >= self.maximum:
-                return self.maximum
-        return min(delay, self.maximum)
+        if self.multiplier == 1 or self.attempt == 0:
+            return self.initial
+        # Compare exponents first: multiplier ** attempt overflows for the
+        # attempt counts of a broker that stays down for days.
+        if self.attempt * math.log(self.multiplier) >= math.log(self.maximum / self.initial):
+            return self.maximum
+        return min(self.initial * self.multiplier**self.attempt, self.maximum)
 
     def bounds(self) -> tuple[float, float]:
         """The smallest and largest value :meth:`delay` can return."""

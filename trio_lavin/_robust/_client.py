@@ -689,8 +689,17 @@ class Client:
         )
         self._consumers.add(consumer)
         try:
-            connection = await self.wait_connected()
-            await consumer._subscribe(connection)
+            while True:
+                connection = await self.wait_connected()
+                try:
+                    await consumer._subscribe(connection)
+                except (AMQPConnectionError, ChannelClosed):
+                    if connection.is_open:
+                        raise
+                    # The connection died under us: the next connection's
+                    # recovery subscribes the consumer; wait for that one.
+                    continue
+                break
             yield consumer
         finally:
             self._consumers.discard(consumer)

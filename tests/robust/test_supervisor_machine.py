@@ -1,0 +1,360 @@
+"""The pure reconnect :class:`Supervisor` as a hypothesis state machine.
+
+The machine plays the trio layer against a simulated clock: it only starts an
+attempt when ``next_action`` says ``Connect``, only sleeps until a ``Wait``,
+and reports outcomes (success, transient or fatal failure, loss of a live
+connection, the user closing).  Next to the supervisor it keeps its own model,
+written from the documented policy, not from the code:
+
+* at most one attempt is in flight: ``next_action`` says nothing while one is;
+* every delay is within the backoff bounds for the number of waits since the
+  last healthy connection: ``base(k) = min(max, initial * multiplier ** k)``,
+  spread by ``+- jitter``; a healthy connection resets ``k`` to 0;
+* ``max_fatal_attempts`` fatal failures (403/530) since the last healthy
+  connection, or ``max_reconnect_attempts`` consecutive failures, stop the
+  supervisor: ``next_action`` returns ``Stop(that error)`` forever after;
+* every state change is recorded once, in order, each ``old`` being the
+  previous ``new``, at the time it happened, with the error that caused it;
+* ``STOPPED`` and ``CLOSED`` are terminal;
+* attempts go round the endpoints in order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import ssl
+
+from hypothesis import event, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from trio_lavin._exceptions import ConnectionClosedByBroker, ConnectionLost
+from trio_lavin._robust._config import Config
+from trio_lavin._robust._supervisor import (
+    ClientState,
+    Connect,
+    Detection,
+    ErrorKind,
+    Stop,
+    Supervisor,
+    Wait,
+    classify,
+)
+
+#: Slack when comparing a chosen delay with the model's bounds.
+REL = 1e-9
+
+#: The state changes the supervisor may make (its module doc), with whether
+#: the change carries an error.
+ALLOWED_CHANGES = {
+    (ClientState.DISCONNECTED, ClientState.CONNECTING): False,
+    (ClientState.CONNECTING, ClientState.CONNECTED): False,
+    (ClientState.CONNECTING, ClientState.DISCONNECTED): True,
+    (ClientState.CONNECTING, ClientState.STOPPED): True,
+    (ClientState.CONNECTED, ClientState.DISCONNECTED): True,
+    (ClientState.DISCONNECTED, ClientState.CLOSED): False,
+    (ClientState.CONNECTING, ClientState.CLOSED): False,
+    (ClientState.CONNECTED, ClientState.CLOSED): False,
+}
+TERMINAL = (ClientState.STOPPED, ClientState.CLOSED)
+
+
+def _ssl_failure() -> OSError:
+    error = OSError("TLS handshake failed")
+    error.__cause__ = ssl.SSLCertVerificationError("certificate verify failed")
+    return error
+
+
+#: Errors a connection attempt can end with, by the kind they must be
+#: classified as (``builds``: a fresh object per draw, so identity checks mean
+#: something).
+TRANSIENT_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
+    st.builds(ConnectionRefusedError, st.just(111), st.just("Connection refused")),
+    st.builds(OSError, st.just(113), st.just("No route to host")),
+    st.builds(TimeoutError, st.just("connecting took longer than 10 s")),
+    st.builds(ConnectionLost, st.just("EOF during the handshake")),
+    st.builds(ConnectionLost, st.just("protocol error"), st.just(501)),
+    st.builds(ConnectionClosedByBroker, st.just("CONNECTION_FORCED"), st.just(320)),
+    st.builds(ConnectionClosedByBroker, st.just("INTERNAL_ERROR"), st.just(541)),
+)
+FATAL_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
+    st.builds(ConnectionClosedByBroker, st.just("ACCESS_REFUSED - Login refused"), st.just(403)),
+    st.builds(ConnectionClosedByBroker, st.just("NOT_ALLOWED - no vhost"), st.just(530)),
+    st.builds(ConnectionLost, st.just("ACCESS_REFUSED"), st.just(403)),
+    st.builds(_ssl_failure),
+)
+LOSS_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
+    st.builds(ConnectionLost, st.just("EOF")),
+    st.builds(ConnectionLost, st.just("no data for 20.0 s (heartbeat timeout)")),
+    st.builds(ConnectionClosedByBroker, st.just("CONNECTION_FORCED"), st.just(320)),
+)
+
+
+def delay_bounds(config: Config, k: int) -> tuple[float, float]:
+    """The smallest and largest wait after ``k`` earlier waits since the last
+    healthy connection, computed from the policy."""
+    initial, maximum = config.reconnect_initial_delay, config.reconnect_max_delay
+    multiplier, jitter = config.reconnect_multiplier, config.reconnect_jitter
+    if multiplier > 1 and k * math.log(multiplier) >= math.log(maximum / initial):
+        base = maximum
+    else:
+        base = min(maximum, initial * multiplier**k)
+    return base * (1 - jitter), min(maximum, base * (1 + jitter))
+
+
+class SupervisorMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sup: Supervisor | None = None
+
+    @initialize(
+        initial=st.sampled_from([0.05, 0.1, 1.0]),
+        multiplier=st.one_of(st.sampled_from([1.0, 2.0]), st.floats(1.0, 4.0)),
+        max_factor=st.sampled_from([1.0, 4.0, 300.0]),
+        jitter=st.one_of(st.sampled_from([0.0, 0.2, 1.0]), st.floats(0.0, 1.0)),
+        max_reconnect_attempts=st.one_of(st.none(), st.integers(1, 4)),
+        max_fatal_attempts=st.integers(1, 3),
+        endpoints=st.integers(1, 3),
+        start=st.sampled_from([0.0, 1_000_000.0]),
+        seed=st.integers(0, 2**32 - 1),
+        close_after=st.integers(0, 12),
+    )
+    def setup(
+        self,
+        initial: float,
+        multiplier: float,
+        max_factor: float,
+        jitter: float,
+        max_reconnect_attempts: int | None,
+        max_fatal_attempts: int,
+        endpoints: int,
+        start: float,
+        seed: int,
+        close_after: int,
+    ) -> None:
+        self.config = Config(
+            reconnect_initial_delay=initial,
+            reconnect_max_delay=initial * max_factor,
+            reconnect_multiplier=multiplier,
+            reconnect_jitter=jitter,
+            max_reconnect_attempts=max_reconnect_attempts,
+            max_fatal_attempts=max_fatal_attempts,
+        )
+        self.now = start
+        self.endpoints = [f"amqp://host-{i}:5672/%2F" for i in range(endpoints)]
+        self.sup = Supervisor(self.config, self.endpoints, start, random.Random(seed))
+        # The model.
+        self.state = ClientState.DISCONNECTED
+        self.retry_at = start  # the first attempt starts at once
+        self.waits = 0  # delays chosen since the last healthy connection
+        self.failures = 0  # failed attempts since the last healthy connection
+        self.fatal_failures = 0
+        self.attempts = 0
+        self.connects = 0
+        self.losses = {Detection.EVENT: 0, Detection.POLL: 0}
+        self.stop_error: BaseException | None = None
+        self.delays_seen = 0
+        self.history: list[tuple[ClientState, ClientState]] = []
+        #: The user closes only after this many attempts (so most runs get far).
+        self.close_after = close_after
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @property
+    def supervisor(self) -> Supervisor:
+        assert self.sup is not None
+        return self.sup
+
+    def expect_change(
+        self, old: ClientState, new: ClientState, error: BaseException | None = None
+    ) -> None:
+        """The supervisor recorded exactly this one change, now; drain it like
+        the trio layer does."""
+        changes = self.supervisor.changes
+        assert len(changes) == 1, changes
+        change = changes[0]
+        assert (change.old, change.new) == (old, new)
+        assert change.at == self.now
+        assert change.error is error
+        assert (error is not None) == ALLOWED_CHANGES[(old, new)]
+        if self.attempts:
+            # About the endpoint of the current (or last) attempt.
+            assert change.endpoint == self.endpoints[(self.attempts - 1) % len(self.endpoints)]
+        changes.clear()
+        self.state = new
+        self.history.append((old, new))
+
+    def expect_new_delay(self) -> None:
+        """A failure or loss chose one delay, within the bounds for ``waits``;
+        the next attempt may start exactly that much later."""
+        delays = self.supervisor.delays
+        assert len(delays) == self.delays_seen + 1
+        delay = delays[-1]
+        low, high = delay_bounds(self.config, self.waits)
+        note(f"delay {delay!r} for wait #{self.waits}, bounds [{low!r}, {high!r}]")
+        assert low * (1 - REL) <= delay <= high * (1 + REL)
+        self.delays_seen += 1
+        self.waits += 1
+        self.retry_at = self.now + delay
+
+    def fail_attempt(self, error: BaseException, kind: ErrorKind) -> None:
+        assert classify(error) is kind
+        sup = self.supervisor
+        sup.connect_failed(self.now, error)
+        self.failures += 1
+        if kind is ErrorKind.FATAL:
+            self.fatal_failures += 1
+        limit = self.config.max_reconnect_attempts
+        if self.fatal_failures >= self.config.max_fatal_attempts or (
+            limit is not None and self.failures >= limit
+        ):
+            assert len(sup.delays) == self.delays_seen  # no wait before giving up
+            self.stop_error = error
+            event(f"stopped after a {kind.value} failure")
+            self.expect_change(ClientState.CONNECTING, ClientState.STOPPED, error)
+        else:
+            self.expect_new_delay()
+            self.expect_change(ClientState.CONNECTING, ClientState.DISCONNECTED, error)
+
+    # -- rules: what the trio layer does when next_action allows it ---------------------------
+
+    @precondition(lambda self: self.state is ClientState.DISCONNECTED)
+    @rule()
+    def start_attempt_when_told_to_connect(self) -> None:
+        sup = self.supervisor
+        action = sup.next_action(self.now)
+        if self.now < self.retry_at:
+            assert action == Wait(self.retry_at)
+            return  # not yet: the trio layer sleeps
+        expected = Connect(self.attempts % len(self.endpoints))
+        assert action == expected
+        sup.connect_started(self.now, expected.endpoint)
+        self.attempts += 1
+        self.expect_change(ClientState.DISCONNECTED, ClientState.CONNECTING)
+        assert self.supervisor.changes == []
+
+    @precondition(lambda self: self.state is ClientState.CONNECTING)
+    @rule()
+    def connect_succeeds(self) -> None:
+        self.supervisor.connected(self.now)
+        self.connects += 1
+        self.failures = self.fatal_failures = 0
+        self.waits = 0  # a healthy connection resets the backoff
+        self.expect_change(ClientState.CONNECTING, ClientState.CONNECTED)
+        assert self.supervisor.connected_since == self.now
+
+    @precondition(lambda self: self.state is ClientState.CONNECTING)
+    @rule(error=TRANSIENT_ERRORS)
+    def connect_fails_transiently(self, error: BaseException) -> None:
+        self.fail_attempt(error, ErrorKind.TRANSIENT)
+
+    @precondition(lambda self: self.state is ClientState.CONNECTING)
+    @rule(error=FATAL_ERRORS)
+    def connect_fails_fatally(self, error: BaseException) -> None:
+        self.fail_attempt(error, ErrorKind.FATAL)
+
+    @precondition(lambda self: self.state is ClientState.CONNECTED)
+    @rule(error=LOSS_ERRORS, detected_by=st.sampled_from(Detection))
+    def connection_is_lost(self, error: BaseException, detected_by: Detection) -> None:
+        self.supervisor.lost(self.now, error, detected_by)
+        self.losses[detected_by] += 1
+        self.expect_new_delay()
+        self.expect_change(ClientState.CONNECTED, ClientState.DISCONNECTED, error)
+        assert self.supervisor.connected_since is None
+        assert self.supervisor.last_error is error
+
+    @rule(dt=st.one_of(st.sampled_from([0.0, 0.01, 0.1]), st.floats(0.0, 100.0)))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @precondition(lambda self: self.state is ClientState.DISCONNECTED and self.now < self.retry_at)
+    @rule(early=st.sampled_from([True, False]))
+    def time_reaches_the_retry_time(self, early: bool) -> None:
+        """Land exactly on (or just before) the end of the wait."""
+        if early:
+            self.now = max(self.now, math.nextafter(self.retry_at, -math.inf))
+            assert self.supervisor.next_action(self.now) == Wait(self.retry_at)
+        else:
+            self.now = self.retry_at
+
+    @precondition(lambda self: self.attempts >= self.close_after)
+    @rule()
+    def user_closes(self) -> None:
+        sup = self.supervisor
+        old = self.state
+        sup.close(self.now)
+        event(f"user closed when {old.value}")
+        if old in TERMINAL:
+            assert sup.changes == []  # closing a finished client is a no-op
+            assert sup.state is old
+        else:
+            self.expect_change(old, ClientState.CLOSED)
+            assert sup.connected_since is None
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def next_action_agrees_with_the_model(self) -> None:
+        if self.sup is None:
+            return
+        sup = self.supervisor
+        assert sup.state is self.state
+        action = sup.next_action(self.now)
+        if self.state is ClientState.STOPPED:
+            assert isinstance(action, Stop)
+            assert action.error is self.stop_error
+            # ... forever after, whatever the time.
+            assert sup.next_action(self.now + 1e9) == action
+        elif self.state is ClientState.DISCONNECTED:
+            if self.now < self.retry_at:
+                assert action == Wait(self.retry_at)
+            else:
+                assert action == Connect(self.attempts % len(self.endpoints))
+        else:
+            # CONNECTING: the attempt in flight is the only one, now and later;
+            # CONNECTED and CLOSED: nothing to do.
+            assert action is None
+            assert sup.next_action(self.now + 1e9) is None
+
+    @invariant()
+    def counters_agree_with_the_model(self) -> None:
+        if self.sup is None:
+            return
+        sup = self.supervisor
+        assert sup.attempts == self.attempts
+        assert sup.connects == self.connects
+        assert sup.reconnects == max(0, self.connects - 1)
+        assert sup.failures == self.failures
+        assert sup.fatal_failures == self.fatal_failures
+        assert sup.detections == self.losses
+        assert len(sup.delays) == self.delays_seen
+        assert sup.backoff.attempt == self.waits
+
+    @invariant()
+    def state_changes_form_one_chain_through_allowed_moves(self) -> None:
+        if self.sup is None:
+            return
+        assert self.supervisor.changes == []  # every change was seen and drained
+        previous = ClientState.DISCONNECTED
+        for old, new in self.history:
+            assert old is previous
+            assert (old, new) in ALLOWED_CHANGES
+            previous = new
+        assert previous is self.state
+        # Nothing ever leaves a terminal state.
+        for index, (old, _new) in enumerate(self.history):
+            if old in TERMINAL:
+                raise AssertionError(f"change #{index} leaves terminal state {old}")
+
+
+TestSupervisorFollowsTheReconnectPolicy = SupervisorMachine.TestCase
+TestSupervisorFollowsTheReconnectPolicy.settings = settings(
+    max_examples=300, stateful_step_count=40, deadline=None
+)
