@@ -141,7 +141,7 @@ class RealBrokerReconnects(RuleBasedStateMachine):
 @pytest.mark.broker
 def test_reconnect_state_machine_against_the_real_broker(amqp_url: str) -> None:
     RealBrokerReconnects.url = amqp_url
-    run_state_machine_as_test(  # type: ignore[no-untyped-call]
+    run_state_machine_as_test(  # type: ignore[no-untyped-call, unused-ignore]
         RealBrokerReconnects,
         settings=settings(max_examples=8, stateful_step_count=10, deadline=None),
     )
