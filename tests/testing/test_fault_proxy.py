@@ -492,7 +492,6 @@ def all_tasks() -> set[trio.lowlevel.Task]:
     return tasks
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc")
 async def test_closing_leaves_no_tasks_or_sockets_behind() -> None:
     tasks_before, fds_before = all_tasks(), open_fds()
     async with open_target(echo) as target:

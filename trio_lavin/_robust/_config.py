@@ -9,6 +9,7 @@ from typing import Any
 
 from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._framing import FRAME_MIN_SIZE
+from ._backoff import Backoff
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +61,17 @@ class Config:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     #: Shown in the broker's management UI.
     connection_name: str | None = None
+
+    def backoff(self, *, jitter: bool = True) -> Backoff:
+        """The reconnect backoff policy these settings describe (the
+        supervisor's, and the one producers and consumers use when the broker
+        refuses a channel)."""
+        return Backoff(
+            initial=self.reconnect_initial_delay,
+            multiplier=self.reconnect_multiplier,
+            maximum=self.reconnect_max_delay,
+            jitter=self.reconnect_jitter if jitter else 0.0,
+        )
 
     def __post_init__(self) -> None:
         _positive(self, "buffer_size", integer=True)

@@ -99,12 +99,7 @@ class RecoveringConsumer:
         return self
 
     async def __anext__(self) -> Delivery:
-        backoff = Backoff(
-            initial=self._client.config.reconnect_initial_delay,
-            multiplier=self._client.config.reconnect_multiplier,
-            maximum=self._client.config.reconnect_max_delay,
-            jitter=0,
-        )
+        backoff = self._client.config.backoff(jitter=False)
         while True:
             if self._closed:
                 raise StopAsyncIteration

@@ -509,12 +509,7 @@ class Producer:
     async def _open_channel(self) -> Channel:
         """A channel on the live connection, in confirm mode if needed;
         waits for the connection and backs off while the broker refuses."""
-        backoff = Backoff(
-            initial=self._client.config.reconnect_initial_delay,
-            multiplier=self._client.config.reconnect_multiplier,
-            maximum=self._client.config.reconnect_max_delay,
-            jitter=self._client.config.reconnect_jitter,
-        )
+        backoff = self._client.config.backoff()
         while True:
             previous = self._channel
             if previous is not None:
@@ -619,12 +614,7 @@ class Producer:
             return
         self._rejections += 1
         config = self._client.config
-        backoff = self._rejection_backoff or Backoff(
-            initial=config.reconnect_initial_delay,
-            multiplier=config.reconnect_multiplier,
-            maximum=config.reconnect_max_delay,
-            jitter=config.reconnect_jitter,
-        )
+        backoff = self._rejection_backoff or config.backoff()
         delay = backoff.delay(self._client._supervisor.rng)
         logger.warning(
             "broker closed the publishing channel of %r (%s); pausing %.2f s",

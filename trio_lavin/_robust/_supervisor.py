@@ -34,7 +34,6 @@ from typing import Final
 
 from .._exceptions import AMQPConnectionError, ConnectionClosedByBroker, ConnectionLost
 from .._sansio._errors import ACCESS_REFUSED, NOT_ALLOWED
-from ._backoff import Backoff
 from ._config import Config
 
 
@@ -150,12 +149,7 @@ class Supervisor:
         self.config = config
         self.endpoints = endpoints
         self.rng = rng if rng is not None else random.Random()
-        self.backoff = Backoff(
-            initial=config.reconnect_initial_delay,
-            multiplier=config.reconnect_multiplier,
-            maximum=config.reconnect_max_delay,
-            jitter=config.reconnect_jitter,
-        )
+        self.backoff = config.backoff()
         self.state = ClientState.DISCONNECTED
         #: When the next attempt may start (DISCONNECTED only).
         self.retry_at = now
