@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pamqp import commands, header
 from pamqp import frame as pamqp_frame
 
-from trio_lavin._sansio import FrameError, FrameReader
+from trio_lavin._sansio import FrameError, FrameReader, LocalProtocolError
 from trio_lavin._sansio._framing import encode_content
 
 from .helpers import open_channel
@@ -228,3 +228,32 @@ def test_truncated_hot_frames_are_frame_errors(payload: bytes) -> None:
     with pytest.raises(FrameError) as excinfo:
         reader.next_frame()
     assert excinfo.value.reply_code == 501
+
+
+@given(
+    tag=st.integers(0, 2**63 - 1),
+    multiple=st.booleans(),
+    requeue=st.one_of(st.none(), st.booleans()),
+)
+def test_ack_and_nack_encoding_is_byte_identical_to_pamqp(
+    tag: int, multiple: bool, requeue: bool | None
+) -> None:
+    conn = handshake()
+    number = open_channel(conn)
+    conn.acknowledge(number, tag, multiple=multiple, requeue=requeue)
+    method: commands.Basic.Ack | commands.Basic.Nack = (
+        commands.Basic.Ack(tag, multiple)
+        if requeue is None
+        else commands.Basic.Nack(tag, multiple, requeue)
+    )
+    assert conn.data_to_send() == pamqp_frame.marshal(method, number)
+
+
+def test_acknowledge_refuses_a_closed_channel_and_a_bad_tag() -> None:
+    conn = handshake()
+    number = open_channel(conn)
+    with pytest.raises(ValueError, match=r"delivery_tag must be in 0\.\.2\*\*64-1, not -1"):
+        conn.acknowledge(number, -1)
+    with pytest.raises(LocalProtocolError, match="channel 9 in state CLOSED"):
+        conn.acknowledge(9, 1)
+    assert conn.data_to_send() == b""

@@ -728,15 +728,26 @@ class Channel:
 
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> bool:
         """Ack a delivery of this channel; False (nothing sent) if the channel
-        is gone."""
-        return self._send_nowait(commands.Basic.Ack(delivery_tag=delivery_tag, multiple=multiple))
+        is gone.  It queues the frame without waiting (the writer sends it
+        with the next batch), so it is cheap enough to call per message."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._error is not None or not self.connection.is_open:
+            return False
+        self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple)
+        self.connection._kick()
+        return True
 
     async def basic_nack(
         self, delivery_tag: int, *, requeue: bool = True, multiple: bool = False
     ) -> bool:
-        return self._send_nowait(
-            commands.Basic.Nack(delivery_tag=delivery_tag, multiple=multiple, requeue=requeue)
-        )
+        """Reject one delivery (``multiple``: and every earlier unacked one);
+        False (nothing sent) if the channel is gone."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._error is not None or not self.connection.is_open:
+            return False
+        self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple, requeue=requeue)
+        self.connection._kick()
+        return True
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         return self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))

@@ -99,7 +99,7 @@ class RecoveringConsumer:
         return self
 
     async def __anext__(self) -> Delivery:
-        backoff = self._client.config.backoff(jitter=False)
+        backoff: Backoff | None = None  # made only when a re-subscription is needed
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -123,7 +123,7 @@ class RecoveringConsumer:
             if self._current is not current:
                 continue  # already replaced
             logger.warning("consumer of %r ended (%s); subscribing again", self.queue, reason)
-            backoff = await self._resubscribe(backoff)
+            backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
     async def _resubscribe(self, backoff: Backoff) -> Backoff:
         """Subscribe again on the live connection after our subscription

@@ -50,8 +50,10 @@ from ._errors import (
 )
 from ._framing import (
     FRAME_BODY,
+    FRAME_END,
     FRAME_END_BYTES,
     FRAME_HEADER,
+    FRAME_METHOD,
     FRAME_MIN_SIZE,
     FRAME_OVERHEAD,
     PROTOCOL_HEADER,
@@ -90,6 +92,8 @@ _PROPERTY_NAMES: Final = tuple(commands.Basic.Properties.__slots__)
 #: type, channel, size | class, weight, body size
 _CONTENT_HEADER: Final = struct.Struct(">BHIHHQ")
 _FRAME_START: Final = struct.Struct(">BHI")
+#: A whole Basic.Ack / Basic.Nack frame: header, class, method, tag, bits, end.
+_ACK: Final = struct.Struct(">BHIHHQBB")
 
 #: Methods the broker may send as the reply to one of our synchronous requests.
 _REPLY_NAMES: Final = frozenset(
@@ -396,6 +400,40 @@ class AMQPConnection:
             record.replies.append((method.name, frozenset(method.valid_responses)))
         self._out.append(data)
         return expects_reply
+
+    def acknowledge(
+        self,
+        channel: int,
+        delivery_tag: int,
+        *,
+        multiple: bool = False,
+        requeue: bool | None = None,
+    ) -> None:
+        """Queue ``Basic.Ack`` (``requeue`` None) or ``Basic.Nack`` for a
+        delivery: the hot path of consuming, encoded without pamqp.
+
+        Raises:
+            LocalProtocolError: the channel is not open.
+            ValueError: ``delivery_tag`` is not in 0..2**64-1.
+        """
+        record = self._channels.get(channel)
+        if (
+            record is None
+            or record.state is not ChannelState.OPEN
+            or self._state is not ConnectionState.OPEN
+        ):
+            self._sending_channel(channel)  # raises the right error
+        if not 0 <= delivery_tag < 2**64:
+            raise ValueError(f"delivery_tag must be in 0..2**64-1, not {delivery_tag!r}")
+        if requeue is None:
+            self._out.append(
+                _ACK.pack(FRAME_METHOD, channel, 13, 60, 80, delivery_tag, multiple, FRAME_END)
+            )
+        else:
+            bits = multiple | (requeue << 1)
+            self._out.append(
+                _ACK.pack(FRAME_METHOD, channel, 13, 60, 120, delivery_tag, bits, FRAME_END)
+            )
 
     def publish(
         self,
