@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from pamqp import commands, header
 from pamqp import frame as pamqp_frame
 
-from trio_lavin._sansio import FrameError, FrameReader, LocalProtocolError
+from trio_lavin._sansio import ChannelError, FrameError, FrameReader, LocalProtocolError
+from trio_lavin._sansio import _events as ev
 from trio_lavin._sansio._framing import encode_content
 
-from .helpers import open_channel
+from .helpers import content, open_channel
 from .helpers import open_connection as handshake
 
 names = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
@@ -257,3 +258,64 @@ def test_acknowledge_refuses_a_closed_channel_and_a_bad_tag() -> None:
     with pytest.raises(LocalProtocolError, match="channel 9 in state CLOSED"):
         conn.acknowledge(9, 1)
     assert conn.data_to_send() == b""
+
+
+@settings(max_examples=150)
+@given(
+    bodies=st.lists(st.binary(max_size=9000), min_size=1, max_size=6),
+    frame_size=st.sampled_from([4000, 8000, 131_000]),
+    chunk=st.integers(1, 3000),
+    props=properties,
+)
+def test_whole_delivery_shortcut_gives_the_same_events_as_frame_by_frame(
+    bodies: list[bytes],
+    frame_size: int,
+    chunk: int,
+    props: commands.Basic.Properties | None,
+) -> None:
+    data = b"".join(
+        content(
+            1,
+            commands.Basic.Deliver("ctag", i + 1, i % 2 == 0, "ex", "rk"),
+            body,
+            props,
+            frame_size,
+        )
+        for i, body in enumerate(bodies)
+    )
+
+    def run(shortcut: bool) -> list[ev.Event]:
+        conn = handshake()
+        open_channel(conn)
+        if not shortcut:
+            conn._reader.take_delivery = lambda accept: None  # type: ignore[method-assign]
+        events: list[ev.Event] = []
+        for offset in range(0, len(data), chunk):
+            conn.receive_data(data[offset : offset + chunk])
+            while (event := conn.next_event()) is not None:
+                events.append(event)
+        return events
+
+    fast, slow = run(True), run(False)
+    assert fast == slow
+    assert [e.body for e in fast] == bodies  # type: ignore[attr-defined]
+    assert all(e.properties == slow[i].properties for i, e in enumerate(fast))  # type: ignore[attr-defined]
+
+
+def test_delivery_on_a_channel_never_opened_is_still_a_channel_error() -> None:
+    conn = handshake()
+    conn.receive_data(content(7, commands.Basic.Deliver("c", 1, False, "", "q"), b"hello"))
+    with pytest.raises(ChannelError, match="channel 7"):
+        conn.next_event()
+
+
+def test_delivery_on_a_closing_channel_is_discarded() -> None:
+    conn = handshake()
+    number = open_channel(conn)
+    conn.close_channel(number)
+    conn.receive_data(
+        content(number, commands.Basic.Deliver("c", 1, False, "", "q"), b"late")
+        + pamqp_frame.marshal(commands.Channel.CloseOk(), number)
+    )
+    assert conn.next_event() == ev.ChannelCloseOk(number)
+    assert conn.next_event() is None

@@ -557,6 +557,10 @@ class AMQPConnection:
             if self._state is ConnectionState.CLOSED or self._error is not None:
                 return None
             try:
+                if self._state is ConnectionState.OPEN:
+                    delivery = self._reader.take_delivery(self._can_take_delivery)
+                    if delivery is not None:
+                        return _delivery_event(*delivery)
                 frame = self._reader.next_frame()
                 if frame is None:
                     return None
@@ -565,6 +569,18 @@ class AMQPConnection:
                 self._fail(exc)
                 raise
         return pending.popleft()
+
+    def _can_take_delivery(self, channel: int, body_size: int) -> bool:
+        """May a whole delivery skip frame-by-frame handling?  Only where the
+        frame path would accept it as is: an open channel, no message half
+        assembled, a body within the limit."""
+        record = self._channels.get(channel)
+        return (
+            record is not None
+            and record.state is ChannelState.OPEN
+            and not record.content.in_progress
+            and body_size <= record.content.max_body_size
+        )
 
     def _fail(self, error: RemoteProtocolError) -> None:
         self._error = error
@@ -766,6 +782,24 @@ class AMQPConnection:
                 f"{'a reply to ' if record.replies else ''}{waiting}"
             )
         record.replies.popleft()
+
+
+def _delivery_event(
+    channel: int,
+    method: commands.Basic.Deliver,
+    content_header: header.ContentHeader,
+    payload: bytes,
+) -> ev.DeliveryReceived:
+    return ev.DeliveryReceived(
+        channel,
+        method.consumer_tag or "",
+        method.delivery_tag or 0,
+        bool(method.redelivered),
+        method.exchange or "",
+        method.routing_key or "",
+        content_header.properties,
+        payload,
+    )
 
 
 def _message_event(

@@ -19,6 +19,7 @@ one byte at a time, and the frames that come out are the same.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final, NoReturn, TypeAlias
 
 from pamqp import base, body, commands, header, heartbeat
@@ -64,6 +65,8 @@ Frame: TypeAlias = tuple[int, FrameValue]
 
 
 _CONTENT_HEADER_FIXED = struct.Struct(">HHQ")
+#: The class and method id that start a Basic.Deliver method payload.
+_DELIVER_ID: Final = b"\x00\x3c\x00\x3c"
 _TAG = struct.Struct(">Q")
 
 
@@ -196,6 +199,83 @@ class FrameReader:
         self._seen_first_frame = True
         payload = bytes(buf[start + FRAME_HEADER_SIZE : end])
         return channel, self._decode(frame_type, channel, payload)
+
+    def take_delivery(
+        self, accept: Callable[[int, int], bool]
+    ) -> tuple[int, commands.Basic.Deliver, header.ContentHeader, bytes] | None:
+        """The hot path of consuming: if the buffer starts with a complete
+        ``Basic.Deliver`` + content header + (at most one) body frame, all
+        well-formed and on one channel, and ``accept(channel, body_size)``
+        agrees, consume the three frames and return them decoded.
+
+        Anything else - an incomplete message, another frame type, a body in
+        several frames, any irregularity - returns None without consuming a
+        byte, and :meth:`next_frame` then handles (or rejects) the frames one
+        by one, exactly as without this shortcut.
+        """
+        if self._error is not None or not self._seen_first_frame:
+            return None
+        buf = self._buffer
+        start = self._start
+        end = len(buf)
+        limit = self._frame_max
+        if end - start < 11 or buf[start] != FRAME_METHOD:
+            return None
+        _, channel, size = _HEADER.unpack_from(buf, start)
+        if buf[start + 7 : start + 11] != _DELIVER_ID or size + FRAME_OVERHEAD > limit:
+            return None
+        method_end = start + FRAME_HEADER_SIZE + size
+        header_start = method_end + 1
+        if header_start + FRAME_HEADER_SIZE > end or buf[method_end] != FRAME_END:
+            return None
+        frame_type, header_channel, header_size = _HEADER.unpack_from(buf, header_start)
+        if (
+            frame_type != FRAME_HEADER
+            or header_channel != channel
+            or header_size < 14
+            or header_size + FRAME_OVERHEAD > limit
+        ):
+            return None
+        header_end = header_start + FRAME_HEADER_SIZE + header_size
+        if header_end >= end or buf[header_end] != FRAME_END:
+            return None
+        class_id, _, body_size = _CONTENT_HEADER_FIXED.unpack_from(
+            buf, header_start + FRAME_HEADER_SIZE
+        )
+        if class_id != commands.Basic.frame_id:
+            return None
+        if body_size:
+            body_start = header_end + 1
+            if body_start + FRAME_HEADER_SIZE > end:
+                return None
+            frame_type, body_channel, body_frame_size = _HEADER.unpack_from(buf, body_start)
+            if (
+                frame_type != FRAME_BODY
+                or body_channel != channel
+                or body_frame_size != body_size
+                or body_size + FRAME_OVERHEAD > limit
+            ):
+                return None
+            body_end = body_start + FRAME_HEADER_SIZE + body_size
+            if body_end >= end or buf[body_end] != FRAME_END:
+                return None
+            payload = bytes(buf[body_start + FRAME_HEADER_SIZE : body_end])
+            after = body_end + 1
+        else:
+            payload = b""
+            after = header_end + 1
+        if not accept(channel, body_size):
+            return None
+        method = self._decode(
+            FRAME_METHOD, channel, bytes(buf[start + FRAME_HEADER_SIZE : method_end])
+        )
+        content_header = self._decode(
+            FRAME_HEADER, channel, bytes(buf[header_start + FRAME_HEADER_SIZE : header_end])
+        )
+        assert isinstance(method, commands.Basic.Deliver)
+        assert isinstance(content_header, header.ContentHeader)
+        self._start = after
+        return channel, method, content_header, payload
 
     def _check_protocol_header(self) -> None:
         got = bytes(self._buffer[self._start : self._start + len(PROTOCOL_HEADER)])
