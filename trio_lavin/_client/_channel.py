@@ -773,9 +773,6 @@ class Channel:
         if self._waiters:
             self._waiters.popleft().resolve(value)
 
-    def _on_delivery(self, event: ev.DeliveryReceived) -> Consumer | None:
-        return self._consumers.get(event.consumer_tag)
-
     def _make_delivery(
         self, event: ev.DeliveryReceived | ev.GetReceived, consumer_tag: str | None = None
     ) -> Delivery:

@@ -48,7 +48,7 @@ from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
-from ._channel import SEND_HIGH_WATER, Channel
+from ._channel import SEND_HIGH_WATER, Channel, Delivery
 
 logger = logging.getLogger("trio_lavin.connection")
 
@@ -299,30 +299,36 @@ class Connection:
         if channel is None:
             return
         consumer = channel._consumers.get(event.consumer_tag)
-        if consumer is None:
-            # A consumer cancelled on our side while the broker was still
-            # sending: give the message back (unless the broker already
-            # considers it acked).
-            if event.consumer_tag not in channel._no_ack_tags:
-                await channel.basic_reject(event.delivery_tag, requeue=True)
-            return
-        delivery = channel._make_delivery(event, event.consumer_tag)
-        try:
-            consumer._send.send_nowait(delivery)
-        except trio.WouldBlock:
-            self._reader_paused = True
+        if consumer is not None:
+            delivery = channel._make_delivery(event, event.consumer_tag)
             try:
-                await consumer._send.send(delivery)
+                consumer._send.send_nowait(delivery)
+                return
+            except trio.WouldBlock:
+                if await self._deliver_slowly(consumer._send, delivery):
+                    return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                if not consumer.no_ack:
-                    await channel.basic_reject(event.delivery_tag, requeue=True)
-            finally:
-                self._reader_paused = False
-                self._heartbeat.data_received(trio.current_time())
+                pass
+        # Nobody listens (a consumer cancelled on our side while the broker
+        # was still sending, or one that stopped iterating): give the message
+        # back, unless the broker already considers it acked.
+        if event.consumer_tag not in channel._no_ack_tags:
+            await channel.basic_reject(event.delivery_tag, requeue=True)
+
+    async def _deliver_slowly(
+        self, send: trio.MemorySendChannel[Delivery], delivery: Delivery
+    ) -> bool:
+        """Wait for room in a full consumer buffer; the broker's silence
+        meanwhile is ours, so the heartbeat deadline is paused."""
+        self._reader_paused = True
+        try:
+            await send.send(delivery)
+            return True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The consumer stopped listening: give the message back.
-            if not consumer.no_ack:
-                await channel.basic_reject(event.delivery_tag, requeue=True)
+            return False
+        finally:
+            self._reader_paused = False
+            self._heartbeat.data_received(trio.current_time())
 
     async def _handle(self, event: ev.Event) -> bool:
         """Dispatch one event; False when the connection ended."""

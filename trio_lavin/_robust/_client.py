@@ -141,7 +141,6 @@ class Client:
         )
         self._connection: Connection | None = None
         self._connected = trio.Event()
-        self._stopped = trio.Event()
         self._topology = Topology()
         self._control: Channel | None = None
         self._control_lock = trio.Lock()
@@ -276,7 +275,6 @@ class Client:
             if isinstance(action, Stop):
                 final = describe_stop(action.error, sup.attempts)
                 logger.error("giving up: %s", final)
-                self._stopped.set()
                 self._wake_waiters()
                 raise final
             if isinstance(action, Wait):

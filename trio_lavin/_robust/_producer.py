@@ -212,7 +212,6 @@ class Producer:
         self._nacked = 0
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
-        self._rejections = 0
         self._rejection_backoff: Backoff | None = None
 
     @property
@@ -612,7 +611,6 @@ class Producer:
         once."""
         if exc.reply_code != PRECONDITION_FAILED:
             return
-        self._rejections += 1
         config = self._client.config
         backoff = self._rejection_backoff or config.backoff()
         delay = backoff.delay(self._client._supervisor.rng)

@@ -276,10 +276,6 @@ class AMQPConnection:
         record = self._channels.get(channel)
         return ChannelState.CLOSED if record is None else record.state
 
-    def open_channels(self) -> list[int]:
-        """Numbers of the channels that are not CLOSED."""
-        return [n for n, c in self._channels.items() if c.state is not ChannelState.CLOSED]
-
     def _transition(self, input_: ConnectionInput) -> None:
         self._state = connection_transition(self._state, input_)
 
@@ -526,12 +522,6 @@ class AMQPConnection:
                 self._properties_cache.clear()
             self._properties_cache[key] = encoded
         return encoded
-
-    def confirm_sequence(self, channel: int) -> int:
-        """The publish sequence number of the last message published on
-        ``channel`` in confirm mode (0 if none, or not in confirm mode)."""
-        record = self._channels.get(channel)
-        return 0 if record is None else record.publish_seq
 
     # -- input -----------------------------------------------------------------
 
