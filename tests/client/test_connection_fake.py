@@ -15,6 +15,7 @@ from pamqp import commands
 from pamqp import frame as pamqp_frame
 
 import trio_lavin as tl
+from trio_lavin._client._channel import YIELD_EVERY
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 
@@ -184,6 +185,93 @@ async def test_slow_consumer_pauses_reading_but_not_heartbeats(
             if len(bodies) == 5:
                 break
         assert bodies == [bytes([i]) for i in range(5)]
+
+
+async def test_consumer_with_a_full_buffer_yields_to_other_tasks_every_yield_every_deliveries(
+    broker: FakeBrokerServer,
+) -> None:
+    total = 3 * YIELD_EVERY
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        for i in range(total):
+            broker.publish("", "q", str(i).encode())
+        consumer = await channel.basic_consume("q", no_ack=True, buffer_size=total)
+        while consumer.buffered < total:
+            await trio.sleep(0.001)
+        ticks = 0
+
+        async def other_task() -> None:
+            nonlocal ticks
+            while True:
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+
+        bodies: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await trio.lowlevel.checkpoint()  # let it start
+            start = ticks
+            async for delivery in consumer:
+                bodies.append(delivery.body)
+                if len(bodies) == total:
+                    break
+            ran = ticks - start
+            nursery.cancel_scope.cancel()
+    assert bodies == [str(i).encode() for i in range(total)]
+    # The other task ran about once per YIELD_EVERY deliveries, not once per delivery
+    # (trio may run the two in either order after a yield, hence the slack of one).
+    assert total // YIELD_EVERY - 1 <= ran <= total // YIELD_EVERY + 1
+
+
+async def test_consumer_takes_a_buffered_delivery_only_if_not_cancelled(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        broker.publish("", "q", b"kept")
+        consumer = await channel.basic_consume("q", no_ack=True)
+        while consumer.buffered < 1:
+            await trio.sleep(0.001)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await consumer.__anext__()
+        assert scope.cancelled_caught
+        assert consumer.buffered == 1
+        assert (await consumer.__anext__()).body == b"kept"
+
+
+async def test_leaving_a_consumer_block_gives_buffered_deliveries_back(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        for i in range(5):
+            broker.publish("", "q", bytes([i]))
+        async with await channel.basic_consume("q") as consumer:
+            while consumer.buffered < 5:
+                await trio.sleep(0.001)
+            first = await consumer.__anext__()
+            assert await first.ack()
+        await trio.sleep(0.01)
+        queue = broker.queue("q")
+        assert (queue.messages_ready, queue.messages_unacknowledged) == (4, 0)
+
+
+async def test_delivery_without_properties_gets_empty_ones_on_first_access(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        broker.publish("", "q", b"bare")
+        consumer = await channel.basic_consume("q", no_ack=True)
+        delivery = await consumer.__anext__()
+        assert delivery.properties == tl.BasicProperties()
+        assert delivery.properties is delivery.properties  # made once, then kept
+        assert repr(delivery).startswith("<Delivery 1 on channel 1 from exchange '' ")
 
 
 async def test_cancelled_channel_open_is_closed_again(broker: FakeBrokerServer) -> None:

@@ -295,11 +295,11 @@ async def test_prefetch_limits_unacked_deliveries(amqp_url: str) -> None:
         await channel.basic_qos(5)
         consumer = await channel.basic_consume(queue)
         await trio.sleep(0.3)  # let the broker push everything it is allowed to
-        assert consumer._receive.statistics().current_buffer_used == 5
+        assert consumer.buffered == 5
         first = await consumer.__anext__()
         assert await first.ack()
         await trio.sleep(0.2)
-        assert consumer._receive.statistics().current_buffer_used == 5
+        assert consumer.buffered == 5
         await consumer.cancel()
 
 

@@ -333,6 +333,7 @@ def test_delivery_is_assembled_from_header_and_body_frames(mode: str, size: int)
     assert events == [ev.DeliveryReceived(number, "ctag", 42, True, "ex", "rk", props, payload)]
     delivery = events[0]
     assert isinstance(delivery, ev.DeliveryReceived)
+    assert delivery.properties is not None
     assert delivery.properties.message_id == "m1"
 
 

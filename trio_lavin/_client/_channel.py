@@ -50,6 +50,10 @@ CLOSE_TIMEOUT: Final = 5.0
 #: yet taken by its writer, which bounds the memory a fast publisher can fill.
 SEND_HIGH_WATER: Final = 4 * 1024 * 1024
 
+#: A consumer whose buffer is never empty still yields to the scheduler once
+#: per this many deliveries, so a fast broker cannot starve the other tasks.
+YIELD_EVERY: Final = 64
+
 _tag_counter = itertools.count(1)
 
 
@@ -62,7 +66,6 @@ class QueueDeclareOk:
     consumer_count: int
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Delivery:
     """A message received by a consumer or ``basic_get``.
 
@@ -71,18 +74,62 @@ class Delivery:
     any other channel, and sending it would make the broker close that
     channel with 406 PRECONDITION_FAILED.  The broker redelivers such a
     message (with ``redelivered=True``) by itself.
+
+    Treat the attributes as read-only.  (The class is not a frozen dataclass
+    because one is made per message, and a frozen one takes several times
+    longer to make.)
     """
 
-    body: bytes
-    properties: BasicProperties
-    delivery_tag: int
-    redelivered: bool
-    exchange: str
-    routing_key: str
-    channel: Channel
-    consumer_tag: str | None = None
-    #: For ``basic_get``: messages left in the queue.
-    message_count: int | None = None
+    __slots__ = (
+        "_properties",
+        "body",
+        "channel",
+        "consumer_tag",
+        "delivery_tag",
+        "exchange",
+        "message_count",
+        "redelivered",
+        "routing_key",
+    )
+
+    def __init__(
+        self,
+        body: bytes,
+        properties: BasicProperties | None,
+        delivery_tag: int,
+        redelivered: bool,
+        exchange: str,
+        routing_key: str,
+        channel: Channel,
+        consumer_tag: str | None = None,
+        message_count: int | None = None,
+    ) -> None:
+        self.body = body
+        self._properties = properties
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.channel = channel
+        self.consumer_tag = consumer_tag
+        #: For ``basic_get``: messages left in the queue.
+        self.message_count = message_count
+
+    @property
+    def properties(self) -> BasicProperties:
+        """The message's properties; for a message that has none, an empty
+        :class:`BasicProperties` made on first access."""
+        properties = self._properties
+        if properties is None:
+            properties = self._properties = BasicProperties()
+        return properties
+
+    def __repr__(self) -> str:
+        return (
+            f"<Delivery {self.delivery_tag} on channel {self.channel.number} from "
+            f"exchange {self.exchange!r} with routing key {self.routing_key!r}, "
+            f"{len(self.body)} bytes{', redelivered' if self.redelivered else ''}>"
+        )
 
     async def ack(self, *, multiple: bool = False) -> bool:
         """Acknowledge (``multiple``: and every earlier unacked delivery on
@@ -184,7 +231,14 @@ class Consumer:
     Iteration ends normally after :meth:`cancel` (once the deliveries already
     received are consumed) and raises :class:`ConsumerCancelled` when the
     broker cancelled the consumer, or the channel's/connection's error when
-    those closed.  As an async context manager it cancels itself on exit.
+    those closed.  As an async context manager it cancels itself on exit;
+    deliveries still buffered then are rejected with ``requeue=True``, so the
+    broker hands them to another consumer.
+
+    Taking the next delivery is a cancellation point.  While deliveries are
+    waiting in the buffer it yields to the scheduler only once every
+    :data:`YIELD_EVERY` deliveries (a trio schedule point per message would
+    cost more than decoding it); when the buffer is empty it waits as usual.
     """
 
     def __init__(
@@ -194,35 +248,82 @@ class Consumer:
         self.queue = queue
         self.consumer_tag = consumer_tag
         self.no_ack = no_ack
-        self._send, self._receive = trio.open_memory_channel[Delivery](capacity)
+        self._capacity = capacity
+        self._buffer: deque[Delivery] = deque()
+        #: Tasks iterating, waiting for a delivery.
+        self._readable = trio.lowlevel.ParkingLot()
+        #: The connection's reader, waiting for room in a full buffer.
+        self._writable = trio.lowlevel.ParkingLot()
         self._error: BaseException | None = None
+        #: No more deliveries will come (cancelled, or the channel closed).
         self._finished = False
+        #: Iteration was closed on our side: deliveries are refused.
+        self._closed = False
+        self._taken_without_yield = 0
 
     def __repr__(self) -> str:
         return f"<Consumer {self.consumer_tag!r} on queue {self.queue!r}>"
+
+    @property
+    def buffered(self) -> int:
+        """Deliveries received and waiting to be iterated."""
+        return len(self._buffer)
+
+    def _put_nowait(self, delivery: Delivery) -> bool:
+        """Buffer a delivery; False if the buffer is full or closed."""
+        if self._finished or self._closed or len(self._buffer) >= self._capacity:
+            return False
+        self._buffer.append(delivery)
+        if self._readable:
+            self._readable.unpark()
+        return True
+
+    async def _put(self, delivery: Delivery) -> bool:
+        """Buffer a delivery, waiting for room; False if the consumer stopped
+        accepting deliveries meanwhile."""
+        while not self._put_nowait(delivery):
+            if self._finished or self._closed:
+                return False
+            await self._writable.park()
+        return True
 
     def _finish(self, error: BaseException | None) -> None:
         if not self._finished:
             self._finished = True
             self._error = error
-            self._send.close()
+            self._readable.unpark_all()
+            self._writable.unpark_all()
 
     def __aiter__(self) -> Consumer:
         return self
 
     async def __anext__(self) -> Delivery:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            if self._error is not None:
-                raise self._error from None
-            raise StopAsyncIteration from None
+        while True:
+            if self._buffer and not self._closed:
+                self._taken_without_yield += 1
+                if self._taken_without_yield >= YIELD_EVERY:
+                    self._taken_without_yield = 0
+                    await trio.lowlevel.checkpoint()
+                    continue  # another task may have taken or closed meanwhile
+                await trio.lowlevel.checkpoint_if_cancelled()
+                delivery = self._buffer.popleft()
+                if self._writable:
+                    self._writable.unpark()
+                return delivery
+            if self._finished or self._closed:
+                await trio.lowlevel.checkpoint()
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._taken_without_yield = 0
+            await self._readable.park()
 
     async def cancel(self) -> None:
         """Stop the broker sending more (``basic.cancel``).  Deliveries that
         arrived before the broker confirmed can still be iterated and acked.
         Does nothing if the consumer or its channel is already gone."""
         if self._finished:
+            await trio.lowlevel.checkpoint()
             return
         if self.channel.is_open:
             await self.channel.basic_cancel(self.consumer_tag)
@@ -243,7 +344,21 @@ class Consumer:
                 await self.cancel()
             except (ChannelClosed, ConsumerCancelled, AMQPConnectionError):
                 pass
-        self._receive.close()
+        self._close()
+
+    def _close(self) -> None:
+        """Refuse further deliveries and give the buffered ones back."""
+        if self._closed:
+            return
+        self._closed = True
+        left, self._buffer = self._buffer, deque()
+        if not self.no_ack and self.channel.is_open:
+            for delivery in left:
+                self.channel._send_nowait(
+                    commands.Basic.Reject(delivery_tag=delivery.delivery_tag, requeue=True)
+                )
+        self._readable.unpark_all()
+        self._writable.unpark_all()
 
 
 class Channel:

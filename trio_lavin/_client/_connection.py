@@ -48,7 +48,7 @@ from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
-from ._channel import SEND_HIGH_WATER, Channel, Delivery
+from ._channel import SEND_HIGH_WATER, Channel, Consumer, Delivery
 
 logger = logging.getLogger("trio_lavin.connection")
 
@@ -301,31 +301,20 @@ class Connection:
         consumer = channel._consumers.get(event.consumer_tag)
         if consumer is not None:
             delivery = channel._make_delivery(event, event.consumer_tag)
-            try:
-                consumer._send.send_nowait(delivery)
+            if consumer._put_nowait(delivery) or await self._deliver_slowly(consumer, delivery):
                 return
-            except trio.WouldBlock:
-                if await self._deliver_slowly(consumer._send, delivery):
-                    return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
         # Nobody listens (a consumer cancelled on our side while the broker
         # was still sending, or one that stopped iterating): give the message
         # back, unless the broker already considers it acked.
         if event.consumer_tag not in channel._no_ack_tags:
             await channel.basic_reject(event.delivery_tag, requeue=True)
 
-    async def _deliver_slowly(
-        self, send: trio.MemorySendChannel[Delivery], delivery: Delivery
-    ) -> bool:
+    async def _deliver_slowly(self, consumer: Consumer, delivery: Delivery) -> bool:
         """Wait for room in a full consumer buffer; the broker's silence
         meanwhile is ours, so the heartbeat deadline is paused."""
         self._reader_paused = True
         try:
-            await send.send(delivery)
-            return True
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
+            return await consumer._put(delivery)
         finally:
             self._reader_paused = False
             self._heartbeat.data_received(trio.current_time())

@@ -550,7 +550,7 @@ class AMQPConnection:
                 if self._state is ConnectionState.OPEN:
                     delivery = self._reader.take_delivery(self._can_take_delivery)
                     if delivery is not None:
-                        return _delivery_event(*delivery)
+                        return ev.DeliveryReceived(*delivery)
                 frame = self._reader.next_frame()
                 if frame is None:
                     return None
@@ -774,22 +774,8 @@ class AMQPConnection:
         record.replies.popleft()
 
 
-def _delivery_event(
-    channel: int,
-    method: commands.Basic.Deliver,
-    content_header: header.ContentHeader,
-    payload: bytes,
-) -> ev.DeliveryReceived:
-    return ev.DeliveryReceived(
-        channel,
-        method.consumer_tag or "",
-        method.delivery_tag or 0,
-        bool(method.redelivered),
-        method.exchange or "",
-        method.routing_key or "",
-        content_header.properties,
-        payload,
-    )
+#: A message's properties when it has none set.
+_NO_PROPERTIES: Final = commands.Basic.Properties()
 
 
 def _message_event(
@@ -803,7 +789,7 @@ def _message_event(
             bool(method.redelivered),
             method.exchange or "",
             method.routing_key or "",
-            properties,
+            None if properties == _NO_PROPERTIES else properties,  # as the shortcut has it
             payload,
         )
     if isinstance(method, commands.Basic.GetOk):

@@ -1,6 +1,9 @@
 """Events: what :meth:`AMQPConnection.receive_data` reports.
 
-Every event is a frozen value object.  Replies the protocol makes by itself
+Every event is a value object (a slotted dataclass compared by value).  They
+are not frozen only because a frozen dataclass takes several times longer to
+construct, and deliveries and confirms are made once per message: treat them
+as read-only.  Replies the protocol makes by itself
 (``CloseOk`` to a broker ``Close``, ``FlowOk``, ``CancelOk``, the handshake's
 ``StartOk``/``TuneOk``/``Open``) are already queued in ``data_to_send()`` when
 the event is returned; the caller only has to flush.
@@ -16,7 +19,7 @@ from pamqp import base, commands
 Properties = commands.Basic.Properties
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """Base class of all events."""
 
@@ -24,7 +27,7 @@ class Event:
 # -- connection ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionOpened(Event):
     """The handshake finished: the connection is open with these tuned values.
 
@@ -37,7 +40,7 @@ class ConnectionOpened(Event):
     heartbeat: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionClosedByBroker(Event):
     """The broker closed the connection (``Connection.Close``); the
     ``CloseOk`` is queued.  ``reply_code`` says why, e.g. 320 CONNECTION_FORCED,
@@ -49,19 +52,19 @@ class ConnectionClosedByBroker(Event):
     method_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionCloseOk(Event):
     """The broker acknowledged the ``Connection.Close`` we sent."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionBlocked(Event):
     """The broker stopped accepting publishes (e.g. memory or disk alarm)."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionUnblocked(Event):
     """The broker accepts publishes again."""
 
@@ -69,19 +72,19 @@ class ConnectionUnblocked(Event):
 # -- channels -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChannelEvent(Event):
     """Base class of events about one channel."""
 
     channel: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChannelOpened(ChannelEvent):
     """``Channel.OpenOk``: the channel is ready."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChannelClosedByBroker(ChannelEvent):
     """The broker closed the channel (a soft error such as 404 NOT_FOUND or
     406 PRECONDITION_FAILED); the ``CloseOk`` is queued and the channel number
@@ -93,12 +96,12 @@ class ChannelClosedByBroker(ChannelEvent):
     method_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChannelCloseOk(ChannelEvent):
     """The broker acknowledged the ``Channel.Close`` we sent."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChannelFlow(ChannelEvent):
     """The broker asks us to pause (``active=False``) or resume publishing;
     the ``FlowOk`` is queued."""
@@ -106,7 +109,7 @@ class ChannelFlow(ChannelEvent):
     active: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MethodReply(ChannelEvent):
     """The reply to a synchronous method we sent, e.g. ``Queue.DeclareOk``.
 
@@ -129,7 +132,7 @@ class MethodReply(ChannelEvent):
         return hash((self.channel, self.method.name))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConsumerCancelled(ChannelEvent):
     """The broker cancelled a consumer (``Basic.Cancel`` from the server,
     e.g. its queue was deleted).  A ``CancelOk`` is queued unless the broker
@@ -138,7 +141,7 @@ class ConsumerCancelled(ChannelEvent):
     consumer_tag: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryReceived(ChannelEvent):
     """A message pushed to a consumer (``Basic.Deliver`` + content)."""
 
@@ -147,11 +150,13 @@ class DeliveryReceived(ChannelEvent):
     redelivered: bool
     exchange: str
     routing_key: str
-    properties: Properties = field(compare=False)
+    #: None when the message carries no properties (the common case, decoded
+    #: without making an empty :class:`Properties`).
+    properties: Properties | None = field(compare=False)
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GetReceived(ChannelEvent):
     """The answer to ``Basic.Get`` when the queue had a message
     (``Basic.GetOk`` + content).  An empty queue answers with a
@@ -166,7 +171,7 @@ class GetReceived(ChannelEvent):
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageReturned(ChannelEvent):
     """A ``mandatory`` message the broker could not route (``Basic.Return``
     + content).  With publisher confirms on, the return arrives before the
@@ -180,7 +185,7 @@ class MessageReturned(ChannelEvent):
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PublishAcked(ChannelEvent):
     """Publisher confirm: the broker took responsibility for the message with
     this publish sequence number (and all before it, when ``multiple``)."""
@@ -189,7 +194,7 @@ class PublishAcked(ChannelEvent):
     multiple: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PublishNacked(ChannelEvent):
     """Publisher confirm: the broker could not take the message(s)."""
 

@@ -62,6 +62,11 @@ _HEADER = struct.Struct(">BHI")
 FrameValue: TypeAlias = base.Frame | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
 #: A decoded frame: (channel number, pamqp frame object).
 Frame: TypeAlias = tuple[int, FrameValue]
+#: A whole delivery from :meth:`FrameReader.take_delivery`: channel, consumer tag, delivery
+#: tag, redelivered, exchange, routing key, properties (None: none set) and body.
+Delivery: TypeAlias = tuple[
+    int, str, int, bool, str, str, "commands.Basic.Properties | None", bytes
+]
 
 
 _CONTENT_HEADER_FIXED = struct.Struct(">HHQ")
@@ -75,6 +80,16 @@ def _shortstr(payload: bytes, offset: int) -> tuple[str, int]:
     if end > len(payload):
         raise ValueError("short string runs past the end of the frame")
     return payload[offset + 1 : end].decode("utf-8"), end
+
+
+def _shortstr_in(buf: bytearray, offset: int, limit: int) -> tuple[str, int]:
+    """A short string at ``offset`` of ``buf`` that must end by ``limit``."""
+    if offset >= limit:
+        raise ValueError("short string starts past the end of the frame")
+    end = offset + 1 + buf[offset]
+    if end > limit:
+        raise ValueError("short string runs past the end of the frame")
+    return buf[offset + 1 : end].decode("utf-8"), end
 
 
 def _decode_deliver(payload: bytes) -> commands.Basic.Deliver:
@@ -200,13 +215,13 @@ class FrameReader:
         payload = bytes(buf[start + FRAME_HEADER_SIZE : end])
         return channel, self._decode(frame_type, channel, payload)
 
-    def take_delivery(
-        self, accept: Callable[[int, int], bool]
-    ) -> tuple[int, commands.Basic.Deliver, header.ContentHeader, bytes] | None:
+    def take_delivery(self, accept: Callable[[int, int], bool]) -> Delivery | None:
         """The hot path of consuming: if the buffer starts with a complete
         ``Basic.Deliver`` + content header + (at most one) body frame, all
         well-formed and on one channel, and ``accept(channel, body_size)``
-        agrees, consume the three frames and return them decoded.
+        agrees, consume the three frames and return them decoded: (channel,
+        consumer tag, delivery tag, redelivered, exchange, routing key,
+        properties or None when the message has none, body).
 
         Anything else - an incomplete message, another frame type, a body in
         several frames, any irregularity - returns None without consuming a
@@ -266,16 +281,35 @@ class FrameReader:
             after = header_end + 1
         if not accept(channel, body_size):
             return None
-        method = self._decode(
-            FRAME_METHOD, channel, bytes(buf[start + FRAME_HEADER_SIZE : method_end])
-        )
-        content_header = self._decode(
-            FRAME_HEADER, channel, bytes(buf[header_start + FRAME_HEADER_SIZE : header_end])
-        )
-        assert isinstance(method, commands.Basic.Deliver)
-        assert isinstance(content_header, header.ContentHeader)
+        try:
+            consumer_tag, offset = _shortstr_in(buf, start + FRAME_HEADER_SIZE + 4, method_end)
+            if offset + 9 > method_end:
+                return None
+            (delivery_tag,) = _TAG.unpack_from(buf, offset)
+            redelivered = bool(buf[offset + 8] & 1)
+            exchange, offset = _shortstr_in(buf, offset + 9, method_end)
+            routing_key, offset = _shortstr_in(buf, offset, method_end)
+        except ValueError:  # a string that is not UTF-8 or runs past the frame
+            return None
+        if header_size == 14 and buf[header_end - 2] == 0 and buf[header_end - 1] == 0:
+            properties = None  # no property flags: the usual case
+        else:
+            content_header = self._decode(
+                FRAME_HEADER, channel, bytes(buf[header_start + FRAME_HEADER_SIZE : header_end])
+            )
+            assert isinstance(content_header, header.ContentHeader)
+            properties = content_header.properties
         self._start = after
-        return channel, method, content_header, payload
+        return (
+            channel,
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            properties,
+            payload,
+        )
 
     def _check_protocol_header(self) -> None:
         got = bytes(self._buffer[self._start : self._start + len(PROTOCOL_HEADER)])
