@@ -274,6 +274,22 @@ async def test_delivery_without_properties_gets_empty_ones_on_first_access(
         assert repr(delivery).startswith("<Delivery 1 on channel 1 from exchange '' ")
 
 
+async def test_call_cancelled_at_once_still_sends_its_request_whole(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        with trio.CancelScope() as scope:
+            scope.cancel()  # the deadline has passed before the call starts
+            await channel.queue_declare("declared-anyway")
+        assert scope.cancelled_caught
+        # The caller sent the frame itself (shielded) before waiting; the late
+        # DeclareOk is consumed, so the channel stays in step.
+        assert (await channel.queue_declare("next")).queue == "next"
+        assert broker.queue("declared-anyway").messages_ready == 0
+        assert channel.is_open
+
+
 async def test_cancelled_channel_open_is_closed_again(broker: FakeBrokerServer) -> None:
     async with tl.open_connection(stream_factory=broker.connect) as conn:
         with trio.move_on_after(0):

@@ -316,7 +316,9 @@ class Consumer:
                     raise self._error
                 raise StopAsyncIteration
             self._taken_without_yield = 0
-            await self._readable.park()
+            await self.channel.connection._flush_before_waiting()
+            if not self._buffer:
+                await self._readable.park()
 
     async def cancel(self) -> None:
         """Stop the broker sending more (``basic.cancel``).  Deliveries that
@@ -470,6 +472,7 @@ class Channel:
             return None
         waiter = _Waiter(on_late_reply)
         self._waiters.append(waiter)
+        await self.connection._flush_before_waiting()
         return await self._wait(waiter)
 
     async def _wait(self, waiter: _Waiter) -> Any:
@@ -756,6 +759,7 @@ class Channel:
             mandatory=mandatory,
         )
         if confirmation is not None:
+            await self.connection._flush_before_waiting()
             await confirmation.wait()
 
     async def wait_for_confirms(self) -> None:

@@ -239,6 +239,32 @@ class Connection:
             self.bytes_sent += len(data)
             heartbeat.data_sent(trio.current_time())
 
+    async def _flush_before_waiting(self) -> None:
+        """Called by a task about to wait for the broker's answer: send what
+        is queued from this task when the writer is idle, which saves a hop
+        through the writer task on the way to the wire (the answer cannot
+        come before the request has left).  Shielded, like the writer's
+        sends: a send cut short would leave half a frame on the wire."""
+        if self._send_lock.locked() or self._error is not None:
+            return
+        data = self._amqp.data_to_send()
+        if not data:
+            return
+        self._unsent = 0
+        if self._writable_lot:
+            self._writable_lot.unpark_all()
+        self._write_started = trio.current_time()
+        with trio.CancelScope(shield=True):
+            try:
+                async with self._send_lock:
+                    await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
+                return
+        self._write_started = None
+        self.bytes_sent += len(data)
+        self._heartbeat.data_sent(trio.current_time())
+
     async def _flush_final(self) -> None:
         """Send what is queued (a final Close or CloseOk) from outside the
         writer, bounded in time, even if the caller is being cancelled."""
