@@ -42,7 +42,7 @@ async def main() -> int:
             await channel.publish(b"hello over TLS", routing_key=queue)
             delivery = await channel.basic_get(queue, no_ack=True)
     verified = f"verified against {CA_FILE}" if CA_FILE else "verified against the system CAs"
-    print(f"connected to {params.endpoint} (certificate {verified})")
+    print(f"connected to {params.host}:{params.port} over TLS, certificate {verified}")
     print(f"round trip over TLS: {delivery.body if delivery else None!r}")
     return 0 if delivery is not None else 1
 
