@@ -764,6 +764,8 @@ class Client:
                 :meth:`serve_rpc`).
             RpcReplyLost: the request's channel or connection closed before
                 the reply came (also a :class:`ConnectionLost`).
+            RpcError: the broker refused to consume ``amq.rabbitmq.reply-to``
+                (it does not support direct reply-to).
             ConnectionClosed, ConnectionLost: the client was closed or gave
                 up.
             ValueError: ``timeout`` is not a positive number or None.

@@ -248,19 +248,25 @@ class RpcCaller:
                 nursery = client._nursery
                 if nursery is None or client._closing:
                     raise ConnectionClosed("the client is closed")
-                channel = await client.open_channel(connection)
                 try:
-                    consumer = await channel.basic_consume(DIRECT_REPLY_TO, no_ack=True)
+                    channel = await client.open_channel(connection)
                 except AMQPError:
-                    with trio.CancelScope(shield=True):
-                        await channel.aclose()
                     if not connection.is_open:
                         continue  # lost the connection meanwhile: try on the next one
                     raise
-                except BaseException:
+                try:
+                    consumer = await channel.basic_consume(DIRECT_REPLY_TO, no_ack=True)
+                except BaseException as exc:
                     with trio.CancelScope(shield=True):
                         await channel.aclose()
-                    raise
+                    if not isinstance(exc, AMQPError):
+                        raise
+                    if not connection.is_open:
+                        continue  # lost the connection meanwhile: try on the next one
+                    raise RpcError(
+                        f"the broker refused to consume {DIRECT_REPLY_TO!r} ({exc}): "
+                        "it must support direct reply-to (RabbitMQ and LavinMQ do)"
+                    ) from exc
                 current = self._current = _ReplyChannel(channel, consumer)
                 nursery.start_soon(current.read_replies, name="trio-lavin rpc replies")
                 return current
