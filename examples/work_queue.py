@@ -1,10 +1,11 @@
 """A work queue: several consumers share one queue, each with a small prefetch.
 
 Shows competing consumers in one process: three workers consume the same
-durable-style queue, each on its own channel with ``prefetch=1``, so the
-broker hands a new task only to a worker that acked its last one - slow
-workers get fewer tasks.  (Run several processes the same way to spread
-work across machines.)
+queue, each on its own channel with ``prefetch=1``, so the broker hands a
+new task only to a worker that acked its last one - slow workers get fewer
+tasks.  (Run several processes the same way to spread work across
+machines; declare the queue ``durable=True`` for tasks that must survive a
+broker restart.)
 
 Run it against a broker (default ``amqp://guest:guest@localhost/``)::
 
