@@ -232,6 +232,29 @@ async def test_a_call_waiting_when_the_connection_dies_raises_reply_lost_and_the
     assert handled == [b"first", b"second"]  # the lost call was not sent again
 
 
+async def test_a_call_waiting_when_the_client_closes_raises_connection_closed(
+    amqp_url: str,
+) -> None:
+    queue = unique()
+    errors: list[BaseException] = []
+
+    async def call_and_record(client: tl.Client) -> None:
+        try:
+            await client.rpc_call(queue, b"anyone?", timeout=None)
+        except tl.AMQPError as exc:
+            errors.append(exc)
+
+    # The caller runs in a nursery outside the client's block: leaving the block closes
+    # the client under the waiting call.
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery, tl.open_client(amqp_url, CONFIG) as client:
+            await client.declare_queue(queue, auto_delete=True)  # nobody serves it
+            nursery.start_soon(call_and_record, client)
+            await trio.sleep(0.5)  # the request is out, its call waits
+    assert [type(e) for e in errors] == [tl.ConnectionClosed]
+    assert f"client was closed while the RPC request to routing key {queue!r}" in str(errors[0])
+
+
 async def test_a_request_without_reply_to_is_rejected_and_not_handled(amqp_url: str) -> None:
     queue = unique()
     handled: list[bytes] = []

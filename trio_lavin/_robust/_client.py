@@ -766,8 +766,9 @@ class Client:
                 the reply came (also a :class:`ConnectionLost`).
             RpcError: the broker refused to consume ``amq.rabbitmq.reply-to``
                 (it does not support direct reply-to).
-            ConnectionClosed, ConnectionLost: the client was closed or gave
-                up.
+            ConnectionClosed: the client was closed, before or during the
+                call.
+            ConnectionLost: the client gave up (see :func:`open_client`).
             ValueError: ``timeout`` is not a positive number or None.
         """
         if self._rpc_caller is None:

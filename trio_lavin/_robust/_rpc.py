@@ -213,13 +213,21 @@ class _ReplyChannel:
         finally:
             self.finished = True
             for correlation_id, call in self.pending.items():
-                lost = RpcReplyLost(
-                    f"the channel of the RPC request to {_target(call.exchange, call.routing_key)}"
-                    f" closed before its reply came (correlation id {correlation_id}): {error}; "
-                    "the server may or may not have handled it, and it is not retried"
-                )
-                lost.__cause__ = error
-                call.resolve(error=lost)
+                target = _target(call.exchange, call.routing_key)
+                ended: AMQPError
+                if isinstance(error, ConnectionClosed):  # we closed it: not "lost"
+                    ended = ConnectionClosed(
+                        f"the client was closed while the RPC request to {target} "
+                        f"(correlation id {correlation_id}) waited for its reply"
+                    )
+                else:
+                    ended = RpcReplyLost(
+                        f"the channel of the RPC request to {target} closed before its reply "
+                        f"came (correlation id {correlation_id}): {error}; the server may or "
+                        "may not have handled it, and it is not retried"
+                    )
+                ended.__cause__ = error
+                call.resolve(error=ended)
             self.pending.clear()
             # A reply channel is never reused once its reader stopped.
             with trio.CancelScope(shield=True):
