@@ -17,6 +17,7 @@ become lists, and a paragraph ending in ``::`` introduces a code block.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import inspect
 import re
@@ -252,14 +253,14 @@ def _own_members(cls: type) -> Iterator[tuple[str, Any]]:
 
 
 def _member_comments(cls: type) -> dict[str, str]:
-    """The ``#:`` comments above an enum's members, by member name."""
+    """The ``#:`` comments above the attributes, fields or enum members in
+    ``cls``'s body, by name."""
     comments: dict[str, str] = {}
     pending: list[str] = []
     for line in inspect.getsource(cls).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#:"):
-            pending.append(stripped[2:].strip())
-        elif match := re.match(r"([A-Z][A-Z0-9_]*)\s*=", stripped):
+        if line.startswith("    #:"):
+            pending.append(line[6:].strip())
+        elif match := re.match(r"    ([A-Za-z_]\w*)\s*[:=]", line):
             if pending:
                 comments[match.group(1)] = markdown(" ".join(pending)).strip()
             pending = []
@@ -313,6 +314,13 @@ def render_class(name: str, cls: type) -> list[str]:
     if doc and doc.startswith(f"{cls.__name__}("):
         doc = None  # the signature dataclasses put in place of a missing docstring
     out.append(markdown(inspect.cleandoc(doc) if doc else None))
+    if dataclasses.is_dataclass(cls):
+        comments = _member_comments(cls)
+        documented = [f for f in dataclasses.fields(cls) if f.name in comments]
+        if documented:
+            out += ["", "**Fields:**", ""]
+            out += [f"- `{f.name}`: {comments[f.name]}" for f in documented]
+            out.append("")
     if issubclass(cls, (BaseException, enum.Enum)):
         return out
     for member_name, member in _own_members(cls):
