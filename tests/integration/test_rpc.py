@@ -127,6 +127,25 @@ async def test_a_request_nothing_is_bound_to_raises_rpc_unroutable_at_once(amqp_
     assert f"routing key {queue!r} was returned unroutable (312 NO_ROUTE)" in str(excinfo.value)
 
 
+async def test_a_request_to_a_missing_exchange_fails_with_the_broker_404_and_calls_go_on(
+    amqp_url: str,
+) -> None:
+    queue = unique()
+    with trio.fail_after(20):
+        async with tl.open_client(amqp_url, CONFIG) as client, trio.open_nursery() as nursery:
+            await client.declare_queue(queue, auto_delete=True)
+            await nursery.start(client.serve_rpc, queue, upper)
+            with pytest.raises(tl.RpcReplyLost) as excinfo:
+                await client.rpc_call("x", b"hello", exchange=unique("no-exchange"), timeout=5)
+            # The broker closed that reply channel; the next call opens another.
+            assert await client.rpc_call(queue, b"next", timeout=5) == b"NEXT"
+            nursery.cancel_scope.cancel()
+    cause = excinfo.value.__cause__
+    assert isinstance(cause, tl.ChannelClosed)
+    assert cause.reply_code == 404
+    assert "no exchange" in str(cause)
+
+
 async def test_a_failing_handler_gives_the_caller_rpc_remote_error_and_the_server_goes_on(
     amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
