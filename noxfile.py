@@ -96,7 +96,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[ws]", "mypy", *TEST_DEPS)
-    session.run("mypy", "--strict", "trio_lavin", "tests", "examples", "fuzz", "benchmarks")
+    session.run(
+        "mypy", "--strict", "trio_lavin", "tests", "examples", "fuzz", "benchmarks", "docs"
+    )
 
 
 @nox.session

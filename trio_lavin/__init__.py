@@ -58,6 +58,11 @@ if TYPE_CHECKING:
     from ._robust._producer import ProducerStatistics as ProducerStatistics
     from ._robust._producer import PublishMode as PublishMode
     from ._robust._producer import PublishTimeout as PublishTimeout
+    from ._robust._rpc import RpcError as RpcError
+    from ._robust._rpc import RpcRemoteError as RpcRemoteError
+    from ._robust._rpc import RpcReplyLost as RpcReplyLost
+    from ._robust._rpc import RpcTimeout as RpcTimeout
+    from ._robust._rpc import RpcUnroutable as RpcUnroutable
     from ._robust._supervisor import ClientState as ClientState
     from ._robust._supervisor import StateChange as StateChange
 
@@ -89,6 +94,11 @@ _LAZY = {
     "ProducerStatistics": "._robust._producer",
     "PublishMode": "._robust._producer",
     "PublishTimeout": "._robust._producer",
+    "RpcError": "._robust._rpc",
+    "RpcRemoteError": "._robust._rpc",
+    "RpcReplyLost": "._robust._rpc",
+    "RpcTimeout": "._robust._rpc",
+    "RpcUnroutable": "._robust._rpc",
     "ClientState": "._robust._supervisor",
     "StateChange": "._robust._supervisor",
 }
@@ -149,6 +159,11 @@ __all__ = [
     "RecoveryFailed",
     "RemoteProtocolError",
     "ReturnedMessage",
+    "RpcError",
+    "RpcRemoteError",
+    "RpcReplyLost",
+    "RpcTimeout",
+    "RpcUnroutable",
     "StateChange",
     "__version__",
     "open_client",

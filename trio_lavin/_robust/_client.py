@@ -20,11 +20,11 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from .._client._channel import Channel, QueueDeclareOk
+from .._client._channel import Channel, Delivery, QueueDeclareOk
 from .._client._connection import Connection, open_connection
 from .._exceptions import (
     AMQPConnectionError,
@@ -46,6 +46,7 @@ from ._producer import (
     Producer,
     PublishMode,
 )
+from ._rpc import DEFAULT_RPC_PREFETCH, DEFAULT_RPC_TIMEOUT, RpcCaller, serve_rpc
 from ._supervisor import (
     ClientState,
     Connect,
@@ -721,6 +722,102 @@ class Client:
         self._wake_waiters()
         for subscriber in self._subscribers:
             subscriber.close()
+
+    # -- RPC over direct reply-to ----------------------------------------------------
+
+    _rpc_caller: RpcCaller | None = None
+
+    async def rpc_call(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        exchange: str = "",
+        # Not just a cancel scope: the timeout is also the request's expiration.
+        timeout: float | None = DEFAULT_RPC_TIMEOUT,  # noqa: ASYNC109
+        headers: dict[str, Any] | None = None,
+        content_type: str | None = None,
+    ) -> bytes:
+        """Send a request and return the body of its reply (RPC over direct
+        reply-to, ``amq.rabbitmq.reply-to``: no reply queue is declared).
+
+        The request is published ``mandatory`` to ``exchange`` (default: the
+        default exchange, so ``routing_key`` is the server's queue) with a
+        fresh correlation id, ``reply_to`` set, and ``expiration`` set to the
+        time left of ``timeout``, on a channel of the client that consumes
+        the replies; concurrent calls share that channel.  ``timeout`` (in
+        seconds, or None for no limit) bounds the whole call: waiting for a
+        connection, publishing and the reply.
+
+        A call is never retried once its request was sent: after a reconnect
+        the server may or may not have handled it.  Retry yourself when the
+        request is idempotent.
+
+        Cancellation: if cancelled, the caller stops waiting; the request may
+        already have been sent, and a reply arriving later is discarded.
+
+        Raises:
+            RpcTimeout: no reply within ``timeout`` (also a ``TimeoutError``).
+            RpcUnroutable: the broker returned the request: nothing is bound
+                to ``routing_key`` (no server queue).
+            RpcRemoteError: the server's handler raised (see
+                :meth:`serve_rpc`).
+            RpcReplyLost: the request's channel or connection closed before
+                the reply came (also a :class:`ConnectionLost`).
+            RpcError: the broker refused to consume ``amq.rabbitmq.reply-to``
+                (it does not support direct reply-to).
+            ConnectionClosed: the client was closed, before or during the
+                call.
+            ConnectionLost: the client gave up (see :func:`open_client`).
+            ValueError: ``timeout`` is not a positive number or None.
+        """
+        if self._rpc_caller is None:
+            self._rpc_caller = RpcCaller(self)
+        return await self._rpc_caller.call(
+            routing_key,
+            body,
+            exchange=exchange,
+            timeout=timeout,
+            headers=headers,
+            content_type=content_type,
+        )
+
+    async def serve_rpc(
+        self,
+        queue: str,
+        handler: Callable[[Delivery], Awaitable[bytes]],
+        *,
+        prefetch: int = DEFAULT_RPC_PREFETCH,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Answer the RPC requests arriving on ``queue`` until cancelled.
+
+        Run it in a nursery (``await nursery.start(client.serve_rpc, queue,
+        handler)`` returns once it consumes).  For each request it calls
+        ``await handler(delivery)``, publishes the returned bytes to the
+        request's ``reply_to`` with its ``correlation_id``, and then acks the
+        request.  Up to ``prefetch`` requests are handled concurrently.  The
+        consumer is a recovering one: it re-subscribes after reconnects.
+
+        Errors: when the handler raises an :class:`Exception`, it is logged
+        (logger ``trio_lavin.rpc``) and the caller gets an error reply, raised
+        there as :class:`RpcRemoteError` with ``"ExceptionType: message"``;
+        the request is acked (not redelivered, as it would fail again).  A
+        request without ``reply_to`` is rejected without requeueing (it goes
+        to the queue's dead-letter exchange, if any) and the handler is not
+        called.  If the channel dies before the ack, the broker redelivers
+        the request and it is handled again (at-least-once): make handlers
+        idempotent or check ``delivery.redelivered``.
+
+        Cancellation: requests being handled are not acked, so the broker
+        redelivers them.
+
+        Raises:
+            ValueError: ``prefetch`` is less than 1.
+            ConnectionClosed, ConnectionLost: the client was closed or gave
+                up.
+        """
+        await serve_rpc(self, queue, handler, prefetch=prefetch, task_status=task_status)
 
 
 @asynccontextmanager
