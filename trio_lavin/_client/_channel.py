@@ -75,9 +75,17 @@ class Delivery:
     channel with 406 PRECONDITION_FAILED.  The broker redelivers such a
     message (with ``redelivered=True``) by itself.
 
-    Treat the attributes as read-only.  (The class is not a frozen dataclass
+    Attributes (treat them as read-only; the class is not a frozen dataclass
     because one is made per message, and a frozen one takes several times
-    longer to make.)
+    longer to make):
+
+    - ``body``: the message body, whole.
+    - ``delivery_tag``: the broker's number for it on ``channel``.
+    - ``redelivered``: the broker delivered it before (to us or another consumer).
+    - ``exchange``, ``routing_key``: where it was published.
+    - ``channel``: the :class:`Channel` it came on (acks go there).
+    - ``consumer_tag``: the consumer it was delivered to (None for ``basic_get``).
+    - ``message_count``: for ``basic_get``, messages left in the queue.
     """
 
     __slots__ = (
@@ -112,7 +120,6 @@ class Delivery:
         self.routing_key = routing_key
         self.channel = channel
         self.consumer_tag = consumer_tag
-        #: For ``basic_get``: messages left in the queue.
         self.message_count = message_count
 
     @property
