@@ -240,9 +240,12 @@ class _Throughput:
         lag_limit = LAG_LIMIT if options.consumers else math.inf
         start = trio.current_time()
         sent = 0
-        while stats.published < limit:
+        while True:
             if confirm and len(window) >= confirm:
                 await self._settle(window)
+            if stats.published >= limit:  # (re)checked after every wait: publishers share it
+                break
+            stats.published += 1
             try:
                 confirmation = publish_nowait(
                     body, exchange=exchange, routing_key=routing_key, properties=properties
@@ -251,7 +254,6 @@ class _Throughput:
                 confirmation = await channel.basic_publish(
                     body, exchange=exchange, routing_key=routing_key, properties=properties
                 )
-            stats.published += 1
             sent += 1
             if confirmation is not None:
                 window.append(confirmation)
