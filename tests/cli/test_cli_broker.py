@@ -92,6 +92,21 @@ async def test_perf_throughput_with_a_message_count_and_confirms_stops_by_itself
     assert (summary["publishers"], summary["consumers"], summary["size"]) == (2, 2, 100)
 
 
+async def test_perf_throughput_publishers_finish_after_the_consumers_stopped(
+    amqp_url: str, queue: str
+) -> None:
+    # Publishers pause while consumers lag 10 000 behind; consumers that are done (-D)
+    # must not keep them waiting.
+    code, out, err = await run_cli(
+        "perf", "throughput", "-j", "-q", "-C", "30000", "-D", "500", "-u", queue,
+        "--uri", amqp_url,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = _json_line(out)
+    assert summary["published"] == 30000
+    assert summary["consumed"] == 500
+
+
 async def test_perf_latency_reports_ordered_percentiles(amqp_url: str) -> None:
     code, out, err = await run_cli(
         "perf", "latency", "-j", "-C", "300", "--warmup", "20", "--uri", amqp_url

@@ -121,6 +121,11 @@ consumers) -D (default: -C) were consumed, or at Ctrl-C (then the exit code is 1
 no -z and no -C it runs until Ctrl-C.  --json prints the summary as one JSON line with
 lavinmqperf's keys (elapsed_seconds, avg_pub_rate, avg_consume_rate) and the totals.
 
+Publishers and consumers share one thread here (lavinmqperf uses threads): when consumers
+fall 10 000 messages behind, publishers pause until they are 5 000 behind, so the rates
+are what one process sustains end to end.  Consumers that do not catch up within a second
+(or with -R) switch this off.  -y 0 or -x 0 measures one side alone.
+
 The option letters are lavinmqperf's.  Not supported: -t/-T (transactions), -g (basic.get
 polling), --properties, --random-bodies.  Different: -z accepts fractions of seconds; -C
 and -D count over all publishers/consumers together; -u '' uses a server-named auto-delete

@@ -47,12 +47,18 @@ from ._common import (
 #: the checkpoint costs little.
 YIELD_EVERY: Final = 100
 
-#: When consumers lag this many messages behind, publishers yield after every message.
-#: Publishers and consumers share one thread, and a consumer takes one delivery per turn:
-#: without this, publishers would take most of the CPU and the queue would grow until the
-#: broker's flow control stalled them (with threads, as in lavinmqperf, the OS shares the
-#: CPU fairly instead).
+#: When consumers lag this many messages behind, publishers wait until they are only
+#: ``LAG_RESUME`` behind.  Publishers and consumers share one thread, and a consumer takes
+#: one delivery per turn while a publisher sends ``YIELD_EVERY``: without this, publishers
+#: would take most of the CPU and the queue would grow until the broker's flow control
+#: stalled them (with threads, as in lavinmqperf, the OS shares the CPU instead).
+#: Consumers that do not catch up within ``LAG_WAIT`` seconds are slower than the broker
+#: (or not every message reaches them, say with a length-limited queue): then publishers
+#: stop waiting for them for the rest of the run.  Not used with ``-R`` (rate-limited
+#: consumers) either.
 LAG_LIMIT: Final = 10_000
+LAG_RESUME: Final = 5_000
+LAG_WAIT: Final = 1.0
 
 #: A rate-limited publisher or consumer sleeps only when it is this far ahead of its
 #: schedule: sleeping for every message would cost more than the message.
@@ -139,6 +145,10 @@ class _Throughput:
         self.publishers_running = options.publishers
         self.consumers_done = options.consumers == 0
         self.finished = trio.Event()
+        #: Set while consumers are not lagging (see LAG_LIMIT); only with consumers.
+        self.caught_up = trio.Event()
+        self.caught_up.set()
+        self.lag_limit = LAG_LIMIT if options.consumers and not options.consume_rate else math.inf
         self.started: float | None = None
         self.stopped: float | None = None
         #: The whole run; cancelled by a stop only while clients are still connecting.
@@ -237,7 +247,6 @@ class _Throughput:
         confirm = options.confirm
         rate = options.rate
         publish_nowait = channel.basic_publish_nowait
-        lag_limit = LAG_LIMIT if options.consumers else math.inf
         start = trio.current_time()
         sent = 0
         while True:
@@ -259,8 +268,11 @@ class _Throughput:
                 window.append(confirmation)
             if rate:
                 await _pace(start, sent, rate)
-            elif sent % YIELD_EVERY == 0 or stats.published - stats.consumed > lag_limit:
-                await trio.lowlevel.checkpoint()
+            elif sent % YIELD_EVERY == 0:
+                if stats.published - stats.consumed > self.lag_limit:
+                    await self._wait_for_consumers()
+                else:
+                    await trio.lowlevel.checkpoint()
         with trio.move_on_after(CONFIRM_TIMEOUT) as scope:
             while window:
                 await self._settle(window)
@@ -269,6 +281,19 @@ class _Throughput:
                 f"{len(window)} messages were still unconfirmed {CONFIRM_TIMEOUT:g} s after "
                 "the last publish"
             )
+
+    async def _wait_for_consumers(self) -> None:
+        """Pause until consumers are at most ``LAG_RESUME`` behind (see ``LAG_LIMIT``)."""
+        if self.caught_up.is_set():
+            self.caught_up = trio.Event()
+        with trio.move_on_after(LAG_WAIT) as wait:
+            await self.caught_up.wait()
+        if wait.cancelled_caught:
+            self._stop_waiting_for_consumers()
+
+    def _stop_waiting_for_consumers(self) -> None:
+        self.lag_limit = math.inf
+        self.caught_up.set()
 
     async def _settle(self, window: deque[Confirmation]) -> None:
         """Wait for the oldest confirm, then retire every settled one at the front."""
@@ -299,6 +324,7 @@ class _Throughput:
                     await self._ready()
                     await self._consume(index, consumer)
                     self.consumers_done = True
+                    self._stop_waiting_for_consumers()
                     self._check_finished()
             finally:
                 await close_draining(connection, consumer)
@@ -314,6 +340,8 @@ class _Throughput:
         async for delivery in consumer:
             stats.consumed += 1
             received += 1
+            if stats.published - stats.consumed <= LAG_RESUME:
+                self.caught_up.set()
             if body is not None and delivery.body != body:
                 raise CLIError(
                     f"consumer {index} received a body that differs from the one "
