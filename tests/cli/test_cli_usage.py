@@ -60,6 +60,14 @@ def test_python_dash_m_help_runs_without_a_broker() -> None:
     assert result.stderr == ""
 
 
+def test_the_trio_lavin_console_script_runs_main() -> None:
+    from importlib.metadata import entry_points
+
+    scripts = entry_points(group="console_scripts", name="trio-lavin")
+    assert [script.value for script in scripts] == ["trio_lavin._cli:main"]
+    assert next(iter(scripts)).load() is main
+
+
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
     from trio_lavin import __version__
 

@@ -129,6 +129,8 @@ class ThroughputStats:
 
 
 class _Throughput:
+    """One ``perf throughput`` run: the shared counters, the clients' tasks, the clock."""
+
     def __init__(self, options: ThroughputOptions, err: TextIO) -> None:
         self.options = options
         self.err = err
