@@ -232,3 +232,41 @@ async def test_ctrl_c_ends_perf_throughput_with_its_summary_and_exit_130(
     assert summary["interrupted"] is True
     assert summary["published"] > 0
     assert summary["elapsed_seconds"] >= 1.0
+
+
+async def test_ctrl_c_ends_consume_promptly_with_exit_130_and_unacked_messages_kept(
+    amqp_url: str, queue: str
+) -> None:
+    code, _, err = await run_cli("publish", "-u", queue, "--declare", "kept", "--uri", amqp_url)
+    assert code == 0, err
+    command = [sys.executable, "-m", "trio_lavin", "consume", "-u", queue, "--uri", amqp_url]
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        with trio.fail_after(COMMAND_DEADLINE):
+            out = b""
+            while b"\n" not in out:  # the message was printed: it is consuming
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"exited before printing: {out!r}"
+                out += chunk
+            process.send_signal(signal.SIGINT)
+            interrupted = trio.current_time()
+            code = await process.wait()
+            # Well under the connection's 5 s close timeout: the close was graceful.
+            assert trio.current_time() - interrupted < 4.0
+            err_bytes = await process.stderr.receive_some()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await process.stdout.aclose()
+            await process.stderr.aclose()
+    assert code == 130
+    assert out == b"kept\n"
+    assert err_bytes == b""
+    code, out_text, err = await run_cli("consume", "-u", queue, "-n", "1", "--uri", amqp_url)
+    assert (code, out_text) == (0, "kept\n"), err
