@@ -120,6 +120,9 @@ to stdout when the run ends: after -z seconds, when -C messages were published a
 consumers) -D (default: -C) were consumed, or at Ctrl-C (then the exit code is 130).  With
 no -z and no -C it runs until Ctrl-C.  --json prints the summary as one JSON line with
 lavinmqperf's keys (elapsed_seconds, avg_pub_rate, avg_consume_rate) and the totals.
+A message counts as published once handed to its connection (up to 4 MiB per connection
+may still be on the way when the run ends).  The queue (-u) is declared durable, as
+lavinmqperf does, and is left in place afterwards.
 
 Publishers and consumers share one thread here (lavinmqperf uses threads): when consumers
 fall 10 000 messages behind, publishers pause until they are 5 000 behind, so the rates
@@ -127,9 +130,9 @@ are what one process sustains end to end.  Consumers that do not catch up within
 (or with -R) switch this off.  -y 0 or -x 0 measures one side alone.
 
 The option letters are lavinmqperf's.  Not supported: -t/-T (transactions), -g (basic.get
-polling), --properties, --random-bodies.  Different: -z accepts fractions of seconds; -C
-and -D count over all publishers/consumers together; -u '' uses a server-named auto-delete
-queue.
+polling), --properties, --random-bodies.  Different: -z accepts fractions of seconds;
+with -C, consumers stop after -C messages unless -D says otherwise (lavinmqperf's keep
+waiting); -u '' uses a server-named auto-delete queue; live lines go to stderr.
 
 example: trio-lavin perf throughput -x 2 -y 2 -s 256 -c 1000 -z 10 --uri amqp://localhost
 """
