@@ -107,6 +107,29 @@ async def test_perf_throughput_publishers_finish_after_the_consumers_stopped(
     assert summary["consumed"] == 500
 
 
+async def test_perf_throughput_rate_limit_paces_the_publisher(amqp_url: str, queue: str) -> None:
+    code, out, err = await run_cli(
+        "perf", "throughput", "-j", "-q", "-y", "0", "-r", "400", "-C", "200", "-u", queue,
+        "--uri", amqp_url,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = _json_line(out)
+    assert summary["published"] == 200
+    # 200 messages at 400/s cannot take less than half a second (the first is due at once).
+    assert summary["elapsed_seconds"] >= 0.49
+    assert summary["avg_pub_rate"] <= 410
+
+
+async def test_perf_latency_with_a_duration_runs_that_long(amqp_url: str) -> None:
+    code, out, err = await run_cli(
+        "perf", "latency", "-j", "-q", "-z", "0.5", "--warmup", "0", "--uri", amqp_url
+    )
+    assert code == 0, err
+    summary = _json_line(out)
+    assert summary["roundtrips"] > 0
+    assert 0.5 <= summary["elapsed_seconds"] < 2.0
+
+
 async def test_perf_latency_reports_ordered_percentiles(amqp_url: str) -> None:
     code, out, err = await run_cli(
         "perf", "latency", "-j", "-C", "300", "--warmup", "20", "--uri", amqp_url
