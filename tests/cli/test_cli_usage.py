@@ -3,16 +3,19 @@ and the pure helpers behind the commands."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+from typing import Any, cast
 
 import pytest
 import trio
 
+from trio_lavin import BasicProperties, Delivery
 from trio_lavin._cli import main
 from trio_lavin._cli._main import DEFAULT_URL, build_parser
-from trio_lavin._cli._messages import default_prefetch, read_lines
+from trio_lavin._cli._messages import default_prefetch, delivery_json, read_lines
 from trio_lavin._cli._perf import make_body, percentile
 
 SECRET = "cli-s3cret-pw"
@@ -217,3 +220,34 @@ async def test_read_lines_splits_chunks_into_lines_without_their_endings() -> No
         lines = [line async for line in read_lines(read)]
     assert lines == [b"one", b"two", b"", b"three"]
     assert chunks == []
+
+
+def _delivery(body: bytes, properties: BasicProperties) -> Delivery:
+    return Delivery(body, properties, 7, True, "amq.topic", "a.b", cast(Any, None))
+
+
+def test_delivery_json_has_the_text_body_routing_and_the_properties_that_are_set() -> None:
+    properties = BasicProperties(
+        content_type="text/plain", headers={"k": "v", "raw": b"\x00"}, delivery_mode=2
+    )
+    record = delivery_json(_delivery("héllo".encode(), properties))
+    assert record == {
+        "body": "héllo",
+        "exchange": "amq.topic",
+        "routing_key": "a.b",
+        "redelivered": True,
+        "delivery_tag": 7,
+        "properties": {
+            "content_type": "text/plain",
+            "headers": {"k": "v", "raw": b"\x00"},
+            "delivery_mode": 2,
+        },
+    }
+
+
+def test_delivery_json_gives_a_binary_body_in_base64_and_omits_empty_properties() -> None:
+    record = delivery_json(_delivery(b"\xff\xfe", BasicProperties(cluster_id="")))
+    assert record["body_base64"] == "//4="
+    assert "body" not in record
+    assert "properties" not in record
+    json.dumps(record)  # JSON-able as it is

@@ -175,7 +175,7 @@ def default_prefetch(count: int | None, ack: bool) -> int:
 
 def delivery_json(delivery: Delivery) -> dict[str, Any]:
     """A delivery as a JSON-able dict: ``body`` (UTF-8 text) or ``body_base64``, routing
-    information, and the properties that are set."""
+    information, and the properties that are set (not empty)."""
     record: dict[str, Any] = {}
     try:
         record["body"] = delivery.body.decode("utf-8")
@@ -190,7 +190,7 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
     properties = {}
     for name in BasicProperties.attributes():
         value = getattr(delivery.properties, name, None)
-        if value is not None:
+        if value is not None and value != "":  # pamqp decodes an absent cluster_id as ""
             properties[name] = value
     if properties:
         record["properties"] = properties
