@@ -290,6 +290,50 @@ async def test_call_cancelled_at_once_still_sends_its_request_whole(
         assert channel.is_open
 
 
+async def test_cancelling_the_block_around_a_connection_closes_it_at_once(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    start = trio.current_time()
+    with trio.move_on_after(1) as scope:
+        async with tl.open_connection(stream_factory=broker.connect) as conn:
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    # Regression: aclose waited CLOSE_TIMEOUT (5 s) for a CloseOk that the
+    # cancelled reader could never read.
+    assert trio.current_time() - start < 1.5
+    assert isinstance(conn.error, tl.ConnectionClosed)
+    await trio.sleep(0.1)
+    assert broker.connections == []  # the broker saw it go
+
+
+async def test_closing_a_consumer_or_connection_with_a_full_buffer_is_prompt(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        for i in range(10):
+            broker.publish("", "q", bytes([i]))
+        start = trio.current_time()
+        async with await channel.basic_consume("q", buffer_size=2) as consumer:
+            while consumer.buffered < 2:
+                await trio.sleep(0.01)
+            # The reader now waits for room; nobody iterates.
+        # Regression: leaving waited CLOSE_TIMEOUT for a CancelOk stuck behind
+        # the deliveries the reader could not hand over.
+        assert trio.current_time() - start < 1
+        await trio.sleep(0.1)
+        queue = broker.queue("q")
+        assert (queue.messages_ready, queue.messages_unacknowledged) == (10, 0)
+        consumer = await channel.basic_consume("q", buffer_size=2)
+        while consumer.buffered < 2:
+            await trio.sleep(0.01)
+        start = trio.current_time()
+        await conn.aclose()
+        assert trio.current_time() - start < 1
+    assert isinstance(conn.error, tl.ConnectionClosed)
+
+
 async def test_cancelled_channel_open_is_closed_again(broker: FakeBrokerServer) -> None:
     async with tl.open_connection(stream_factory=broker.connect) as conn:
         with trio.move_on_after(0):

@@ -266,6 +266,9 @@ class Consumer:
         self._finished = False
         #: Iteration was closed on our side: deliveries are refused.
         self._closed = False
+        #: The connection is closing: deliveries are dropped (the broker
+        #: requeues them when the connection ends); iteration goes on.
+        self._discarding = False
         self._taken_without_yield = 0
 
     def __repr__(self) -> str:
@@ -278,7 +281,12 @@ class Consumer:
 
     def _put_nowait(self, delivery: Delivery) -> bool:
         """Buffer a delivery; False if the buffer is full or closed."""
-        if self._finished or self._closed or len(self._buffer) >= self._capacity:
+        if (
+            self._finished
+            or self._closed
+            or self._discarding
+            or len(self._buffer) >= self._capacity
+        ):
             return False
         self._buffer.append(delivery)
         if self._readable:
@@ -289,7 +297,7 @@ class Consumer:
         """Buffer a delivery, waiting for room; False if the consumer stopped
         accepting deliveries meanwhile."""
         while not self._put_nowait(delivery):
-            if self._finished or self._closed:
+            if self._finished or self._closed or self._discarding:
                 return False
             await self._writable.park()
         return True
@@ -347,27 +355,39 @@ class Consumer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Refuse deliveries first: a connection reader waiting for room in our
+        # full buffer must go on, or it would never read the CancelOk.
+        self._refuse()
         with trio.move_on_after(CLOSE_TIMEOUT) as scope:
             scope.shield = True
             try:
                 await self.cancel()
             except (ChannelClosed, ConsumerCancelled, AMQPConnectionError):
                 pass
-        self._close()
+        self._give_back()
 
-    def _close(self) -> None:
-        """Refuse further deliveries and give the buffered ones back."""
-        if self._closed:
-            return
+    def _refuse(self) -> None:
+        """Take no more deliveries (the connection gives them back to the
+        broker) and release a reader waiting for room."""
         self._closed = True
+        self._readable.unpark_all()
+        self._writable.unpark_all()
+
+    def _discard(self) -> None:
+        """The connection is closing: drop further deliveries, and release a
+        reader waiting for room so that it reads the ``CloseOk``."""
+        self._discarding = True
+        self._writable.unpark_all()
+
+    def _give_back(self) -> None:
+        """Reject the buffered deliveries with requeue, so the broker hands
+        them to another consumer."""
         left, self._buffer = self._buffer, deque()
-        if not self.no_ack and self.channel.is_open:
+        if not self.no_ack:
             for delivery in left:
                 self.channel._send_nowait(
                     commands.Basic.Reject(delivery_tag=delivery.delivery_tag, requeue=True)
                 )
-        self._readable.unpark_all()
-        self._writable.unpark_all()
 
 
 class Channel:
@@ -458,7 +478,7 @@ class Channel:
         gone.  Unacked deliveries go back to their queues."""
         if self._error is not None:
             return
-        if self._amqp.channel_state(self.number) is ChannelState.OPEN:
+        if self.connection.is_open and self._amqp.channel_state(self.number) is ChannelState.OPEN:
             self._amqp.close_channel(self.number)
             self.connection._kick()
         self._set_closed(ChannelClosed(f"channel {self.number} was closed by this side"))

@@ -87,6 +87,8 @@ class Connection:
         self._channels: dict[int, Channel] = {}
         self._error: AMQPConnectionError | None = None
         self._closed = trio.Event()
+        #: Set when the connection ended or one of its tasks stopped.
+        self._stopped = trio.Event()
         self._send_lock = trio.StrictFIFOLock()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._writable_lot = trio.lowlevel.ParkingLot()
@@ -498,6 +500,7 @@ class Connection:
             self._fail(ConnectionLost(f"internal error in the {name} task: {exc!r}"))
         finally:
             self._running.discard(name)
+            self._stopped.set()
 
     def health_problem(self, now: float, write_timeout: float) -> str | None:
         """What is wrong with a connection that claims to be open, as seen
@@ -533,6 +536,7 @@ class Connection:
             channel._set_closed(error)
         self._channels.clear()
         self._closed.set()
+        self._stopped.set()
         self._unblocked.set()
         self._writable_lot.unpark_all()
         self._released_lot.unpark_all()
@@ -546,11 +550,21 @@ class Connection:
         deliveries go back to their queues; messages published without
         confirms may be lost if still in flight."""
         if self._error is None and self._amqp.state is ConnectionState.OPEN:
+            # A reader waiting for room in a full consumer buffer would never
+            # read the CloseOk: consumers take no more deliveries from here on.
+            for channel in self._channels.values():
+                for consumer in channel._consumers.values():
+                    consumer._discard()
             self._amqp.close()
             self._kick()
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 scope.shield = True
-                await self._closed.wait()
+                # Wait for the CloseOk, unless a task of ours has stopped (when
+                # the block around the connection was cancelled): then nobody
+                # would read it, and the writer may not even send the Close.
+                if self._running >= {"_reader", "_writer"}:
+                    await self._stopped.wait()
+                await self._flush_final()
         self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
 
 
