@@ -6,10 +6,10 @@ Every port is chosen free, including the range the ``rabbitmqctl`` CLI listens o
 default, 35672-35682, is shared by every broker on the machine), so the cluster coexists with
 other throwaway nodes.
 
-``kill(i)`` is a SIGKILL of node ``i``'s process group (a crash: no clean shutdown);
-``start(i)`` boots it again with the same name, ports and data, and it rejoins the cluster
-by itself.  Every wait has a deadline; a failure raises :class:`BrokerError` with the tails
-of the nodes' logs.
+:meth:`RabbitCluster.boot` starts the cluster; ``kill(i)`` is a SIGKILL of node ``i``'s
+process group (a crash: no clean shutdown); ``start(i)`` boots it again with the same name,
+ports and data, and it rejoins the cluster by itself.  Every wait has a deadline; a failure
+raises :class:`BrokerError` with the tails of the nodes' logs.
 
 Only the standard library is used::
 
@@ -99,7 +99,7 @@ class ClusterNode(RabbitNode):
 class RabbitCluster:
     """Three private RabbitMQ nodes joined into one cluster (see the module doc).
 
-    Use it as a context manager, or call :meth:`start` and :meth:`stop`.
+    Use it as a context manager, or call :meth:`boot` and :meth:`stop`.
     """
 
     def __init__(self, size: int = 3, *, start_timeout: float = 90.0) -> None:
@@ -112,7 +112,7 @@ class RabbitCluster:
         self._epmd: subprocess.Popen[bytes] | None = None
         self._epmd_lock = threading.Lock()
         self.nodes = [ClusterNode(self, i) for i in range(size)]
-        #: Seconds the last :meth:`start` took: booting, then joining.
+        #: Seconds the last :meth:`boot` took: booting the nodes, then joining them.
         self.boot_seconds = 0.0
         self.join_seconds = 0.0
 
@@ -126,7 +126,7 @@ class RabbitCluster:
     def url(self, index: int) -> str:
         return self.nodes[index].url
 
-    def start(self) -> None:
+    def boot(self) -> None:
         """Boot every node in parallel, then join nodes 1.. to node 0.  Raises BrokerError
         (with the nodes' log tails) if that does not work within the deadlines."""
         t0 = time.monotonic()
@@ -156,7 +156,7 @@ class RabbitCluster:
         """SIGKILL node ``index``'s process group (a crash); its data stays for :meth:`start`."""
         self.nodes[index].kill()
 
-    def start_node(self, index: int) -> None:
+    def start(self, index: int) -> None:
         """Boot node ``index`` again (same name, ports and data) and wait until the cluster
         lists it as running."""
         node = self.nodes[index]
@@ -209,6 +209,10 @@ class RabbitCluster:
                 raise BrokerError(f"queue {queue!r} is led by {leader!r}, not one of ours")
         raise BrokerError(f"no queue {queue!r} in {out!r}")
 
+    def close_all_connections(self, reason: str = "closed by test") -> None:
+        """Close every client connection in the cluster (Connection.Close 320)."""
+        self._live_node(None).rabbitmqctl("close_all_connections", reason, timeout=30)
+
     def node_of_port(self, port: int) -> int:
         """The index of the node whose AMQP port is ``port``."""
         for node in self.nodes:
@@ -230,7 +234,7 @@ class RabbitCluster:
 
     def __enter__(self) -> RabbitCluster:
         try:
-            self.start()
+            self.boot()
         except BaseException:
             self.stop()
             raise

@@ -166,8 +166,8 @@ async def test_a_nacked_message_is_published_again_after_a_pause(
     broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
 ) -> None:
     """A quorum queue nacks while it elects a leader: the producer pauses
-    ``nack_retry_delay`` and publishes the message again; publish() returns
-    once that copy is confirmed, and nothing is dropped."""
+    ``nack_retry_delay`` and publishes the message again, on a new channel;
+    publish() returns once that copy is confirmed, and nothing is dropped."""
     config = tl.Config(heartbeat=10, reconnect_jitter=0.0, nack_retry_delay=0.25)
     async with tl.open_client(config=config, stream_factory=broker.connect) as client:
         await client.declare_queue("q")
@@ -175,10 +175,15 @@ async def test_a_nacked_message_is_published_again_after_a_pause(
         drops = Drops()
         producer.on_drop(drops)
         assert await producer.publish(b"warm-up")
+        first_channel = producer._channel
         broker.nack_next(1)
         start = trio.current_time()
         assert await producer.publish(b"nacked once")
         assert trio.current_time() - start == pytest.approx(0.25)
+        # The retry went out on a new channel, and the old one was closed.
+        assert first_channel is not None
+        assert not first_channel.is_open
+        assert producer._channel is not first_channel
         stats = producer.statistics()
         assert (stats.retries, stats.nacked, stats.confirmed, stats.republished) == (1, 0, 2, 1)
         assert drops.seen == []

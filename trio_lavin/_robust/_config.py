@@ -73,8 +73,10 @@ class Config:
     endpoint_timeout: float | None = None
     #: A message the broker nacks (a quorum queue does while it elects a new
     #: leader, or when it cannot take it) is published again up to this many
-    #: times before it is dropped as NACKED.  0: drop at the first nack.
-    nack_retries: int = 3
+    #: times before it is dropped as NACKED.  0: drop at the first nack.  The
+    #: default waits 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s in all: long enough for an
+    #: election on a busy machine.
+    nack_retries: int = 5
     #: Wait before the first re-publication of a nacked message, in seconds;
     #: each further nack of it multiplies the wait by
     #: ``reconnect_multiplier`` (with ``reconnect_jitter``, at most

@@ -21,9 +21,12 @@ A ``basic.nack`` is often temporary (a quorum queue nacks while it elects a
 new leader after a node loss), so a nacked message is published again, up to
 ``Config.nack_retries`` times: the producer pauses for a backoff delay
 (``Config.nack_retry_delay``, growing with each nack of the same message),
-then publishes the nacked messages before any message not yet published.
-Messages that were already in flight behind a nacked one may reach the queue
-before it.  Only after the last retry is it dropped as NACKED.
+then publishes the nacked messages before any message not yet published, on
+a new channel (RabbitMQ 3.10 keeps nacking every message on a channel that
+first published to a quorum queue while it had no leader; messages still in
+flight on the old channel are published again too, so duplicates are
+possible).  Messages that were already in flight behind a nacked one may
+reach the queue before it.  Only after the last retry is it dropped as NACKED.
 
 In ``FIRE_AND_FORGET`` mode a message counts as done once it is handed to the
 connection's writer; the few in the writer's buffer when a connection dies
@@ -228,8 +231,10 @@ class Producer:
         self._nacked = 0
         self._retries = 0
         self._nack_backoff = client.config.nack_backoff()
-        #: After a nack, nothing is published before this time.
+        #: After a nack, nothing is published before this time, and then on
+        #: a new channel.
         self._paused_until = -math.inf
+        self._renew_channel = False
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
         self._rejection_backoff: Backoff | None = None
@@ -517,6 +522,7 @@ class Producer:
         backoff = dataclasses.replace(self._nack_backoff, attempt=message.nacks - 1)
         delay = backoff.delay(self._client._supervisor.rng)
         self._paused_until = max(self._paused_until, trio.current_time() + delay)
+        self._renew_channel = True
         logger.info(
             "message %d to %r nacked (%d of %d retries); publishing it again in %.2f s",
             message.sequence,
@@ -596,6 +602,11 @@ class Producer:
             if self._paused_until > trio.current_time():
                 await trio.sleep_until(self._paused_until)  # after a nack
                 continue
+            if self._renew_channel:
+                self._renew_channel = False
+                stale, self._channel = self._channel, None
+                if stale is not None:
+                    await stale.aclose()  # its unconfirmed messages are requeued
             channel = await self._open_channel()
             connection = channel.connection
             if connection.blocked:
