@@ -19,6 +19,7 @@ Only the standard library is used::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import secrets
@@ -30,7 +31,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
 
 from tests._broker import (
     BrokerError,
@@ -44,8 +44,6 @@ from tests._broker import (
 )
 
 __all__ = ["ClusterNode", "RabbitCluster"]
-
-T = TypeVar("T")
 
 #: Ports the CLI may use: RabbitMQ takes MIN..MIN+10.
 _CLI_PORTS = 11
@@ -131,15 +129,13 @@ class RabbitCluster:
         (with the nodes' log tails) if that does not work within the deadlines."""
         t0 = time.monotonic()
         self._ensure_epmd()
-        self._in_parallel([node.start for node in self.nodes])
+        self._in_parallel([node.start for node in self.nodes], "starting the nodes")
         t1 = time.monotonic()
         self.boot_seconds = t1 - t0
-        first = self.nodes[0]
-        for node in self.nodes[1:]:  # one after the other, as RabbitMQ's docs do it
-            node.rabbitmqctl("stop_app", timeout=60)
-            node.rabbitmqctl("join_cluster", first.nodename, timeout=60)
-            node.rabbitmqctl("start_app", timeout=60)
-        self.wait_running(list(range(len(self.nodes))), timeout=60)
+        # The other nodes join node 0 at the same time (each makes 3 CLI calls of 1-2 s; at
+        # most 6 at once, within the CLI's 11 ports); a node whose join fails tries once more.
+        joins = [functools.partial(self._join, node) for node in self.nodes[1:]]
+        self._in_parallel(joins, "joining the cluster")
         self.join_seconds = time.monotonic() - t1
 
     def stop(self) -> None:
@@ -192,18 +188,21 @@ class RabbitCluster:
                 )
             time.sleep(0.2)
 
-    def queue_leader(self, queue: str, vhost: str = "/") -> int:
-        """The index of the node that leads quorum queue ``queue``."""
+    def queue_leader(self, queue: str, vhost: str = "/") -> int | None:
+        """The index of the node that leads quorum queue ``queue`` (None while it has no
+        leader: during an election)."""
         node = self._live_node(None)
         out = node.rabbitmqctl(
             "list_queues", "-p", vhost, "name", "leader", "--formatter", "json", timeout=30
         )
         for row in json.loads(out[out.index("[") :]):
             if row["name"] == queue:
-                leader = row["leader"]
+                leader = row.get("leader")
                 for candidate in self.nodes:
                     if candidate.nodename == leader:
                         return candidate.index
+                if leader in (None, "", "undefined"):
+                    return None
                 raise BrokerError(f"queue {queue!r} is led by {leader!r}, not one of ours")
         raise BrokerError(f"no queue {queue!r} in {out!r}")
 
@@ -262,6 +261,18 @@ class RabbitCluster:
                 return node
         raise BrokerError("no node of the cluster is running")
 
+    def _join(self, node: ClusterNode) -> None:
+        for attempt in (1, 2):
+            try:
+                node.rabbitmqctl("stop_app", timeout=60)
+                node.rabbitmqctl("join_cluster", self.nodes[0].nodename, timeout=60)
+                node.rabbitmqctl("start_app", timeout=60)
+                return
+            except BrokerError as exc:
+                if attempt == 2:
+                    raise BrokerError(f"node {node.index} could not join node 0: {exc}") from exc
+                time.sleep(1)
+
     def _ensure_epmd(self) -> None:
         with self._epmd_lock:
             if self._epmd is not None and self._epmd.poll() is None:
@@ -283,14 +294,14 @@ class RabbitCluster:
                     )
                 time.sleep(0.02)
 
-    def _in_parallel(self, calls: Sequence[Callable[[], T]]) -> list[T]:
-        """Run ``calls`` in threads; re-raise the first failure with every node's log."""
-        results: list[T | None] = [None] * len(calls)
+    def _in_parallel(self, calls: Sequence[Callable[[], object]], what: str) -> None:
+        """Run ``calls`` in threads (``what`` they do, for errors); re-raise the first
+        failure with every node's log."""
         errors: list[BaseException] = []
 
         def run(i: int) -> None:
             try:
-                results[i] = calls[i]()
+                calls[i]()
             except BaseException as exc:
                 errors.append(exc)
 
@@ -300,10 +311,9 @@ class RabbitCluster:
         for thread in threads:
             thread.join(self.start_timeout + 30)
         if any(thread.is_alive() for thread in threads):
-            raise self.error(f"starting the nodes took longer than {self.start_timeout + 30}s")
+            raise self.error(f"{what} took longer than {self.start_timeout + 30}s")
         if errors:
-            raise self.error(f"a node did not start: {errors[0]}") from errors[0]
-        return [r for r in results if r is not None]
+            raise self.error(f"{what} failed: {errors[0]}") from errors[0]
 
 
 def main() -> int:

@@ -150,6 +150,19 @@ def report(name: str, stream: Stream, **figures: str) -> None:
     )
 
 
+async def test_the_cluster_fixture_runs_three_joined_nodes_that_answer_amqp(
+    rabbit_cluster: RabbitCluster,
+) -> None:
+    cluster = rabbit_cluster
+    running = await trio.to_thread.run_sync(cluster.running_nodes)
+    assert sorted(running) == sorted(node.nodename for node in cluster.nodes)
+    assert len({node.amqp_port for node in cluster.nodes}) == 3
+    for url in cluster.urls:
+        with trio.fail_after(10):
+            async with tl.open_connection(url) as connection:
+                assert connection.is_open
+
+
 async def test_killing_the_connected_node_fails_over_within_a_second_and_loses_nothing(
     rabbit_cluster: RabbitCluster,
 ) -> None:
@@ -163,8 +176,8 @@ async def test_killing_the_connected_node_fails_over_within_a_second_and_loses_n
     async with streaming(cluster.urls, queue, declare=True) as (stream, pub, sub, producer):
         assert pub.statistics().endpoint == endpoint_of(cluster, 0)
         assert sub.statistics().endpoint == endpoint_of(cluster, 0)
+        # (The stream flows meanwhile: rabbitmqctl takes a second or two.)
         assert await trio.to_thread.run_sync(cluster.queue_leader, queue) == 0
-        await trio.sleep(0.5)
         killed_at = trio.current_time()
         await trio.to_thread.run_sync(cluster.kill, 0)
         survivor = endpoint_of(cluster, 1)
@@ -227,14 +240,15 @@ async def test_killing_the_queue_leader_elsewhere_stalls_publishing_briefly_and_
         await channel.queue_declare(
             queue, durable=True, arguments=tl.queue_arguments(tl.QueueType.QUORUM)
         )
-    assert await trio.to_thread.run_sync(cluster.queue_leader, queue) == 0
     urls = [cluster.url(1), cluster.url(2), cluster.url(0)]
     async with streaming(urls, queue, declare=False) as (stream, pub, sub, producer):
         assert pub.statistics().endpoint == endpoint_of(cluster, 1)
-        await trio.sleep(0.5)
+        # (The stream flows meanwhile: rabbitmqctl takes a second or two.)
+        assert await trio.to_thread.run_sync(cluster.queue_leader, queue) == 0
         killed_at = trio.current_time()
         await trio.to_thread.run_sync(cluster.kill, 0)
-        await trio.sleep(2.0)
+        new_leader = await trio.to_thread.run_sync(cluster.queue_leader, queue)
+        await trio.sleep_until(killed_at + 2.0)
         confirmed_late = [t for t in stream.confirmed.values() if t > killed_at + 1.0]
         assert confirmed_late  # publishing goes on under the new leader
     stall = stream.longest_confirm_gap(killed_at, killed_at + 2.0)
@@ -243,7 +257,7 @@ async def test_killing_the_queue_leader_elsewhere_stalls_publishing_briefly_and_
         stream,
         publish_stall=f"{stall:.3f} s",
         nack_retries=str(producer.statistics().retries),
-        new_leader=f"node {await trio.to_thread.run_sync(cluster.queue_leader, queue)}",
+        new_leader=f"node {new_leader}",
     )
     assert stream.lost() == set()
     assert stream.publish_errors == []
