@@ -38,6 +38,7 @@ from tests._broker import (
     _can_connect,
     _find_epmd,
     _kill_group,
+    _sigterm_as_exit,
     _spawn,
     _tail,
     free_port,
@@ -317,7 +318,7 @@ class RabbitCluster:
 
 
 def main() -> int:
-    with contextlib.suppress(KeyboardInterrupt):
+    with _sigterm_as_exit(), contextlib.suppress(KeyboardInterrupt):
         t0 = time.monotonic()
         with RabbitCluster() as cluster:
             print(
