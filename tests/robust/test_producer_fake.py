@@ -489,3 +489,20 @@ async def test_publish_timeout_raises_and_the_message_still_gets_its_outcome(
         assert bodies(broker, "q") == [b"late"]
         with pytest.raises(ValueError, match="publish_timeout must be > 0 seconds or None"):
             client.producer("q", publish_timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("nack_retries", -1, "nack_retries must be an integer >= 0, not -1"),
+        ("nack_retries", 1.5, "nack_retries must be an integer >= 0, not 1.5"),
+        ("nack_retry_delay", 0, "nack_retry_delay must be a number > 0, not 0"),
+        ("shuffle_urls", 1, "shuffle_urls must be True or False, not 1"),
+        ("endpoint_timeout", float("inf"), "endpoint_timeout must be a number > 0, not inf"),
+    ],
+)
+def test_cluster_settings_are_checked_when_the_config_is_made(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        tl.Config(**{field: value})  # type: ignore[arg-type]
