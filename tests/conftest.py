@@ -9,6 +9,10 @@ Tests that talk to a broker are marked ``@pytest.mark.broker`` and use one of:
                  connections on the node; fails when AMQP_URL points at an outside broker.
                  The node is running when the test starts and is started again afterwards if
                  the test left it down.
+``rabbit_cluster`` (function) a :class:`tests._cluster.RabbitCluster`: three throwaway nodes
+                 joined into one cluster, started once per session (also with AMQP_URL set);
+                 ``.urls``, ``.kill(i)``, ``.start(i)``.  Every node is running when a test
+                 starts.  Tests that use it get the ``cluster`` and ``broker`` markers.
 
 With ``AMQP_URL`` set, that broker is used; otherwise a throwaway RabbitMQ node is started
 once per session (needs ``apt-get install rabbitmq-server``; never skipped, it fails).
@@ -25,8 +29,9 @@ from pathlib import Path
 import pytest
 
 from tests._broker import INSTALL_HINT, Broker, BrokerError, RabbitNode, find_rabbitmq_sbin
+from tests._cluster import RabbitCluster
 
-_BROKER_FIXTURES = frozenset({"broker", "amqp_url", "rabbit_node"})
+_BROKER_FIXTURES = frozenset({"broker", "amqp_url", "rabbit_node", "rabbit_cluster"})
 
 
 def _child_processes() -> list[str]:
@@ -152,6 +157,38 @@ def rabbit_node(broker: Broker) -> Iterator[RabbitNode]:
         node.start()
 
 
+@pytest.fixture(scope="session")
+def _cluster_session() -> Iterator[RabbitCluster]:
+    if find_rabbitmq_sbin() is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    cluster = RabbitCluster()
+    error: BrokerError | None = None
+    try:
+        cluster.boot()
+    except BrokerError as exc:  # reported outside the handler, without exception chaining
+        cluster.stop()
+        error = exc
+    if error is not None:
+        pytest.fail(f"could not start the test cluster: {error}", pytrace=False)
+    print(
+        f"\n[cluster] 3 nodes booted in {cluster.boot_seconds:.1f} s, "
+        f"joined in {cluster.join_seconds:.1f} s"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def rabbit_cluster(_cluster_session: RabbitCluster) -> RabbitCluster:
+    cluster = _cluster_session
+    down = [i for i in range(len(cluster.nodes)) if not cluster.is_running(i)]
+    for index in down:  # a node an earlier test killed
+        cluster.start(index)
+    return cluster
+
+
 def _uses_real_broker(item: pytest.Item) -> bool:
     """Whether ``item`` uses (directly or through other fixtures) one of *these* fixtures.
 
@@ -172,10 +209,14 @@ def _uses_real_broker(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the broker fixtures get the ``broker`` marker (so ``-m "not broker"``
-    deselects them) even if they forgot it."""
+    deselects them) even if they forgot it; those that use the cluster get ``cluster`` too."""
     for item in items:
         if item.get_closest_marker("broker") is None and _uses_real_broker(item):
             item.add_marker(pytest.mark.broker)
+        if item.get_closest_marker("cluster") is None and "rabbit_cluster" in getattr(
+            item, "fixturenames", ()
+        ):
+            item.add_marker(pytest.mark.cluster)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -24,6 +24,8 @@ from ._exceptions import MessageReturned as MessageReturned
 from ._exceptions import PublishError as PublishError
 from ._params import Parameters as Parameters
 from ._params import parse_url as parse_url
+from ._queues import QueueType as QueueType
+from ._queues import queue_arguments as queue_arguments
 from ._sansio._errors import FrameError as FrameError
 from ._sansio._errors import LocalProtocolError as LocalProtocolError
 from ._sansio._errors import ProtocolError as ProtocolError
@@ -155,6 +157,7 @@ __all__ = [
     "PublishTimeout",
     "QueueDeclareOk",
     "QueueRenamed",
+    "QueueType",
     "RecoveringConsumer",
     "RecoveryFailed",
     "RemoteProtocolError",
@@ -169,4 +172,5 @@ __all__ = [
     "open_client",
     "open_connection",
     "parse_url",
+    "queue_arguments",
 ]

@@ -3,6 +3,7 @@ operator-forced closes, fatal errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 
 import pytest
@@ -96,7 +97,8 @@ async def test_failover_across_transports_tries_the_next_url(amqp_url: str) -> N
     port = dead.getsockname()[1]
     dead.close()
     urls = [f"ws://guest:guest@127.0.0.1:{port}/", amqp_url]
-    async with tl.open_client(urls, CONFIG) as client:
+    in_order = dataclasses.replace(CONFIG, shuffle_urls=False)
+    async with tl.open_client(urls, in_order) as client:
         with trio.fail_after(10):
             connection = await client.wait_connected()
         stats = client.statistics()

@@ -3,6 +3,7 @@ failure detection, fatal errors, topology recovery, task ownership."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 
@@ -341,11 +342,80 @@ async def test_failover_tries_the_next_url(autojump_clock: trio.testing.MockCloc
             return await good.connect()
 
         urls = ["amqp://guest:guest@down.invalid/", "amqp://guest:guest@up.invalid/"]
-        async with tl.open_client(urls, FAST, stream_factory=factory) as client:
+        in_order = dataclasses.replace(FAST, shuffle_urls=False)
+        async with tl.open_client(urls, in_order, stream_factory=factory) as client:
             await client.wait_connected()
             stats = client.statistics()
         assert stats.endpoint == "amqp://up.invalid:5672/%2F"
         assert stats.failed_attempts == 1
+
+
+async def test_endpoint_timeout_gives_up_on_a_silent_node_and_tries_the_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node that never answers (a blackholed host) costs endpoint_timeout,
+    then the next URL is tried at once."""
+    async with open_fake_broker() as good:
+        clients: list[tl.Client] = []
+
+        async def factory() -> trio.abc.Stream:
+            if clients[0].statistics().endpoint == "amqp://silent.invalid:5672/%2F":
+                await trio.sleep_forever()
+            return await good.connect()
+
+        urls = ["amqp://guest:guest@silent.invalid/", "amqp://guest:guest@up.invalid/"]
+        config = dataclasses.replace(FAST, shuffle_urls=False, endpoint_timeout=2.0)
+        start = trio.current_time()
+        async with tl.open_client(urls, config, stream_factory=factory) as client:
+            clients.append(client)  # before the supervisor runs
+            await client.wait_connected()
+            assert trio.current_time() - start == pytest.approx(2.0)
+            stats = client.statistics()
+        assert stats.endpoint == "amqp://up.invalid:5672/%2F"
+        assert stats.failed_attempts == 1
+        assert "within endpoint_timeout 2.0 s" in (stats.last_error or "")
+    with pytest.raises(ValueError, match="endpoint_timeout must be a number > 0, not 0"):
+        tl.Config(endpoint_timeout=0)
+
+
+async def test_losing_a_node_fails_over_to_the_next_and_back_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Two brokers behind two URLs: the one in use goes down, the client is on
+    the other after the initial delay (and the producer's and consumer's work
+    continues there); when that one goes down too, the first is used again."""
+    async with open_fake_broker() as a, open_fake_broker() as b:
+        brokers = {"amqp://a.invalid:5672/%2F": a, "amqp://b.invalid:5672/%2F": b}
+        clients: list[tl.Client] = []
+
+        async def factory() -> trio.abc.Stream:
+            endpoint = clients[0].statistics().endpoint
+            assert endpoint is not None
+            return await brokers[endpoint].connect()
+
+        urls = ["amqp://guest:guest@a.invalid/", "amqp://guest:guest@b.invalid/"]
+        config = dataclasses.replace(FAST, shuffle_urls=False)
+        async with tl.open_client(urls, config, stream_factory=factory) as client:
+            clients.append(client)  # before the supervisor runs
+            await client.declare_queue("q")
+            producer = client.producer("q")
+            assert await producer.publish(b"on a")
+            a.refuse_connections = True
+            a.sever_all()
+            lost_at = trio.current_time()
+            assert await producer.publish(b"on b")
+            connection = await client.wait_connected()
+            assert trio.current_time() - lost_at == pytest.approx(0.1)
+            assert client.statistics().endpoint == "amqp://b.invalid:5672/%2F"
+            assert [m.body for m in b.queue("q").messages] == [b"on b"]
+            a.refuse_connections = False
+            b.refuse_connections = True
+            b.sever_all()
+            await connection.wait_closed()
+            assert await producer.publish(b"on a again")
+            assert client.statistics().endpoint == "amqp://a.invalid:5672/%2F"
+            assert [m.body for m in a.queue("q").messages] == [b"on a", b"on a again"]
+            assert client.statistics().reconnects == 2
 
 
 async def test_jitter_spreads_delays_within_bounds(

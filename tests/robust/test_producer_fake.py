@@ -146,8 +146,9 @@ async def test_confirm_mode_publish_returns_after_the_broker_confirmed(
         assert producer.statistics().confirmed == 1
 
 
-async def test_nack_is_raised_and_reported(broker: FakeBrokerServer) -> None:
-    async with tl.open_client(stream_factory=broker.connect) as client:
+async def test_nack_is_raised_and_reported_when_retries_are_off(broker: FakeBrokerServer) -> None:
+    config = tl.Config(nack_retries=0)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
         await client.declare_queue("q")
         producer = client.producer("q")
         drops = Drops()
@@ -158,7 +159,84 @@ async def test_nack_is_raised_and_reported(broker: FakeBrokerServer) -> None:
         assert await producer.publish(b"fine")
         assert drops.seen == [(b"nacked", "q", tl.DropReason.NACKED)]
         stats = producer.statistics()
-        assert (stats.nacked, stats.confirmed) == (1, 1)
+        assert (stats.nacked, stats.confirmed, stats.retries) == (1, 1, 0)
+
+
+async def test_a_nacked_message_is_published_again_after_a_pause(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A quorum queue nacks while it elects a leader: the producer pauses
+    ``nack_retry_delay`` and publishes the message again, on a new channel;
+    publish() returns once that copy is confirmed, and nothing is dropped."""
+    config = tl.Config(heartbeat=10, reconnect_jitter=0.0, nack_retry_delay=0.25)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q")
+        drops = Drops()
+        producer.on_drop(drops)
+        assert await producer.publish(b"warm-up")
+        first_channel = producer._channel
+        broker.nack_next(1)
+        start = trio.current_time()
+        assert await producer.publish(b"nacked once")
+        assert trio.current_time() - start == pytest.approx(0.25)
+        # The retry went out on a new channel, and the old one was closed.
+        assert first_channel is not None
+        assert not first_channel.is_open
+        assert producer._channel is not first_channel
+        stats = producer.statistics()
+        assert (stats.retries, stats.nacked, stats.confirmed, stats.republished) == (1, 0, 2, 1)
+        assert drops.seen == []
+        assert bodies(broker, "q") == [b"warm-up", b"nacked once"]
+
+
+async def test_nacks_are_retried_with_backoff_then_dropped_as_nacked(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """nack_retries=3: the message is published four times, the pauses
+    between are 0.1, 0.2 and 0.4 s; the fourth nack drops it."""
+    config = tl.Config(heartbeat=10, reconnect_jitter=0.0, nack_retries=3)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q")
+        dropped: list[tuple[int, int, tl.DropReason]] = []
+        producer.on_drop(lambda m, target, reason: dropped.append((m.attempts, m.nacks, reason)))
+        assert await producer.publish(b"warm-up")
+        broker.nack_next(4)
+        start = trio.current_time()
+        with pytest.raises(tl.MessageNacked):
+            await producer.publish(b"refused")
+        assert trio.current_time() - start == pytest.approx(0.1 + 0.2 + 0.4)
+        assert dropped == [(4, 4, tl.DropReason.NACKED)]
+        stats = producer.statistics()
+        assert (stats.retries, stats.nacked, stats.dropped[tl.DropReason.NACKED]) == (3, 1, 1)
+        assert await producer.publish(b"fine")
+        assert bodies(broker, "q") == [b"warm-up", b"fine"]
+
+
+async def test_messages_published_after_a_nack_wait_behind_the_nacked_one(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """While the producer pauses after a nack it publishes nothing; then the
+    nacked message goes first, in its original place, before newer ones."""
+    config = tl.Config(heartbeat=10, reconnect_jitter=0.0)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q")
+        assert await producer.publish(b"warm-up")
+        broker.nack_next(1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer.publish, b"first")
+            await trio.sleep(0.05)  # nacked, the producer pauses
+            assert producer.statistics().retries == 1
+            for i in range(3):
+                producer.publish_nowait(b"later-%d" % i)
+            await trio.sleep(0.01)
+            assert bodies(broker, "q") == [b"warm-up"]
+            with trio.fail_after(5):
+                await producer.drain()
+        assert bodies(broker, "q") == [b"warm-up", b"first", b"later-0", b"later-1", b"later-2"]
+        assert producer.statistics().confirmed == 5
 
 
 async def test_unroutable_mandatory_message_is_returned_and_reported(
@@ -280,7 +358,7 @@ OPERATIONS = st.lists(
         st.tuples(st.just("publish"), st.integers(1, 8)),
         st.tuples(st.just("sever"), st.just(0)),
         st.tuples(st.just("refuse"), st.integers(0, 1)),
-        st.tuples(st.just("nack"), st.integers(1, 3)),
+        st.tuples(st.just("nack"), st.integers(1, 4)),
         st.tuples(st.just("wait"), st.integers(0, 2000)),
     ),
     max_size=25,
@@ -288,16 +366,31 @@ OPERATIONS = st.lists(
 
 
 @settings(max_examples=100, deadline=None)
-@given(operations=OPERATIONS, policy=st.sampled_from(tl.BufferPolicy), drain=st.booleans())
+@given(
+    operations=OPERATIONS,
+    policy=st.sampled_from(tl.BufferPolicy),
+    drain=st.booleans(),
+    nack_retries=st.integers(0, 2),
+)
 def test_every_message_handed_over_gets_exactly_one_outcome(
-    operations: list[tuple[str, int]], policy: tl.BufferPolicy, drain: bool
+    operations: list[tuple[str, int]], policy: tl.BufferPolicy, drain: bool, nack_retries: int
 ) -> None:
-    """Random interleavings of publish, sever, refuse, nack, time and close:
-    when the client has closed, every message the producer took is either
-    confirmed or reported to on_drop, exactly once."""
+    """Random interleavings of publish, sever, refuse, nack, time and close,
+    with nacks retried 0 to 2 times: when the client has closed, every message
+    the producer took is either confirmed or reported to on_drop, exactly
+    once; a message dropped as NACKED (before the close) was nacked
+    ``nack_retries + 1`` times."""
     dropped: list[int] = []
+    nacked_drops: list[int] = []
     handed = 0
-    config = tl.Config(buffer_size=4, heartbeat=10, reconnect_max_delay=1.0)
+    config = tl.Config(
+        buffer_size=4, heartbeat=10, reconnect_max_delay=1.0, nack_retries=nack_retries
+    )
+
+    def on_drop(message: tl.Message, target: str, reason: tl.DropReason) -> None:
+        dropped.append(message.sequence)
+        if reason is tl.DropReason.NACKED:
+            nacked_drops.append(message.nacks)
 
     async def scenario() -> tl.ProducerStatistics:
         nonlocal handed
@@ -305,7 +398,7 @@ def test_every_message_handed_over_gets_exactly_one_outcome(
             async with tl.open_client(config=config, stream_factory=broker.connect) as client:
                 await client.declare_queue("q")
                 producer = client.producer("q", buffer_policy=policy, confirm_window=3)
-                producer.on_drop(lambda message, target, reason: dropped.append(message.sequence))
+                producer.on_drop(on_drop)
                 for operation, argument in operations:
                     if operation == "publish":
                         for _ in range(argument):
@@ -334,6 +427,12 @@ def test_every_message_handed_over_gets_exactly_one_outcome(
     assert stats.confirmed + sum(stats.dropped.values()) == handed
     assert len(set(dropped)) == len(dropped) == sum(stats.dropped.values())
     assert stats.dropped[tl.DropReason.NACKED] == stats.nacked
+    assert len(nacked_drops) == stats.nacked
+    # Retried to the end (a nack racing the client's close is not retried).
+    assert all(1 <= nacks <= nack_retries + 1 for nacks in nacked_drops)
+    if drain:
+        assert nacked_drops == [nack_retries + 1] * stats.nacked
+    assert stats.retries <= handed * nack_retries
     if drain:
         assert stats.dropped[tl.DropReason.CLOSED] == 0
 
@@ -390,3 +489,20 @@ async def test_publish_timeout_raises_and_the_message_still_gets_its_outcome(
         assert bodies(broker, "q") == [b"late"]
         with pytest.raises(ValueError, match="publish_timeout must be > 0 seconds or None"):
             client.producer("q", publish_timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("nack_retries", -1, "nack_retries must be an integer >= 0, not -1"),
+        ("nack_retries", 1.5, "nack_retries must be an integer >= 0, not 1.5"),
+        ("nack_retry_delay", 0, "nack_retry_delay must be a number > 0, not 0"),
+        ("shuffle_urls", 1, "shuffle_urls must be True or False, not 1"),
+        ("endpoint_timeout", float("inf"), "endpoint_timeout must be a number > 0, not inf"),
+    ],
+)
+def test_cluster_settings_are_checked_when_the_config_is_made(
+    field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        tl.Config(**{field: value})  # type: ignore[arg-type]

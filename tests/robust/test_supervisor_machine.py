@@ -10,13 +10,18 @@ written from the documented policy, not from the code:
 * every delay is within the backoff bounds for the number of waits since the
   last healthy connection: ``base(k) = min(max, initial * multiplier ** k)``,
   spread by ``+- jitter``; a healthy connection resets ``k`` to 0;
+* a failed attempt waits only when it ends a round (one failed attempt per
+  endpoint since the last wait or healthy connection); otherwise the next
+  endpoint is tried at once; a lost connection always waits;
 * ``max_fatal_attempts`` fatal failures (403/530) since the last healthy
   connection, or ``max_reconnect_attempts`` consecutive failures, stop the
   supervisor: ``next_action`` returns ``Stop(that error)`` forever after;
 * every state change is recorded once, in order, each ``old`` being the
   previous ``new``, at the time it happened, with the error that caused it;
 * ``STOPPED`` and ``CLOSED`` are terminal;
-* attempts go round the endpoints in order.
+* attempts go round the endpoints in one fixed order: the first ``n`` attempts
+  visit every endpoint once (in the given order unless ``shuffle_urls``), and
+  attempt ``k`` goes where attempt ``k - n`` went.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         start=st.sampled_from([0.0, 1_000_000.0]),
         seed=st.integers(0, 2**32 - 1),
         close_after=st.integers(0, 12),
+        shuffle=st.booleans(),
     )
     def setup(
         self,
@@ -138,6 +144,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         start: float,
         seed: int,
         close_after: int,
+        shuffle: bool,
     ) -> None:
         self.config = Config(
             reconnect_initial_delay=initial,
@@ -146,6 +153,7 @@ class SupervisorMachine(RuleBasedStateMachine):
             reconnect_jitter=jitter,
             max_reconnect_attempts=max_reconnect_attempts,
             max_fatal_attempts=max_fatal_attempts,
+            shuffle_urls=shuffle,
         )
         self.now = start
         self.endpoints = [f"amqp://host-{i}:5672/%2F" for i in range(endpoints)]
@@ -154,6 +162,8 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.state = ClientState.DISCONNECTED
         self.retry_at = start  # the first attempt starts at once
         self.waits = 0  # delays chosen since the last healthy connection
+        self.round_failures = 0  # failed attempts since the last wait or healthy connection
+        self.visited: list[int] = []  # the endpoint of each attempt, in order
         self.failures = 0  # failed attempts since the last healthy connection
         self.fatal_failures = 0
         self.attempts = 0
@@ -186,7 +196,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         assert (error is not None) == ALLOWED_CHANGES[(old, new)]
         if self.attempts:
             # About the endpoint of the current (or last) attempt.
-            assert change.endpoint == self.endpoints[(self.attempts - 1) % len(self.endpoints)]
+            assert change.endpoint == self.endpoints[self.visited[-1]]
         changes.clear()
         self.state = new
         self.history.append((old, new))
@@ -202,7 +212,21 @@ class SupervisorMachine(RuleBasedStateMachine):
         assert low * (1 - REL) <= delay <= high * (1 + REL)
         self.delays_seen += 1
         self.waits += 1
+        self.round_failures = 0
         self.retry_at = self.now + delay
+
+    def check_endpoint_order(self, endpoint: int) -> None:
+        """``endpoint`` is where the next attempt may go: the first round
+        visits each endpoint once (in the given order unless shuffled), later
+        rounds repeat it."""
+        n = len(self.endpoints)
+        assert 0 <= endpoint < n
+        if self.attempts < n:
+            assert endpoint not in self.visited
+            if not self.config.shuffle_urls:
+                assert endpoint == self.attempts
+        else:
+            assert endpoint == self.visited[self.attempts - n]
 
     def fail_attempt(self, error: BaseException, kind: ErrorKind) -> None:
         assert classify(error) is kind
@@ -219,9 +243,15 @@ class SupervisorMachine(RuleBasedStateMachine):
             self.stop_error = error
             event(f"stopped after a {kind.value} failure")
             self.expect_change(ClientState.CONNECTING, ClientState.STOPPED, error)
-        else:
+            return
+        self.round_failures += 1
+        if self.round_failures == len(self.endpoints):
             self.expect_new_delay()
-            self.expect_change(ClientState.CONNECTING, ClientState.DISCONNECTED, error)
+        else:
+            event("moved on to the next endpoint at once")
+            assert len(sup.delays) == self.delays_seen  # no wait within a round
+            self.retry_at = self.now
+        self.expect_change(ClientState.CONNECTING, ClientState.DISCONNECTED, error)
 
     # -- rules: what the trio layer does when next_action allows it ---------------------------
 
@@ -233,9 +263,10 @@ class SupervisorMachine(RuleBasedStateMachine):
         if self.now < self.retry_at:
             assert action == Wait(self.retry_at)
             return  # not yet: the trio layer sleeps
-        expected = Connect(self.attempts % len(self.endpoints))
-        assert action == expected
-        sup.connect_started(self.now, expected.endpoint)
+        assert isinstance(action, Connect)
+        self.check_endpoint_order(action.endpoint)
+        sup.connect_started(self.now, action.endpoint)
+        self.visited.append(action.endpoint)
         self.attempts += 1
         self.expect_change(ClientState.DISCONNECTED, ClientState.CONNECTING)
         assert self.supervisor.changes == []
@@ -245,7 +276,7 @@ class SupervisorMachine(RuleBasedStateMachine):
     def connect_succeeds(self) -> None:
         self.supervisor.connected(self.now)
         self.connects += 1
-        self.failures = self.fatal_failures = 0
+        self.failures = self.fatal_failures = self.round_failures = 0
         self.waits = 0  # a healthy connection resets the backoff
         self.expect_change(ClientState.CONNECTING, ClientState.CONNECTED)
         assert self.supervisor.connected_since == self.now
@@ -316,7 +347,8 @@ class SupervisorMachine(RuleBasedStateMachine):
             if self.now < self.retry_at:
                 assert action == Wait(self.retry_at)
             else:
-                assert action == Connect(self.attempts % len(self.endpoints))
+                assert isinstance(action, Connect)
+                self.check_endpoint_order(action.endpoint)
         else:
             # CONNECTING: the attempt in flight is the only one, now and later;
             # CONNECTED and CLOSED: nothing to do.
@@ -358,3 +390,44 @@ TestSupervisorFollowsTheReconnectPolicy = SupervisorMachine.TestCase
 TestSupervisorFollowsTheReconnectPolicy.settings = settings(
     max_examples=300, stateful_step_count=40, deadline=None
 )
+
+
+def test_shuffled_urls_spread_first_connections_over_every_endpoint() -> None:
+    """300 clients with different seeds and the same 3 URLs: each URL gets
+    about a third of the first connections; with ``shuffle_urls=False`` every
+    client starts with the first URL."""
+    endpoints = ["amqp://a:5672/%2F", "amqp://b:5672/%2F", "amqp://c:5672/%2F"]
+    firsts = [0, 0, 0]
+    for seed in range(300):
+        sup = Supervisor(Config(), endpoints, 0.0, random.Random(seed))
+        action = sup.next_action(0.0)
+        assert isinstance(action, Connect)
+        firsts[action.endpoint] += 1
+        assert sorted(sup.order) == [0, 1, 2]
+    assert sum(firsts) == 300
+    assert all(70 <= count <= 130 for count in firsts), firsts
+    in_order = Config(shuffle_urls=False)
+    for seed in range(20):
+        sup = Supervisor(in_order, endpoints, 0.0, random.Random(seed))
+        assert sup.next_action(0.0) == Connect(0)
+
+
+def test_a_failed_round_waits_once_and_a_loss_moves_to_the_next_endpoint() -> None:
+    """Three endpoints, all refusing: three attempts at once, then one wait;
+    after losing a connection the next endpoint is tried after the initial
+    delay."""
+    config = Config(reconnect_jitter=0.0, shuffle_urls=False)
+    sup = Supervisor(config, ["amqp://a/", "amqp://b/", "amqp://c/"], 0.0, random.Random(1))
+    refused = ConnectionRefusedError(111, "Connection refused")
+    for expected in (0, 1, 2):
+        assert sup.next_action(0.0) == Connect(expected)
+        sup.connect_started(0.0, expected)
+        sup.connect_failed(0.0, refused)
+    assert sup.delays == [0.1]
+    assert sup.next_action(0.0) == Wait(0.1)
+    assert sup.next_action(0.1) == Connect(0)
+    sup.connect_started(0.1, 0)
+    sup.connected(0.2)
+    sup.lost(5.0, ConnectionLost("EOF"), Detection.EVENT)
+    assert sup.next_action(5.0) == Wait(5.1)
+    assert sup.next_action(5.1) == Connect(1)

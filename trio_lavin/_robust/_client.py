@@ -35,6 +35,7 @@ from .._exceptions import (
 )
 from .._io._transport import StreamFactory
 from .._params import Parameters, parse_url
+from .._queues import QueueType, check_queue_type
 from .._sansio._errors import ProtocolError
 from .._util import unwrap_single_exception
 from ._config import Config
@@ -289,19 +290,19 @@ class Client:
             self._publish_changes()
             logger.info("connecting to %s (attempt %d)", params.endpoint, sup.failures + 1)
             try:
-                connection: Connection = await self._nursery.start(self._run_connection, params)
+                connection = await self._start_connection(params)
             except CONNECT_ERRORS as exc:
                 if self._closing:
                     return
-                sup.connect_failed(trio.current_time(), exc)
-                logger.warning(
-                    "connecting to %s failed: %s%s",
-                    params.endpoint,
-                    exc,
-                    ""
-                    if sup.state is ClientState.STOPPED
-                    else f"; retrying in {sup.retry_at - trio.current_time():.2f} s",
-                )
+                now = trio.current_time()
+                sup.connect_failed(now, exc)
+                if sup.state is ClientState.STOPPED:
+                    then = ""
+                elif sup.retry_at <= now:
+                    then = "; trying the next URL"
+                else:
+                    then = f"; retrying in {sup.retry_at - now:.2f} s"
+                logger.warning("connecting to %s failed: %s%s", params.endpoint, exc, then)
                 continue
             if self._closing:
                 return
@@ -333,6 +334,20 @@ class Client:
     def _wake_waiters(self) -> None:
         for scope in list(self._stop_waiters):
             scope.cancel()
+
+    async def _start_connection(self, params: Parameters) -> Connection:
+        """Connect to ``params`` and recover the topology, within
+        ``endpoint_timeout`` if set; the connection then runs in the
+        client's nursery."""
+        assert self._nursery is not None
+        limit = self.config.endpoint_timeout
+        if limit is None:
+            connection: Connection = await self._nursery.start(self._run_connection, params)
+            return connection
+        with trio.move_on_after(limit):
+            started: Connection = await self._nursery.start(self._run_connection, params)
+            return started
+        raise TimeoutError(f"no connection to {params.endpoint} within endpoint_timeout {limit} s")
 
     async def _run_connection(
         self, params: Parameters, *, task_status: trio.TaskStatus[Connection]
@@ -495,6 +510,7 @@ class Client:
         exclusive: bool = False,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        queue_type: QueueType | None = None,
     ) -> QueueDeclareOk:
         """Declare a queue and remember it for reconnects.
 
@@ -504,7 +520,27 @@ class Client:
         translating the first name to the current one in its own calls.
         Exclusive and auto-delete queues are declared again too, since they
         disappear with the connection.
+
+        ``queue_type`` asks for a classic, quorum or stream queue (it sets
+        ``x-queue-type``; :func:`~trio_lavin.queue_arguments` builds the
+        type's other arguments).  In a cluster use QUORUM: a quorum queue
+        keeps its messages when a node goes down.
+
+        Raises:
+            ValueError: a quorum or stream queue that is not durable, or is
+                exclusive or auto-delete; ``queue_type`` disagreeing with
+                ``arguments["x-queue-type"]`` (nothing is sent).
+            ChannelClosed: the broker refused (e.g. 406: it exists with other
+                settings); nothing is remembered.
         """
+        arguments = check_queue_type(
+            name,
+            queue_type,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
 
         async def declare(channel: Channel) -> QueueDeclareOk:
             return await channel.queue_declare(
@@ -830,10 +866,14 @@ async def open_client(
 ) -> AsyncIterator[Client]:
     """A client that stays connected, for the duration of an ``async with``.
 
-    ``url`` is one AMQP URL or a list of them (failover: each new attempt
-    tries the next).  The block starts at once, connected or not; calls wait
-    for the connection.  Leaving the block closes the connection and stops
-    every task the client started.
+    ``url`` is one AMQP URL or a list of them, e.g. the nodes of a cluster
+    (failover: each new attempt tries the next one; ``Config.shuffle_urls``
+    says whether the client goes round them in a random order, the default,
+    or in the order given; a failed attempt moves on to the next URL at once,
+    and only a round in which every URL failed is followed by a backoff wait;
+    ``Config.endpoint_timeout`` bounds the time spent on one).  The block
+    starts at once, connected or not; calls wait for the connection.  Leaving
+    the block closes the connection and stops every task the client started.
 
     Raises (out of the ``async with``):
         ConnectionLost: the client gave up - a fatal error such as 403

@@ -61,6 +61,37 @@ class Config:
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     #: Shown in the broker's management UI.
     connection_name: str | None = None
+    #: With several URLs (a cluster): go round them in a random order, drawn
+    #: once per client, so that many clients spread over the nodes on their
+    #: first connection and on every failover.  False: in the order given
+    #: (the first URL first).
+    shuffle_urls: bool = True
+    #: How long to wait on one node before trying the next: the most seconds
+    #: one connection attempt may take as a whole (TCP connect, TLS and AMQP
+    #: handshakes, and re-declaring the topology).  None: ``connect_timeout``
+    #: for the handshakes and again for the topology.
+    endpoint_timeout: float | None = None
+    #: A message the broker nacks (a quorum queue does while it elects a new
+    #: leader, or when it cannot take it) is published again up to this many
+    #: times before it is dropped as NACKED.  0: drop at the first nack.  The
+    #: default waits 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s in all: long enough for an
+    #: election on a busy machine.
+    nack_retries: int = 5
+    #: Wait before the first re-publication of a nacked message, in seconds;
+    #: each further nack of it multiplies the wait by
+    #: ``reconnect_multiplier`` (with ``reconnect_jitter``, at most
+    #: ``reconnect_max_delay``).  The producer pauses for that long.
+    nack_retry_delay: float = 0.1
+
+    def nack_backoff(self) -> Backoff:
+        """The wait before re-publishing a nacked message (its ``attempt``
+        is the number of nacks the message got before this one)."""
+        return Backoff(
+            initial=self.nack_retry_delay,
+            multiplier=self.reconnect_multiplier,
+            maximum=max(self.reconnect_max_delay, self.nack_retry_delay),
+            jitter=self.reconnect_jitter,
+        )
 
     def backoff(self, *, jitter: bool = True) -> Backoff:
         """The reconnect backoff policy these settings describe (the
@@ -106,6 +137,12 @@ class Config:
             self, "channel_max", lambda v: 0 <= v <= 65_535, "an integer in 0..65535", integer=True
         )
         _positive(self, "max_body_size", integer=True)
+        if type(self.shuffle_urls) is not bool:
+            raise ValueError(f"shuffle_urls must be True or False, not {self.shuffle_urls!r}")
+        if self.endpoint_timeout is not None:
+            _positive(self, "endpoint_timeout")
+        _check(self, "nack_retries", lambda v: v >= 0, "an integer >= 0", integer=True)
+        _positive(self, "nack_retry_delay")
 
 
 def _check(

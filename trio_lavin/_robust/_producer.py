@@ -17,6 +17,17 @@ Messages in flight when a connection dies have no verdict; they are published
 again after the reconnect, in their original order and before newer ones
 (at-least-once: the broker may have taken some, so duplicates are possible).
 
+A ``basic.nack`` is often temporary (a quorum queue nacks while it elects a
+new leader after a node loss), so a nacked message is published again, up to
+``Config.nack_retries`` times: the producer pauses for a backoff delay
+(``Config.nack_retry_delay``, growing with each nack of the same message),
+then publishes the nacked messages before any message not yet published, on
+a new channel (RabbitMQ 3.10 keeps nacking every message on a channel that
+first published to a quorum queue while it had no leader; messages still in
+flight on the old channel are published again too, so duplicates are
+possible).  Messages that were already in flight behind a nacked one may
+reach the queue before it.  Only after the last retry is it dropped as NACKED.
+
 In ``FIRE_AND_FORGET`` mode a message counts as done once it is handed to the
 connection's writer; the few in the writer's buffer when a connection dies
 are lost (at-most-once), which is what that mode trades for speed.
@@ -25,10 +36,12 @@ are lost (at-most-once), which is what that mode trades for speed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import inspect
 import itertools
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -137,6 +150,9 @@ class Message:
     sequence: int
     #: Publications so far (more than 1 after a re-publish).
     attempts: int = 0
+    #: basic.nacks received for it (each one retried, up to
+    #: ``Config.nack_retries``).
+    nacks: int = 0
     _waiter: trio.Event | None = None
     _error: BaseException | None = None
 
@@ -151,7 +167,10 @@ class ProducerStatistics:
     published: int
     republished: int
     confirmed: int
+    #: Messages dropped because the broker nacked them (after the retries).
     nacked: int
+    #: basic.nacks answered by publishing the message again.
+    retries: int
     returned: int
     dropped: dict[DropReason, int]
 
@@ -210,6 +229,12 @@ class Producer:
         self._republished = 0
         self._confirmed = 0
         self._nacked = 0
+        self._retries = 0
+        self._nack_backoff = client.config.nack_backoff()
+        #: After a nack, nothing is published before this time, and then on
+        #: a new channel.
+        self._paused_until = -math.inf
+        self._renew_channel = False
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
         self._rejection_backoff: Backoff | None = None
@@ -241,6 +266,7 @@ class Producer:
             republished=self._republished,
             confirmed=self._confirmed,
             nacked=self._nacked,
+            retries=self._retries,
             returned=self._returned,
             dropped=dict(self._dropped),
         )
@@ -472,8 +498,12 @@ class Producer:
             if message._waiter is not None:
                 message._waiter.set()
         elif isinstance(error, MessageNacked):
-            self._nacked += 1
-            self._drop(message, DropReason.NACKED, MessageNacked(message.sequence))
+            message.nacks += 1
+            if message.nacks > self._client.config.nack_retries or self._closed:
+                self._nacked += 1
+                self._drop(message, DropReason.NACKED, MessageNacked(message.sequence))
+            else:
+                self._retry_nacked(message)
         elif isinstance(error, MessageReturned):
             self._returned += 1
             self._drop(message, DropReason.RETURNED, error)
@@ -485,6 +515,25 @@ class Producer:
             if self._wakeup:
                 self._wakeup.unpark_all()
         self._notify_idle()
+
+    def _retry_nacked(self, message: Message) -> None:
+        """Publish ``message`` again after a pause (see the module doc)."""
+        self._retries += 1
+        backoff = dataclasses.replace(self._nack_backoff, attempt=message.nacks - 1)
+        delay = backoff.delay(self._client._supervisor.rng)
+        self._paused_until = max(self._paused_until, trio.current_time() + delay)
+        self._renew_channel = True
+        logger.info(
+            "message %d to %r nacked (%d of %d retries); publishing it again in %.2f s",
+            message.sequence,
+            self.target,
+            message.nacks,
+            self._client.config.nack_retries,
+            delay,
+        )
+        self._requeued.append(message)
+        if self._wakeup:
+            self._wakeup.unpark_all()
 
     def _notify_idle(self) -> None:
         if self._idle_lot and not self._pending():
@@ -550,6 +599,14 @@ class Producer:
         while True:
             if self._closed:
                 await trio.sleep_forever()  # the client's nursery ends us
+            if self._paused_until > trio.current_time():
+                await trio.sleep_until(self._paused_until)  # after a nack
+                continue
+            if self._renew_channel:
+                self._renew_channel = False
+                stale, self._channel = self._channel, None
+                if stale is not None:
+                    await stale.aclose()  # its unconfirmed messages are requeued
             channel = await self._open_channel()
             connection = channel.connection
             if connection.blocked:

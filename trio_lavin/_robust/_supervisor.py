@@ -9,18 +9,27 @@ comes in as ``now``.  State changes are recorded in
 States and what moves between them (any other move is a bug and raises)::
 
     DISCONNECTED --start attempt--> CONNECTING --success--> CONNECTED
-    CONNECTING --transient failure--> DISCONNECTED (wait backoff)
+    CONNECTING --transient failure--> DISCONNECTED (next endpoint, or wait backoff)
     CONNECTING --fatal failure x max_fatal_attempts, or max_reconnect_attempts--> STOPPED
     CONNECTED --lost--> DISCONNECTED (wait backoff)
     any --close--> CLOSED
 
 ``STOPPED`` and ``CLOSED`` are terminal.
 
-Backoff: ``attempt`` counts failures since the last healthy connection; a
-connection counts as healthy once it is open and its topology recovered
-(:meth:`connected`), which resets the backoff.  So a broker that accepts and
-immediately drops connections is retried with growing waits, and a client that
-lost a good connection comes back after ``reconnect_initial_delay``.
+Endpoints (failover): attempts go round the endpoints in one fixed order, a
+random permutation drawn once from ``rng`` (``Config.shuffle_urls``, the
+default: many clients given the same list spread over its nodes, on their
+first connection and on every failover) or the given order.  A *round* is one
+attempt on each endpoint: a failed attempt moves on to the next endpoint at
+once, and only when a whole round failed does the client wait.
+
+Backoff: every wait (after a failed round, or after losing a connection)
+takes the next backoff delay; a connection counts as healthy once it is open
+and its topology recovered (:meth:`connected`), which resets the backoff.  So
+a broker that accepts and immediately drops connections is retried with
+growing waits, and a client that lost a good connection tries the next
+endpoint after ``reconnect_initial_delay``.  With one endpoint a round is one
+attempt: every failure waits.
 """
 
 from __future__ import annotations
@@ -150,11 +159,19 @@ class Supervisor:
         self.endpoints = endpoints
         self.rng = rng if rng is not None else random.Random()
         self.backoff = config.backoff()
+        #: The order attempts go round the endpoints in (indexes into ``endpoints``).
+        self.order = list(range(len(endpoints)))
+        if config.shuffle_urls:
+            self.rng.shuffle(self.order)
+        #: Position in ``order`` of the current or last attempt.
+        self.position = len(endpoints) - 1
+        #: Failed attempts since the last wait or healthy connection.
+        self.round_failures = 0
         self.state = ClientState.DISCONNECTED
         #: When the next attempt may start (DISCONNECTED only).
         self.retry_at = now
-        #: Index of the endpoint of the current or last attempt.
-        self.endpoint = len(endpoints) - 1
+        #: Index (in ``endpoints``) of the endpoint of the current or last attempt.
+        self.endpoint = self.order[self.position]
         #: Consecutive failed attempts since the last healthy connection.
         self.failures = 0
         #: Fatal failures since the last healthy connection.
@@ -188,10 +205,11 @@ class Supervisor:
             return None
         if now < self.retry_at:
             return Wait(self.retry_at)
-        return Connect((self.endpoint + 1) % len(self.endpoints))
+        return Connect(self.order[(self.position + 1) % len(self.order)])
 
     def connect_started(self, now: float, endpoint: int) -> None:
         self.endpoint = endpoint
+        self.position = self.order.index(endpoint)
         self.attempts += 1
         self._move(ClientState.CONNECTING, now)
 
@@ -203,6 +221,7 @@ class Supervisor:
         self.connects += 1
         self.failures = 0
         self.fatal_failures = 0
+        self.round_failures = 0
         self.backoff = self.backoff.reset()
         self.connected_since = now
 
@@ -218,7 +237,11 @@ class Supervisor:
         if limit is not None and self.failures >= limit:
             self._stop(now, error)
             return
-        self._schedule(now)
+        self.round_failures += 1
+        if self.round_failures >= len(self.endpoints):
+            self._schedule(now)
+        else:
+            self.retry_at = now  # the next endpoint, at once
         self._move(ClientState.DISCONNECTED, now, error)
 
     def lost(self, now: float, error: BaseException, detected_by: Detection) -> None:
@@ -238,6 +261,7 @@ class Supervisor:
     def _schedule(self, now: float) -> None:
         delay = self.backoff.delay(self.rng)
         self.delays.append(delay)
+        self.round_failures = 0
         self.backoff = self.backoff.next()
         self.retry_at = now + delay
 

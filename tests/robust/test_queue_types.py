@@ -1,0 +1,153 @@
+"""Queue types by name: ``queue_arguments`` and ``declare_queue(queue_type=...)``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import trio_lavin as tl
+from trio_lavin._robust._topology import QueueDeclaration
+from trio_lavin.testing import FakeBrokerServer, open_fake_broker
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[FakeBrokerServer]:
+    async with open_fake_broker(heartbeat=10) as broker:
+        yield broker
+
+
+def test_queue_arguments_name_each_type_and_its_settings() -> None:
+    assert tl.queue_arguments() == {"x-queue-type": "classic"}
+    assert tl.queue_arguments(
+        tl.QueueType.QUORUM,
+        delivery_limit=5,
+        initial_group_size=3,
+        max_length=1000,
+        overflow="reject-publish",
+    ) == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 5,
+        "x-quorum-initial-group-size": 3,
+        "x-max-length": 1000,
+        "x-overflow": "reject-publish",
+    }
+    assert tl.queue_arguments(
+        tl.QueueType.STREAM,
+        max_age="7D",
+        max_length_bytes=10**9,
+        max_segment_size_bytes=10**8,
+        extra={"x-queue-leader-locator": "client-local"},
+    ) == {
+        "x-queue-type": "stream",
+        "x-max-age": "7D",
+        "x-max-length-bytes": 10**9,
+        "x-stream-max-segment-size-bytes": 10**8,
+        "x-queue-leader-locator": "client-local",
+    }
+
+
+def test_queue_arguments_refuse_a_type_given_as_a_string() -> None:
+    with pytest.raises(TypeError, match="queue_type must be a QueueType, not 'quorum'"):
+        tl.queue_arguments("quorum")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_length": 0}, "max_length must be an integer >= 1, not 0"),
+        ({"max_length_bytes": True}, "max_length_bytes must be an integer >= 1, not True"),
+        ({"overflow": "drop-tail"}, "overflow must be one of drop-head, reject-publish"),
+        (
+            {"queue_type": tl.QueueType.CLASSIC, "delivery_limit": 3},
+            "delivery_limit is for quorum queues, not classic ones (got delivery_limit=3)",
+        ),
+        (
+            {"queue_type": tl.QueueType.QUORUM, "max_age": "1D"},
+            "max_age is for stream queues, not quorum ones (got max_age='1D')",
+        ),
+        (
+            {"queue_type": tl.QueueType.STREAM, "max_age": "7 days"},
+            "max_age must be a number and a unit (Y, M, D, h, m or s), e.g. '7D', not '7 days'",
+        ),
+        (
+            {"queue_type": tl.QueueType.STREAM, "overflow": "drop-head"},
+            "overflow is not supported by stream queues (got 'drop-head')",
+        ),
+        (
+            {"queue_type": tl.QueueType.QUORUM, "extra": {"x-queue-type": "classic"}},
+            "extra sets 'x-queue-type', which is already set to 'quorum'",
+        ),
+    ],
+)
+def test_queue_arguments_refuse_bad_values_naming_them(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tl.queue_arguments(**kwargs)
+
+
+async def test_declare_queue_with_a_type_sends_x_queue_type_and_records_it(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        await client.declare_queue("orders", durable=True, queue_type=tl.QueueType.QUORUM)
+        await client.declare_queue(
+            "log",
+            durable=True,
+            arguments=tl.queue_arguments(tl.QueueType.STREAM, max_age="1h"),
+        )
+        await client.declare_queue("plain")
+        assert broker.queue("orders").arguments == {"x-queue-type": "quorum"}
+        assert broker.queue("log").arguments == {"x-queue-type": "stream", "x-max-age": "1h"}
+        assert broker.queue("plain").arguments == {}
+        # Recorded with its type, for re-declaring after a reconnect.
+        recorded = {
+            entry.name: entry.arguments
+            for entry in client._topology.entries
+            if isinstance(entry, QueueDeclaration)
+        }
+        assert recorded == {
+            "orders": {"x-queue-type": "quorum"},
+            "log": {"x-queue-type": "stream", "x-max-age": "1h"},
+            "plain": None,
+        }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"durable": False}, "a quorum queue must be durable: declare 'q' with durable=True"),
+        (
+            {"durable": True, "exclusive": True},
+            "a quorum queue cannot be exclusive: declare 'q' with exclusive=False",
+        ),
+        (
+            {"durable": True, "auto_delete": True},
+            "a quorum queue cannot be auto-delete: declare 'q' with auto_delete=False",
+        ),
+        (
+            {"durable": True, "arguments": {"x-queue-type": "classic"}},
+            "queue_type='quorum' but arguments say x-queue-type='classic'",
+        ),
+    ],
+)
+async def test_declare_queue_refuses_a_quorum_queue_the_broker_would_refuse(
+    broker: FakeBrokerServer, kwargs: dict[str, Any], message: str
+) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            await client.declare_queue("q", queue_type=tl.QueueType.QUORUM, **kwargs)
+        assert broker.queue_names() == []
+
+
+async def test_declare_queue_checks_the_type_given_in_the_arguments(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        with pytest.raises(ValueError, match="a stream queue must be durable"):
+            await client.declare_queue("s", arguments={"x-queue-type": "stream"})
+        with pytest.raises(ValueError, match="x-queue-type must be one of 'classic', 'quorum'"):
+            await client.declare_queue("s", arguments={"x-queue-type": "qourum"})
