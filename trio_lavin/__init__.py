@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._robust._client import RecoveryFailed as RecoveryFailed
     from ._robust._client import open_client as open_client
     from ._robust._config import Config as Config
+    from ._robust._consumer import ConsumerStatistics as ConsumerStatistics
     from ._robust._consumer import RecoveringConsumer as RecoveringConsumer
     from ._robust._producer import BufferFull as BufferFull
     from ._robust._producer import BufferPolicy as BufferPolicy
@@ -78,6 +79,7 @@ _LAZY = {
     "RecoveryFailed": "._robust._client",
     "open_client": "._robust._client",
     "Config": "._robust._config",
+    "ConsumerStatistics": "._robust._consumer",
     "RecoveringConsumer": "._robust._consumer",
     "BufferFull": "._robust._producer",
     "BufferPolicy": "._robust._producer",
@@ -127,6 +129,7 @@ __all__ = [
     "ConnectionLost",
     "Consumer",
     "ConsumerCancelled",
+    "ConsumerStatistics",
     "Delivery",
     "DropReason",
     "FrameError",

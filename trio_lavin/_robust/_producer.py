@@ -144,8 +144,12 @@ class Message:
 DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProducerStatistics:
+    """A snapshot of :meth:`Producer.statistics`; the counts only grow."""
+
+    #: The producer's :attr:`Producer.target`.
+    target: str
     buffered: int
     in_flight: int
     published: int
@@ -232,7 +236,11 @@ class Producer:
         return callback
 
     def statistics(self) -> ProducerStatistics:
+        """A frozen snapshot of the producer's counters: messages buffered
+        (waiting to be published) and in flight (published, not confirmed),
+        and the counts of every outcome so far."""
         return ProducerStatistics(
+            target=self.target,
             buffered=self._receive.statistics().current_buffer_used
             + len(self._retry)
             + len(self._requeued),
