@@ -3,6 +3,7 @@ Prometheus endpoint scraped over HTTP."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import urllib.error
 import urllib.request
@@ -127,6 +128,23 @@ async def test_statistics_count_a_reconnect_and_reset_the_time_since_connect(
     # Traffic counts carry over from the first connection.
     assert after.bytes_sent > before.bytes_sent
     assert after.bytes_received > before.bytes_received
+
+
+async def test_fire_and_forget_returns_are_counted_without_a_log_line_per_message(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = unique("unrouted")
+    async with tl.open_client(amqp_url, CONFIG) as client:
+        producer = client.producer(nowhere, mode=tl.PublishMode.FIRE_AND_FORGET, mandatory=True)
+        for _ in range(5):
+            producer.publish_nowait(b"lost")
+        with trio.fail_after(10):
+            while producer.statistics().returned < 5:
+                await trio.sleep(0.01)
+        stats = client.statistics()
+    assert (stats.published, stats.returned, stats.confirmed) == (5, 5, 0)
+    shown = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [r for r in shown if "returned" in r.getMessage()]
 
 
 async def fetch(port: int, path: str = "/metrics", method: str = "GET") -> tuple[int, str, str]:
