@@ -33,18 +33,22 @@ async def test_seconds_since_connect_follows_the_trio_clock_and_restarts_on_reco
 ) -> None:
     async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
         assert client.statistics().seconds_since_connect is None
-        first = await client.wait_connected()
+        await client.wait_connected()
         connected_at = trio.current_time()
         await trio.sleep(5)
         stats = client.statistics()
         assert stats.last_connected_at == connected_at
         assert stats.seconds_since_connect == pytest.approx(5)
-        broker.sever_all()
-        await first.wait_closed()
-        lost = client.statistics()
+        async with client.events() as events:
+            broker.sever_all()
+            async for event in events:
+                if isinstance(event, tl.StateChange) and event.new is tl.ClientState.DISCONNECTED:
+                    break
+            lost = client.statistics()
         await client.wait_connected()
         await trio.sleep(2)
         back = client.statistics()
+    assert lost.state is tl.ClientState.DISCONNECTED
     assert lost.connected is False
     assert lost.connected_since is None
     assert lost.last_connected_at == connected_at  # kept while disconnected
