@@ -82,7 +82,7 @@ def ensure_broker(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite, against a real broker."""
     ensure_broker(session)
-    session.install("-e", ".[ws]", *TEST_DEPS)
+    session.install("-e", ".[ws,prometheus]", *TEST_DEPS)
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -95,7 +95,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[ws]", "mypy", *TEST_DEPS)
+    session.install("-e", ".[ws,prometheus]", "mypy", *TEST_DEPS)
     session.run(
         "mypy", "--strict", "trio_lavin", "tests", "examples", "fuzz", "benchmarks", "docs"
     )

@@ -5,6 +5,19 @@ underscore are private.
 
 Importing ``trio_lavin._sansio`` alone must not import trio (the protocol
 core is pure), so the names that need trio are loaded on first use.
+
+Logging goes through the standard :mod:`logging` module, under ``trio_lavin.*``
+loggers.  ``trio_lavin.client`` writes one line per connection event, with
+the endpoint (never the password) and the cause: INFO for a connect, a
+reconnect and a close, WARNING for a lost connection and a failed attempt,
+ERROR when the client gives up.  Nothing is logged per message above DEBUG.
+The low-level ``open_connection`` logs its connects and losses at DEBUG
+(``trio_lavin.connection``).
+``trio_lavin.frames`` logs every frame at DEBUG, but only when that logger is
+set to DEBUG itself (it starts at INFO) before a connection opens.
+
+Metrics: ``client.statistics()`` returns a frozen :class:`ClientStatistics`;
+:mod:`trio_lavin.prometheus` (the ``prometheus`` extra) exports it.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ if TYPE_CHECKING:
     from ._robust._client import RecoveryFailed as RecoveryFailed
     from ._robust._client import open_client as open_client
     from ._robust._config import Config as Config
+    from ._robust._consumer import ConsumerStatistics as ConsumerStatistics
     from ._robust._consumer import RecoveringConsumer as RecoveringConsumer
     from ._robust._producer import BufferFull as BufferFull
     from ._robust._producer import BufferPolicy as BufferPolicy
@@ -85,6 +99,7 @@ _LAZY = {
     "RecoveryFailed": "._robust._client",
     "open_client": "._robust._client",
     "Config": "._robust._config",
+    "ConsumerStatistics": "._robust._consumer",
     "RecoveringConsumer": "._robust._consumer",
     "BufferFull": "._robust._producer",
     "BufferPolicy": "._robust._producer",
@@ -139,6 +154,7 @@ __all__ = [
     "ConnectionLost",
     "Consumer",
     "ConsumerCancelled",
+    "ConsumerStatistics",
     "Delivery",
     "DropReason",
     "FrameError",

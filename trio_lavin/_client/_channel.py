@@ -29,6 +29,7 @@ from .._exceptions import (
 )
 from .._sansio import _events as ev
 from .._sansio._channel_state import ChannelState
+from ._counters import DeliveryCounters
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -423,6 +424,8 @@ class Channel:
         self._unconfirmed_order: deque[int] = deque()
         self._mandatory: deque[Confirmation] = deque()
         self._return_handler: Callable[[ev.MessageReturned], None] | None = None
+        #: Acks/nacks/rejects sent (a recovering consumer shares its own).
+        self._counters = DeliveryCounters()
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -878,9 +881,11 @@ class Channel:
         with the next batch), so it is cheap enough to call per message."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None or not self.connection.is_open:
+            self._counters.stale_acks += 1
             return False
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple)
         self.connection._kick()
+        self._counters.acked += 1
         return True
 
     async def basic_nack(
@@ -890,13 +895,20 @@ class Channel:
         False (nothing sent) if the channel is gone."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None or not self.connection.is_open:
+            self._counters.stale_acks += 1
             return False
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple, requeue=requeue)
         self.connection._kick()
+        self._counters.nacked += 1
         return True
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
-        return self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
+        sent = self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
+        if sent:
+            self._counters.rejected += 1
+        else:
+            self._counters.stale_acks += 1
+        return sent
 
     async def basic_recover(self, *, requeue: bool = True) -> None:
         """Redeliver all unacked messages of this channel."""

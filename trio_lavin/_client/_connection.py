@@ -49,6 +49,7 @@ from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
 from ._channel import SEND_HIGH_WATER, Channel, Consumer, Delivery
+from ._framelog import frame_log_for
 
 logger = logging.getLogger("trio_lavin.connection")
 
@@ -107,6 +108,8 @@ class Connection:
         self.failed_by_poll = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: DEBUG frame logging (None unless ``trio_lavin.frames`` is at DEBUG).
+        self._frame_log = frame_log_for(params.endpoint)
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -239,6 +242,8 @@ class Connection:
                 return
             self._write_started = None
             self.bytes_sent += len(data)
+            if self._frame_log is not None:
+                self._frame_log.sent(data)
             heartbeat.data_sent(trio.current_time())
 
     async def _flush_before_waiting(self) -> None:
@@ -265,6 +270,8 @@ class Connection:
                 return
         self._write_started = None
         self.bytes_sent += len(data)
+        if self._frame_log is not None:
+            self._frame_log.sent(data)
         self._heartbeat.data_sent(trio.current_time())
 
     async def _flush_final(self) -> None:
@@ -279,7 +286,10 @@ class Connection:
                 async with self._send_lock:
                     await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+                return
+            self.bytes_sent += len(data)
+            if self._frame_log is not None:
+                self._frame_log.sent(data)
 
     # -- reading ------------------------------------------------------------------
 
@@ -299,11 +309,13 @@ class Connection:
             self.bytes_received += len(data)
             heartbeat.data_received(trio.current_time())
             amqp.receive_data(data)
+            if self._frame_log is not None:
+                self._frame_log.received(data)
             while True:
                 try:
                     event = amqp.next_event()
                 except RemoteProtocolError as exc:
-                    logger.warning("protocol error from %s: %s", self.params.endpoint, exc)
+                    logger.debug("protocol error from %s: %s", self.params.endpoint, exc)
                     error = ConnectionLost(
                         f"protocol error from {self.params.endpoint}: {exc.reply_text}",
                         exc.reply_code,
@@ -391,7 +403,7 @@ class Connection:
             logger.info("broker unblocked publishing on %s", self.params.endpoint)
             self._unblocked.set()
         elif isinstance(event, ev.ConnectionClosedByBroker):
-            logger.warning(
+            logger.debug(
                 "broker closed the connection %s: %d %s",
                 self.params.endpoint,
                 event.reply_code,
@@ -449,6 +461,9 @@ class Connection:
             try:
                 if out := amqp.data_to_send():
                     await self._stream.send_all(out)
+                    self.bytes_sent += len(out)
+                    if self._frame_log is not None:
+                        self._frame_log.sent(out)
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(
@@ -458,7 +473,10 @@ class Connection:
                 raise ConnectionLost(
                     f"{self.params.endpoint} closed the connection during the handshake"
                 )
+            self.bytes_received += len(data)
             amqp.receive_data(data)
+            if self._frame_log is not None:
+                self._frame_log.received(data)
             try:
                 while (event := amqp.next_event()) is not None:
                     if isinstance(event, ev.ConnectionOpened):
@@ -531,7 +549,7 @@ class Connection:
         self._error = error
         self.failed_by_poll = by_poll
         if not isinstance(error, ConnectionClosed):
-            logger.info("connection %s ended: %s", self.params.endpoint, error)
+            logger.debug("connection %s ended: %s", self.params.endpoint, error)
         for channel in list(self._channels.values()):
             channel._set_closed(error)
         self._channels.clear()
@@ -648,7 +666,7 @@ async def open_connection(
     if timeout_scope.cancelled_caught:
         # The stream, if one was opened, was closed by the except clause above.
         raise TimeoutError(f"connecting to {params.endpoint} took longer than {connect_timeout} s")
-    logger.info(
+    logger.debug(
         "connected to %s (heartbeat %d s, frame_max %d, channel_max %d)",
         params.endpoint,
         amqp.heartbeat,

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -26,6 +27,7 @@ import trio
 
 from .._client._channel import Channel, Delivery, QueueDeclareOk
 from .._client._connection import Connection, open_connection
+from .._client._counters import DeliveryCounters
 from .._exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -39,12 +41,14 @@ from .._queues import QueueType, check_queue_type
 from .._sansio._errors import ProtocolError
 from .._util import unwrap_single_exception
 from ._config import Config
-from ._consumer import RecoveringConsumer
+from ._consumer import ConsumerStatistics, RecoveringConsumer
 from ._producer import (
     DEFAULT_CONFIRM_WINDOW,
     DEFAULT_MAX_MESSAGE_SIZE,
     BufferPolicy,
+    DropReason,
     Producer,
+    ProducerStatistics,
     PublishMode,
 )
 from ._rpc import DEFAULT_RPC_PREFETCH, DEFAULT_RPC_TIMEOUT, RpcCaller, serve_rpc
@@ -100,22 +104,62 @@ class RecoveryFailed:
 ClientEvent = StateChange | QueueRenamed | RecoveryFailed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClientStatistics:
-    """A snapshot of :meth:`Client.statistics`."""
+    """A snapshot of :meth:`Client.statistics`.
 
+    Times (``connected_since``, ``last_connected_at``) are on the trio clock
+    (:func:`trio.current_time`).  Counts only grow over the client's life;
+    ``buffered``, ``in_flight`` and the state fields are gauges.  The producer
+    and consumer counts are sums over the client's producers and consumers;
+    ``producers`` and ``consumers`` have them one by one.
+    """
+
+    #: The connection state.
     state: ClientState
+    #: True while a recovered connection is up.
+    connected: bool
+    #: The endpoint (no credentials) of the current or last attempt.
     endpoint: str | None
+    #: When the current connection was made (None while disconnected).
     connected_since: float | None
+    #: When the last successful (re)connection was made (kept after a loss).
+    last_connected_at: float | None
+    #: Seconds since ``last_connected_at`` when the snapshot was taken.
+    seconds_since_connect: float | None
+    #: Successful connections, and how many of those were reconnections.
     connects: int
     reconnects: int
     connect_attempts: int
     failed_attempts: int
     last_error: str | None
+    #: Connection losses found by the event path (EOF, reset, Close) and by
+    #: the health poll (what the event path missed).
     detections_by_event: int
     detections_by_poll: int
     recovery_failures: int
     events_dropped: int
+    #: Bytes written to and read from the broker, over all connections.
+    bytes_sent: int
+    bytes_received: int
+    #: Producer counts (see :class:`ProducerStatistics`), summed.
+    published: int
+    republished: int
+    confirmed: int
+    nacked: int
+    retries: int
+    returned: int
+    dropped: Mapping[DropReason, int]
+    buffered: int
+    in_flight: int
+    #: Consumer counts (see :class:`ConsumerStatistics`), summed.
+    consumed: int
+    redelivered: int
+    acked: int
+    #: One snapshot per producer, in creation order.
+    producers: tuple[ProducerStatistics, ...]
+    #: One snapshot per consumed queue, in order of first use.
+    consumers: tuple[ConsumerStatistics, ...]
 
 
 class Client:
@@ -149,6 +193,18 @@ class Client:
         self._subscribers: list[trio.MemorySendChannel[ClientEvent]] = []
         self._consumers: set[RecoveringConsumer] = set()
         self._producers: list[Producer] = []
+        #: Consumer counters per queue, kept for the client's life.
+        self._delivery_counters: dict[str, DeliveryCounters] = {}
+        #: (bytes sent, bytes received) by finished connections, and the
+        #: live (or last) connection; replaced as one tuple, so a reader in
+        #: another thread never counts a connection twice or not at all.
+        self._traffic: tuple[int, int, Connection | None] = (0, 0, None)
+        #: ``time.time()`` of the last successful connection, for readers
+        #: outside this trio run.
+        self._last_connected_wall: float | None = None
+        self._trio_token = trio.lowlevel.current_trio_token()
+        #: When and why the last connection was lost (for the reconnect line).
+        self._lost: tuple[float, str] | None = None
         self._recovery_failures = 0
         self._events_dropped = 0
         self._nursery: trio.Nursery | None = None
@@ -209,12 +265,40 @@ class Client:
             raise ConnectionClosed("the client was closed")
 
     def statistics(self) -> ClientStatistics:
-        """A frozen snapshot of the client's counters and state."""
+        """A frozen snapshot of the client's counters and state.
+
+        Cheap (it reads counters the client keeps anyway; nothing is
+        counted at call time) and never blocks.  It may be called from
+        another thread, for example by a Prometheus exporter's HTTP thread:
+        it only reads, and copies every container before iterating it; the
+        values are then each exact, but a message moving on meanwhile may be
+        counted in two places (or none) of one snapshot.
+        """
         sup = self._supervisor
+        last_connected_at = sup.last_connected_at
+        since: float | None = None
+        if last_connected_at is not None:
+            if self._in_own_run():
+                since = trio.current_time() - last_connected_at
+            elif self._last_connected_wall is not None:
+                since = time.time() - self._last_connected_wall
+        sent, received, connection = self._traffic
+        if connection is not None:
+            sent += connection.bytes_sent
+            received += connection.bytes_received
+        producers = tuple(producer.statistics() for producer in tuple(self._producers))
+        consumers = self._consumer_statistics()
+        dropped = dict.fromkeys(DropReason, 0)
+        for stats in producers:
+            for reason, count in stats.dropped.items():
+                dropped[reason] += count
         return ClientStatistics(
             state=sup.state,
+            connected=self.connected,
             endpoint=sup.endpoints[sup.endpoint] if sup.attempts else None,
             connected_since=sup.connected_since,
+            last_connected_at=last_connected_at,
+            seconds_since_connect=since,
             connects=sup.connects,
             reconnects=sup.reconnects,
             connect_attempts=sup.attempts,
@@ -224,7 +308,50 @@ class Client:
             detections_by_poll=sup.detections[Detection.POLL],
             recovery_failures=self._recovery_failures,
             events_dropped=self._events_dropped,
+            bytes_sent=sent,
+            bytes_received=received,
+            published=sum(p.published for p in producers),
+            republished=sum(p.republished for p in producers),
+            confirmed=sum(p.confirmed for p in producers),
+            nacked=sum(p.nacked for p in producers),
+            retries=sum(p.retries for p in producers),
+            returned=sum(p.returned for p in producers),
+            dropped=dropped,
+            buffered=sum(p.buffered for p in producers),
+            in_flight=sum(p.in_flight for p in producers),
+            consumed=sum(c.consumed for c in consumers),
+            redelivered=sum(c.redelivered for c in consumers),
+            acked=sum(c.acked for c in consumers),
+            producers=producers,
+            consumers=consumers,
         )
+
+    def _in_own_run(self) -> bool:
+        try:
+            return trio.lowlevel.current_trio_token() is self._trio_token
+        except RuntimeError:
+            return False
+
+    def _consumer_statistics(self) -> tuple[ConsumerStatistics, ...]:
+        live = tuple(self._consumers)
+        result = []
+        for queue, counters in tuple(self._delivery_counters.items()):
+            mine = [consumer for consumer in live if consumer._counters is counters]
+            result.append(
+                ConsumerStatistics(
+                    queue=queue,
+                    consumers=len(mine),
+                    subscriptions=counters.subscriptions,
+                    consumed=counters.consumed,
+                    redelivered=counters.redelivered,
+                    acked=counters.acked,
+                    nacked=counters.nacked,
+                    rejected=counters.rejected,
+                    stale_acks=counters.stale_acks,
+                    buffered=sum(consumer.buffered for consumer in mine),
+                )
+            )
+        return tuple(result)
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[trio.MemoryReceiveChannel[ClientEvent]]:
@@ -288,7 +415,7 @@ class Client:
             params = self._endpoints[action.endpoint]
             sup.connect_started(trio.current_time(), action.endpoint)
             self._publish_changes()
-            logger.info("connecting to %s (attempt %d)", params.endpoint, sup.failures + 1)
+            logger.debug("connecting to %s (attempt %d)", params.endpoint, sup.failures + 1)
             try:
                 connection = await self._start_connection(params)
             except CONNECT_ERRORS as exc:
@@ -307,13 +434,15 @@ class Client:
             if self._closing:
                 return
             sup.connected(trio.current_time())
+            self._last_connected_wall = time.time()
+            sent, received, previous = self._traffic
+            if previous is not None:
+                sent += previous.bytes_sent
+                received += previous.bytes_received
+            self._traffic = (sent, received, connection)
             self._connection = connection
             self._connected.set()
-            logger.info(
-                "connected to %s%s",
-                params.endpoint,
-                f" (reconnect {sup.reconnects})" if sup.reconnects else "",
-            )
+            self._log_connected(connection)
             self._publish_changes()
             error = await connection.wait_closed()
             self._connection = None
@@ -323,6 +452,7 @@ class Client:
                 return
             detected = Detection.POLL if connection.failed_by_poll else Detection.EVENT
             sup.lost(trio.current_time(), error, detected)
+            self._lost = (trio.current_time(), str(error))
             logger.warning(
                 "lost the connection to %s (%s, detected by %s); reconnecting in %.2f s",
                 params.endpoint,
@@ -330,6 +460,26 @@ class Client:
                 detected.value,
                 sup.retry_at - trio.current_time(),
             )
+
+    def _log_connected(self, connection: Connection) -> None:
+        """The one INFO line of a connection or reconnection."""
+        tuning = (
+            f"heartbeat {connection.heartbeat} s, frame_max {connection.frame_max}, "
+            f"channel_max {connection.channel_max}"
+        )
+        lost = self._lost
+        if lost is None:
+            logger.info("connected to %s (%s)", connection.params.endpoint, tuning)
+            return
+        lost_at, cause = lost
+        logger.info(
+            "reconnected to %s after %.2f s (reconnect %d; the connection was lost: %s; %s)",
+            connection.params.endpoint,
+            trio.current_time() - lost_at,
+            self._supervisor.reconnects,
+            cause,
+            tuning,
+        )
 
     def _wake_waiters(self) -> None:
         for scope in list(self._stop_waiters):
@@ -383,7 +533,8 @@ class Client:
                 continue  # traffic proves liveness
             problem = connection.health_problem(now, write_timeout)
             if problem is not None:
-                logger.warning("health poll: %s", problem)
+                # The supervisor logs the loss (detected by poll) in its one line.
+                logger.debug("health poll: %s", problem)
                 connection._fail(ConnectionLost(problem), by_poll=True)
 
     # -- recovery -------------------------------------------------------------------
@@ -719,8 +870,11 @@ class Client:
         """
         if not 0 <= prefetch <= 65_535:
             raise ValueError(f"prefetch must be in 0..65535, not {prefetch!r}")
+        counters = self._delivery_counters.get(queue)
+        if counters is None:
+            counters = self._delivery_counters[queue] = DeliveryCounters()
         consumer = RecoveringConsumer(
-            self, queue, prefetch, no_ack, exclusive, consumer_tag, arguments
+            self, queue, prefetch, no_ack, exclusive, consumer_tag, arguments, counters
         )
         self._consumers.add(consumer)
         try:
@@ -755,6 +909,7 @@ class Client:
         if connection is not None:
             with trio.CancelScope(shield=True):
                 await connection.aclose()
+            logger.info("closed the connection to %s", connection.params.endpoint)
         self._wake_waiters()
         for subscriber in self._subscribers:
             subscriber.close()

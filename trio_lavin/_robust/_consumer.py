@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .._client._channel import Channel, Consumer, Delivery
 from .._client._connection import Connection
+from .._client._counters import DeliveryCounters
 from .._exceptions import AMQPConnectionError, ChannelClosed, ConsumerCancelled
 from ._backoff import Backoff
 
@@ -16,6 +18,35 @@ if TYPE_CHECKING:
     from ._client import Client
 
 logger = logging.getLogger("trio_lavin.consumer")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStatistics:
+    """The counters of one queue's consumers in a client (a part of
+    :meth:`Client.statistics`).  The counts cover every consumer of the queue
+    the client ever ran, across reconnects, so they only grow."""
+
+    #: The queue as given to ``client.consume`` (for a server-named queue,
+    #: the name it had first).
+    queue: str
+    #: Consumers of the queue running now.
+    consumers: int
+    #: Subscriptions made (re-subscriptions included).
+    subscriptions: int
+    #: Deliveries handed to the application.
+    consumed: int
+    #: Of those, deliveries flagged ``redelivered`` by the broker.
+    redelivered: int
+    #: Acks sent (an ack with ``multiple=True`` counts once).
+    acked: int
+    #: Nacks sent.
+    nacked: int
+    #: Rejects sent.
+    rejected: int
+    #: Acks, nacks and rejects that returned False: their channel was gone.
+    stale_acks: int
+    #: Deliveries received and not yet taken by the application.
+    buffered: int
 
 
 class RecoveringConsumer:
@@ -40,6 +71,7 @@ class RecoveringConsumer:
         exclusive: bool,
         consumer_tag: str | None,
         arguments: dict[str, Any] | None,
+        counters: DeliveryCounters | None = None,
     ) -> None:
         self._client = client
         self.queue = queue
@@ -55,6 +87,8 @@ class RecoveringConsumer:
         self._closed = False
         #: Subscriptions made so far (the first one included).
         self.subscriptions = 0
+        #: Shared by the client's consumers of the same queue.
+        self._counters = counters if counters is not None else DeliveryCounters()
 
     def __repr__(self) -> str:
         return f"<RecoveringConsumer of queue {self.queue!r}>"
@@ -76,6 +110,7 @@ class RecoveringConsumer:
             ):
                 return
             channel = await self._client.open_channel(connection)
+            channel._counters = self._counters
             try:
                 if self.prefetch:
                     await channel.basic_qos(self.prefetch)
@@ -92,6 +127,7 @@ class RecoveringConsumer:
                 raise
             self._channel, self._current = channel, consumer
             self.subscriptions += 1
+            self._counters.subscriptions += 1
             self._changed.set()
             self._changed = trio.Event()
 
@@ -108,7 +144,12 @@ class RecoveringConsumer:
                 await self._changed.wait()
                 continue
             try:
-                return await current.__anext__()
+                delivery = await current.__anext__()
+                counters = self._counters
+                counters.consumed += 1
+                if delivery.redelivered:
+                    counters.redelivered += 1
+                return delivery
             except StopAsyncIteration:
                 if self._closed:
                     raise
@@ -145,6 +186,14 @@ class RecoveringConsumer:
         except AMQPConnectionError:
             return backoff
         return backoff.reset()
+
+    @property
+    def buffered(self) -> int:
+        """Deliveries received and not yet iterated."""
+        current = self._current
+        if current is None:
+            return 0
+        return current.buffered
 
     async def aclose(self) -> None:
         """Stop consuming: cancel the subscription and close its channel

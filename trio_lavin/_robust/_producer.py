@@ -59,6 +59,7 @@ from .._exceptions import (
     PublishError,
 )
 from .._sansio._errors import PRECONDITION_FAILED
+from .._sansio._events import MessageReturned as ReturnedEvent
 from ._backoff import Backoff
 
 if TYPE_CHECKING:
@@ -160,8 +161,18 @@ class Message:
 DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProducerStatistics:
+    """A snapshot of :meth:`Producer.statistics`; the counts only grow.
+
+    ``buffered`` and ``in_flight`` are the messages waiting and published but
+    not confirmed.  ``returned`` counts unroutable ``mandatory`` messages: in
+    CONFIRM mode they are also dropped (reason RETURNED); in FIRE_AND_FORGET
+    mode they were already done, so only this count tells.
+    """
+
+    #: The producer's :attr:`Producer.target`.
+    target: str
     buffered: int
     in_flight: int
     published: int
@@ -257,7 +268,11 @@ class Producer:
         return callback
 
     def statistics(self) -> ProducerStatistics:
+        """A frozen snapshot of the producer's counters: messages buffered
+        (waiting to be published) and in flight (published, not confirmed),
+        and the counts of every outcome so far."""
         return ProducerStatistics(
+            target=self.target,
             buffered=self._receive.statistics().current_buffer_used
             + len(self._retry)
             + len(self._requeued),
@@ -566,9 +581,10 @@ class Producer:
                 self._channel = None
                 if isinstance(previous.error, ChannelClosed):
                     await self._after_channel_closed(previous.error)
+            confirm_mode = self.mode is PublishMode.CONFIRM
             try:
                 channel = await self._client.open_channel()
-                if self.mode is PublishMode.CONFIRM:
+                if confirm_mode:
                     await channel.confirm_select()
             except ChannelClosed as exc:
                 delay = backoff.delay(self._client._supervisor.rng)
@@ -588,6 +604,8 @@ class Producer:
                     await trio.sleep_forever()
                 await trio.lowlevel.checkpoint()
                 continue  # wait_connected inside open_channel waits for the next one
+            if not confirm_mode:
+                channel.on_return(self._on_return)
             self._channel = channel
             return channel
 
@@ -660,6 +678,18 @@ class Producer:
             return
         self._in_flight += 1
         confirmation.callback = _Settle(self, message, confirmation)
+
+    def _on_return(self, returned: ReturnedEvent) -> None:
+        """FIRE_AND_FORGET and ``mandatory``: the broker could not route a
+        message that already counted as done; count it (no log line per
+        message: the counter is the signal)."""
+        self._returned += 1
+        logger.debug(
+            "producer %r: message returned unroutable: %d %s",
+            self.target,
+            returned.reply_code,
+            returned.reply_text,
+        )
 
     async def _after_channel_closed(self, exc: ChannelClosed) -> None:
         """The broker closed our channel while we published.  A 406 is how

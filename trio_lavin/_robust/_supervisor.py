@@ -183,6 +183,8 @@ class Supervisor:
         self.detections = {Detection.EVENT: 0, Detection.POLL: 0}
         self.last_error: BaseException | None = None
         self.connected_since: float | None = None
+        #: When the last successful (re)connection was made; kept after a loss.
+        self.last_connected_at: float | None = None
         self.stop_error: BaseException | None = None
         #: Every change, in order; the trio layer drains it.
         self.changes: list[StateChange] = []
@@ -224,6 +226,7 @@ class Supervisor:
         self.round_failures = 0
         self.backoff = self.backoff.reset()
         self.connected_since = now
+        self.last_connected_at = now
 
     def connect_failed(self, now: float, error: BaseException) -> None:
         self.last_error = error
