@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 import urllib.parse
 from typing import TypeVar
 
@@ -176,10 +177,17 @@ def test_kill_and_restart_keeps_port_durable_queue_and_persistent_message(
     rabbit_node.restart()
     assert rabbit_node.amqp_port == port
     assert rabbit_node.url.endswith(f":{port}/")
-    listed = rabbit_node.rabbitmqctl(
-        "list_queues", "name", "durable", "messages", "-q", "--no-table-headers"
-    )
-    assert [queue, "true", "1"] in [line.split() for line in listed.splitlines()]
+    # The node recovers durable queues just after it starts listening: poll, bounded.
+    deadline = time.monotonic() + 15
+    while True:
+        listed = rabbit_node.rabbitmqctl(
+            "list_queues", "name", "durable", "messages", "-q", "--no-table-headers"
+        )
+        rows = [line.split() for line in listed.splitlines()]
+        if [queue, "true", "1"] in rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [queue, "true", "1"] in rows
 
     with RawConnection(rabbit_node.url) as conn:
         conn.open()
