@@ -184,6 +184,7 @@ EXPECTED_TYPES = {
     "trio_lavin_producer_republished": "counter",
     "trio_lavin_producer_confirmed": "counter",
     "trio_lavin_producer_nacked": "counter",
+    "trio_lavin_producer_retries": "counter",
     "trio_lavin_producer_returned": "counter",
     "trio_lavin_producer_dropped": "counter",
     "trio_lavin_producer_buffered_messages": "gauge",
@@ -251,6 +252,7 @@ async def test_metrics_scraped_over_http_have_the_names_types_and_values_of_the_
     assert values[key("trio_lavin_producer_published_total", **producer)] == N
     assert values[key("trio_lavin_producer_confirmed_total", **producer)] == N
     assert values[key("trio_lavin_producer_nacked_total", **producer)] == 0
+    assert values[key("trio_lavin_producer_retries_total", **producer)] == 0
     assert values[key("trio_lavin_producer_in_flight_messages", **producer)] == 0
     for reason in tl.DropReason:
         assert (
