@@ -662,6 +662,8 @@ class Producer:
                 await trio.lowlevel.checkpoint()
                 continue
             if published:
+                # Send them from here when the writer is idle: one task hop less.
+                await connection._flush_before_waiting()
                 await trio.lowlevel.checkpoint()
             elif not confirm or self._in_flight < self.confirm_window:
                 self._notify_idle()
