@@ -266,12 +266,18 @@ class FrameReader:
             after = header_end + 1
         if not accept(channel, body_size):
             return None
-        method = self._decode(
-            FRAME_METHOD, channel, bytes(buf[start + FRAME_HEADER_SIZE : method_end])
-        )
-        content_header = self._decode(
-            FRAME_HEADER, channel, bytes(buf[header_start + FRAME_HEADER_SIZE : header_end])
-        )
+        try:
+            method = self._decode(
+                FRAME_METHOD, channel, bytes(buf[start + FRAME_HEADER_SIZE : method_end])
+            )
+            content_header = self._decode(
+                FRAME_HEADER, channel, bytes(buf[header_start + FRAME_HEADER_SIZE : header_end])
+            )
+        except FrameError:
+            # Undecodable: leave it to next_frame, which returns the frames
+            # before the bad one (the Deliver, when the header is bad) first.
+            self._error = None
+            return None
         assert isinstance(method, commands.Basic.Deliver)
         assert isinstance(content_header, header.ContentHeader)
         self._start = after
