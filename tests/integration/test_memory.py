@@ -21,10 +21,12 @@ import secrets
 import struct
 import time
 import tracemalloc
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 import trio_lavin as tl
 from trio_lavin.testing import FaultProxy, open_fault_proxy
@@ -187,3 +189,50 @@ async def test_memory_stays_flat_over_a_million_messages_and_five_reconnects(
     assert statistics.buffered == statistics.in_flight == 0, figures
     assert end - start < GROWTH_BOUND, figures
     assert peak - start < PEAK_BOUND, figures
+
+
+async def take(consumer: tl.RecoveringConsumer, into: list[tl.Delivery]) -> None:
+    into.append(await consumer.__anext__())
+
+
+async def test_dead_connections_are_freed_after_reconnects(
+    amqp_url: str, proxy: FaultProxy
+) -> None:
+    # Found by the test above: the error a dead connection stored kept, through
+    # its traceback, the frame of a finished RecoveringConsumer.__anext__ call,
+    # whose locals held the next subscription; so one stale reference to an
+    # old connection (here: an idle producer's channel) kept every later one
+    # alive.  And log records had the error objects as arguments: a handler
+    # that keeps records (pytest's capture does) kept every dead connection.
+    queue = f"trio-lavin-test.memory.{secrets.token_hex(6)}"
+    connections: list[weakref.ref[tl.Connection]] = []
+    async with (
+        tl.open_connection(amqp_url) as admin,
+        tl.open_client(proxy.url_for(amqp_url), CONFIG) as client,
+    ):
+        channel = await admin.channel()
+        await client.declare_queue(queue)
+        producer = client.producer(queue)
+        assert await producer.publish(b"first")  # then idle, on the first connection
+        async with client.consume(queue, prefetch=10) as consumer:
+            first = await consumer.__anext__()
+            assert await first.ack()
+            del first
+            for number in range(5):
+                connections.append(weakref.ref(await client.wait_connected()))
+                got: list[tl.Delivery] = []
+                with trio.fail_after(10):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(take, consumer, got)
+                        await trio.testing.wait_all_tasks_blocked()  # take() is waiting
+                        await sever(client, proxy)
+                        await channel.publish(b"%d" % number, routing_key=queue)
+                assert got[0].body == b"%d" % number
+                assert await got[0].ack()
+                got.clear()
+            gc.collect()
+            alive = [ref() is not None for ref in connections]
+        await client.delete_queue(queue)
+    # The first connection stays referenced by the idle producer and the last
+    # dead one by the supervisor's last error: one each, not one per reconnect.
+    assert alive[1:4] == [False, False, False], alive

@@ -124,7 +124,7 @@ class RecoveringConsumer:
                 continue
             if self._current is not current:
                 continue  # already replaced
-            logger.warning("consumer of %r ended (%s); subscribing again", self.queue, reason)
+            logger.warning("consumer of %r ended (%s); subscribing again", self.queue, str(reason))
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
     async def _resubscribe(self, backoff: Backoff) -> Backoff:
