@@ -115,24 +115,35 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def fuzz(session: nox.Session) -> None:
-    """Every harness in fuzz/ under atheris; seconds per harness as the
-    first argument (default 60)."""
+    """Every harness in fuzz/ under atheris (see fuzz/README.md); seconds per
+    harness as the first argument (default 60; CI runs ``nox -s fuzz -- 20``).
+    Every harness runs even when one finds a crash; the session fails at the
+    end, and the crashing input is in ``fuzz/crash-*``."""
     seconds = session.posargs[0] if session.posargs else "60"
+    if not seconds.isdigit() or int(seconds) < 1:
+        session.error(f"seconds per harness must be a whole number >= 1, not {seconds!r}")
     session.install("-e", ".", "atheris")
+    failed = []
     for harness in sorted(Path("fuzz").glob("fuzz_*.py")):
         seeds = Path("fuzz/corpus") / harness.stem.removeprefix("fuzz_")
         # libFuzzer adds what it finds to the first corpus folder: keep that
-        # out of the repository's seeds.
+        # out of the repository's seeds (it is kept for the next local run).
         found = Path(session.create_tmp()) / harness.stem
         found.mkdir(exist_ok=True)
-        session.run(
-            "python",
-            str(harness),
-            str(found),
-            str(seeds),
-            f"-max_total_time={seconds}",
-            "-artifact_prefix=fuzz/crash-",
-        )
+        try:
+            session.run(
+                "python",
+                str(harness),
+                str(found),
+                str(seeds),
+                f"-max_total_time={seconds}",
+                f"-artifact_prefix=fuzz/crash-{harness.stem}-",
+                "-print_final_stats=1",
+            )
+        except CommandFailed:
+            failed.append(harness.name)
+    if failed:
+        session.error(f"crashes found by {', '.join(failed)}: see fuzz/crash-*")
 
 
 #: What ``bench`` compares trio-lavin with (py-amqp is ``amqp``; uvloop runs the asyncio

@@ -25,9 +25,11 @@ appears in an error, a ``repr()`` or a ``str()``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 DEFAULT_PORTS: Final = {"amqp": 5672, "amqps": 5671, "ws": 15672, "wss": 15671}
 TLS_SCHEMES: Final = frozenset({"amqps", "wss"})
@@ -134,6 +136,13 @@ class Parameters:
         return f"Parameters({self.to_url()!r})"
 
 
+#: The start of a URL that an error may show when the scheme is wrong: scheme
+#: characters (RFC 3986) and the ":" and "/" after them, never the rest.
+_SCHEME_START: Final = re.compile(r"[A-Za-z0-9+.\-]{0,20}[:/]{0,3}")
+
+#: What the host part may be when it has brackets: an address, then perhaps a port.
+_BRACKETED_HOST: Final = re.compile(r"\[[^\[\]]*\](:[^:]*)?")
+
 _URL_FIELDS: Final = frozenset({"scheme", "host", "port", "username", "password", "virtual_host"})
 
 
@@ -147,21 +156,67 @@ def parse_url(url: str) -> Parameters:
     """
     if not isinstance(url, str):
         raise TypeError(f"URL must be a str, not {type(url).__name__}")
-    scheme, sep, _ = url.partition("://")
+    scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in DEFAULT_PORTS:
-        raise ValueError(f"URL scheme must be one of {sorted(DEFAULT_PORTS)}, not {scheme[:20]!r}")
+        # Only the leading scheme-like characters: without "://" the rest of
+        # the text may well be "user:password@host".
+        start = _SCHEME_START.match(url)
+        shown = start.group() if start else ""
+        raise ValueError(f"URL scheme must be one of {sorted(DEFAULT_PORTS)}, not {shown!r}")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValueError(f"malformed URL host: {_hide(str(exc), url)}") from None
+        # urlsplit's message quotes the host part, which may hold the password.
+        if "NFKC" in str(exc):
+            problem = "it has characters that Unicode normalizes to '/', '?', '#', '@' or ':'"
+        else:
+            problem = "square brackets must hold an IPv6 address, as in amqp://[::1]:5672/"
+        raise ValueError(f"malformed URL host: {problem}") from None
+    if "@" not in parts.netloc and "@" in rest:
+        # An "@" after the host: the user name or password probably holds an
+        # unencoded "/", "?" or "#", which ended the host part early, so what
+        # urlsplit calls the port, vhost, query or fragment may be a piece of
+        # the password.  A valid URL may still have "@" there (in the vhost or
+        # a query value); only an error must not show those pieces.
+        try:
+            return _parse_parts(scheme, parts)
+        except ValueError:
+            raise ValueError(
+                "malformed URL: it has an '@' after the host part; if the user name "
+                "or password contains '/', '?', '#' or '@', percent-encode it "
+                "(e.g. '/' as %2F)"
+            ) from None
+    return _parse_parts(scheme, parts)
+
+
+def _parse_parts(scheme: str, parts: SplitResult) -> Parameters:
     options: dict[str, Any] = {"scheme": scheme}
     if parts.username is not None:
         options["username"] = unquote(parts.username)
     if parts.password is not None:
         options["password"] = unquote(parts.password)
+    hostport = parts.netloc.rpartition("@")[2]
+    if "[" in hostport and not _BRACKETED_HOST.fullmatch(hostport):
+        # urlsplit takes the bracketed text and drops what stands around it.
+        raise ValueError(
+            f"URL host in square brackets must be '[address]' or '[address]:port', "
+            f"not {hostport[:60]!r}"
+        )
     if parts.hostname:
-        options["host"] = parts.hostname
+        host = parts.hostname
+        if "[" in host or "]" in host:
+            raise ValueError(f"URL host has unbalanced square brackets: {host[:60]!r}")
+        if ":" in host:
+            # It was in brackets.  urlsplit checks only the first bracketed
+            # text in the netloc, which may be in the user name.
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"URL host in square brackets must be an IPv6 address, not {host[:60]!r}"
+                ) from None
+        options["host"] = host
     try:
         port = parts.port
     except ValueError:
@@ -224,18 +279,3 @@ def _convert_option(name: str, value: str) -> Any:
     ):
         return value
     raise ValueError(f"unknown URL query parameter {name[:40]!r}")
-
-
-def _hide(text: str, url: str) -> str:
-    """Remove the password of ``url`` from ``text``."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password is None:
-        userinfo = url.partition("://")[2].partition("@")
-        if userinfo[1]:
-            password = userinfo[0].partition(":")[2] or None
-    if password:
-        text = text.replace(password, REDACTED)
-    return text

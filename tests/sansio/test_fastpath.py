@@ -319,3 +319,34 @@ def test_delivery_on_a_closing_channel_is_discarded() -> None:
     )
     assert conn.next_event() == ev.ChannelCloseOk(number)
     assert conn.next_event() is None
+
+
+def test_shortcut_leaves_a_delivery_with_an_undecodable_header_to_next_frame() -> None:
+    # Found by fuzz/fuzz_frame_reader.py: the shortcut raised at once, so the
+    # Deliver that the frame-by-frame path returns before the error was lost.
+    heartbeat = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+    deliver = pamqp_frame.marshal(commands.Basic.Deliver("c", 1, False, "", "q"), 1)
+    bad_header = struct.pack(">BHIHHQH", 2, 1, 15, 60, 0, 2, 0x2000) + b"\x05\xce"  # cut table
+    body = struct.pack(">BHI", 3, 1, 2) + b"{}\xce"
+    reader = FrameReader()
+    reader.receive_data(heartbeat + deliver + bad_header + body)
+    assert reader.next_frame() is not None  # the heartbeat
+    assert reader.take_delivery(lambda channel, size: True) is None
+    channel, method = reader.next_frame()  # type: ignore[misc]
+    assert (channel, method.name) == (1, "Basic.Deliver")
+    with pytest.raises(FrameError, match="undecodable content header frame on channel 1"):
+        reader.next_frame()
+    assert reader.take_delivery(lambda channel, size: True) is None
+
+
+def test_delivery_tags_above_2_63_decode_unsigned() -> None:
+    # Found by fuzz/fuzz_frame_reader.py's differential check: pamqp reads the
+    # tag as signed; the fast decoder reads it as the specification says.
+    tag = 2**64 - 2
+    payload = b"\x00\x3c\x00\x3c\x01c" + struct.pack(">Q", tag) + b"\x00\x00\x01q"
+    reader = FrameReader()
+    reader.receive_data(struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce")
+    frame = reader.next_frame()
+    assert frame is not None
+    assert isinstance(frame[1], commands.Basic.Deliver)
+    assert frame[1].delivery_tag == tag

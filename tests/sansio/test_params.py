@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -162,3 +164,82 @@ def test_arbitrary_text_after_a_scheme_raises_only_value_error(scheme: str, rest
         parse_url(scheme + rest)
     except ValueError:
         pass
+
+
+# Found by fuzz/fuzz_url.py (its corpus keeps the inputs as crash-*).
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp:/user:Zebra-42-secret@host/", "'amqp:/'"),
+        ("amqp//user:Zebra-42-secret@host/", "'amqp//'"),
+        ("amqp:user:Zebra-42-secret@host/", "'amqp:'"),
+    ],
+)
+def test_scheme_error_shows_only_the_scheme_not_the_password_after_it(
+    url: str, shown: str
+) -> None:
+    with pytest.raises(ValueError, match="URL scheme must be one of") as excinfo:
+        parse_url(url)
+    assert str(excinfo.value).endswith(f"not {shown}")
+    assert "ebra" not in str(excinfo.value).lower()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://user:Zebra/42@host/",  # '/' ends the host part: "Zebra" looks like the port
+        "amqp://user:Zebra?42@host/",  # '?' starts a query: "42@host/" looks like a parameter
+        "amqp://user:Zebra#42@host/",  # '#' starts a fragment
+        "amqp://user:1234/Zebra/x@host/",  # port 1234, then a vhost with a '/'
+    ],
+)
+def test_unencoded_slash_question_mark_or_hash_in_the_password_is_not_shown(url: str) -> None:
+    with pytest.raises(ValueError, match=r"'@' after the host part.*percent-encode") as excinfo:
+        parse_url(url)
+    assert "Zebra" not in str(excinfo.value)
+    assert excinfo.value.__suppress_context__
+
+
+def test_an_at_sign_after_the_host_is_still_fine_in_a_valid_url() -> None:
+    params = parse_url("amqp://host/team@site?connection_name=me@box")
+    assert (params.host, params.virtual_host, params.connection_name) == (
+        "host",
+        "team@site",
+        "me@box",
+    )
+
+
+def test_malformed_bracketed_host_error_does_not_quote_the_netloc() -> None:
+    url = "amqp://sws[0u:Zebra-42-secret]:7[t/:56@"
+    with pytest.raises(ValueError, match="malformed URL host: square brackets") as excinfo:
+        parse_url(url)
+    assert "Zebra" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        # urlsplit checks only the first bracketed text, here the user name.
+        ("ws://[516:7::09]:7@[;:09]/", "must be an IPv6 address, not ';:09'"),
+        ("ws://[517:4::09]:7@0=]/", "unbalanced square brackets: '0=]'"),
+    ],
+)
+def test_a_bracketed_user_name_does_not_let_a_bad_host_through(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_url(url)
+
+
+def test_bracketed_ipv6_host_with_a_user_round_trips() -> None:
+    params = parse_url("amqp://u:p@[fe80::1]:5673/")
+    assert params.host == "fe80::1"
+    assert parse_url(params.to_url(redact=False)) == params
+
+
+@pytest.mark.parametrize("url", ["amqp://x[::1]/", "amqp://[::1]x/", "amqp://x:[::1]:5672/"])
+def test_text_around_a_bracketed_host_is_an_error_not_dropped(url: str) -> None:
+    # Found by fuzz/fuzz_url.py: urlsplit takes the bracketed address and
+    # silently drops the rest, e.g. "user:password" written without its "@".
+    with pytest.raises(ValueError, match=r"must be '\[address\]' or '\[address\]:port'"):
+        parse_url(url)

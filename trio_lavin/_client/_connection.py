@@ -595,7 +595,9 @@ class Connection:
         self._error = error
         self.failed_by_poll = by_poll
         if not isinstance(error, ConnectionClosed):
-            logger.debug("connection %s ended: %s", self.params.endpoint, error)
+            # str(): a record that a handler keeps must not keep the error, and
+            # through its traceback this connection, alive.
+            logger.debug("connection %s ended: %s", self.params.endpoint, str(error))
         for channel in list(self._channels.values()):
             channel._set_closed(error)
         self._channels.clear()

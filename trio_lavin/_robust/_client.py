@@ -456,7 +456,7 @@ class Client:
             logger.warning(
                 "lost the connection to %s (%s, detected by %s); reconnecting in %.2f s",
                 params.endpoint,
-                error,
+                str(error),  # not the error: a kept record would keep the connection
                 detected.value,
                 sup.retry_at - trio.current_time(),
             )
@@ -889,6 +889,7 @@ class Client:
                     # recovery subscribes the consumer; wait for that one.
                     continue
                 break
+            del connection  # not kept alive after it dies, for as long as we consume
             yield consumer
         finally:
             self._consumers.discard(consumer)

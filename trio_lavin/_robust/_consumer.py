@@ -155,15 +155,17 @@ class RecoveringConsumer:
                     raise
                 reason: BaseException = ConsumerCancelled(current.consumer_tag)
             except (ConsumerCancelled, ChannelClosed) as exc:
+                _forget_traceback(exc)
                 reason = exc
-            except AMQPConnectionError:
+            except AMQPConnectionError as exc:
+                _forget_traceback(exc)
                 # The client reconnects and re-subscribes us; wait for that.
                 if self._current is current:
                     await self._changed.wait()
                 continue
             if self._current is not current:
                 continue  # already replaced
-            logger.warning("consumer of %r ended (%s); subscribing again", self.queue, reason)
+            logger.warning("consumer of %r ended (%s); subscribing again", self.queue, str(reason))
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
     async def _resubscribe(self, backoff: Backoff) -> Backoff:
@@ -206,3 +208,13 @@ class RecoveringConsumer:
             current._finish(None)
         if channel is not None:
             await channel.aclose()
+
+
+def _forget_traceback(error: BaseException) -> None:
+    """Drop the traceback of an error we handled.  The error object is also
+    stored on the dead channel or connection (and raised to every consumer of
+    it); its traceback holds the frame of :meth:`RecoveringConsumer.__anext__`,
+    whose locals later hold the *next* subscription.  Kept, that links every
+    dead connection to its successor, so one stale reference to an old one
+    (e.g. an idle producer's closed channel) would keep them all alive."""
+    error.__traceback__ = None

@@ -667,6 +667,9 @@ class Producer:
                 await trio.lowlevel.checkpoint()
             elif not confirm or self._in_flight < self.confirm_window:
                 self._notify_idle()
+                # Idle for who knows how long: do not keep the last message
+                # alive (through its confirmation's callback) meanwhile.
+                message = confirmation = None
                 await self._wakeup.park()
 
     def _account(self, message: Message, confirmation: Confirmation | None) -> None:

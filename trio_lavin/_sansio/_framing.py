@@ -254,10 +254,10 @@ class FrameReader:
         header_end = header_start + FRAME_HEADER_SIZE + header_size
         if header_end >= end or buf[header_end] != FRAME_END:
             return None
-        class_id, _, body_size = _CONTENT_HEADER_FIXED.unpack_from(
+        class_id, weight, body_size = _CONTENT_HEADER_FIXED.unpack_from(
             buf, header_start + FRAME_HEADER_SIZE
         )
-        if class_id != commands.Basic.frame_id:
+        if class_id != commands.Basic.frame_id or weight:
             return None
         if body_size:
             body_start = header_end + 1
@@ -294,9 +294,17 @@ class FrameReader:
         if header_size == 14 and buf[header_end - 2] == 0 and buf[header_end - 1] == 0:
             properties = None  # no property flags: the usual case
         else:
-            content_header = self._decode(
-                FRAME_HEADER, channel, bytes(buf[header_start + FRAME_HEADER_SIZE : header_end])
-            )
+            try:
+                content_header = self._decode(
+                    FRAME_HEADER,
+                    channel,
+                    bytes(buf[header_start + FRAME_HEADER_SIZE : header_end]),
+                )
+            except FrameError:
+                # Undecodable: leave it to next_frame, which returns the frames
+                # before the bad one (the Deliver) first.
+                self._error = None
+                return None
             assert isinstance(content_header, header.ContentHeader)
             properties = content_header.properties
         self._start = after
