@@ -259,18 +259,27 @@ class Connection:
         amqp = self._amqp
         stream = self._stream
         heartbeat = self._heartbeat
+        # Bytes that came with the handshake's last frame are parsed first.
+        receive = not amqp.buffered
         while True:
-            try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._fail(ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}"))
-                return
-            if not data:
-                self._fail(ConnectionLost(f"{self.params.endpoint} closed the connection (EOF)"))
-                return
-            self.bytes_received += len(data)
-            heartbeat.data_received(trio.current_time())
-            amqp.receive_data(data)
+            unparsed = amqp.buffered
+            if receive:
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._fail(
+                        ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}")
+                    )
+                    return
+                if not data:
+                    self._fail(
+                        ConnectionLost(f"{self.params.endpoint} closed the connection (EOF)")
+                    )
+                    return
+                self.bytes_received += len(data)
+                unparsed += len(data)
+                amqp.receive_data(data)
+            receive = True
             while True:
                 try:
                     event = amqp.next_event()
@@ -291,6 +300,10 @@ class Connection:
                     await self._deliver(event)
                 elif not await self._handle(event):
                     return
+            if amqp.buffered < unparsed:
+                # A whole frame arrived: the broker is alive.  Bytes alone do
+                # not count, or a broker trickling a frame forever would be.
+                heartbeat.data_received(trio.current_time())
             if amqp.has_data_to_send:
                 self._kick()
 

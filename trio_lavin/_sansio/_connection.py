@@ -533,6 +533,13 @@ class AMQPConnection:
             return
         self._reader.receive_data(data)
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not parsed yet: at most one incomplete frame once
+        :meth:`next_event` returned ``None``.  They shrink only when whole
+        frames are taken, so a caller can tell a frame arrived."""
+        return self._reader.buffered
+
     def next_event(self) -> ev.Event | None:
         """The next event from the received bytes, or ``None`` when more
         bytes are needed (or the connection is closed or broken).
