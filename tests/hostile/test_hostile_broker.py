@@ -256,6 +256,13 @@ CASES = [
         rf"exceeds frame_max {PRE_TUNE_FRAME_MAX}",
         FrameError,
     ),
+    Case(
+        deeply_nested_field_table,
+        tl.ConnectionLost,
+        501,
+        "field tables nested more than 64 deep",
+        FrameError,
+    ),
 ]
 
 
