@@ -373,6 +373,14 @@ class Connection:
                 self._channels.pop(event.channel, None)
                 channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
                 self._kick()
+            elif isinstance(event, ev.ContentTooLarge):
+                # The machine is closing the channel; it stays registered
+                # until the broker's CloseOk releases its number.
+                logger.warning(
+                    "refused a message on channel %d: %s", event.channel, event.reply_text
+                )
+                channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
+                self._kick()
             elif isinstance(event, ev.ChannelCloseOk):
                 self._channels.pop(event.channel, None)
                 channel._set_closed(ChannelClosed(f"channel {event.channel} was closed"))
@@ -600,6 +608,12 @@ async def open_connection(
     broker's lower limits win over both.  ``heartbeat`` defaults to 30 s.
     ``stream_factory`` replaces the TCP/TLS connect (tests use it to connect
     to a :class:`trio_lavin.testing.FakeBroker`).
+
+    ``max_body_size`` (default 128 MiB) is the largest message body accepted
+    from the broker: a larger message closes its channel with 311
+    CONTENT_TOO_LARGE (calls on that channel and its consumers raise
+    :class:`ChannelClosed` with that code), its body is skipped without being
+    buffered, the broker requeues it, and the connection stays up.
 
     Leaving the block closes the connection gracefully (bounded by 5 s) and
     stops its tasks.
