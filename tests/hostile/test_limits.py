@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
+from trio_lavin._robust._supervisor import RECORDED_DELAYS, Connect, Supervisor, Wait
 from trio_lavin._sansio._errors import CONTENT_TOO_LARGE
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
@@ -90,3 +91,36 @@ async def test_recovering_consumer_backs_off_from_a_message_too_large(
     assert 2 <= subscriptions <= 5, subscriptions
     assert stats.connects == 1
     assert broker.queue("big").messages_ready == 1
+
+
+def test_a_client_retrying_for_ever_keeps_a_bounded_record_of_delays() -> None:
+    supervisor = Supervisor(tl.Config(), ["amqp://127.0.0.1:1/"], 0.0)
+    now = 0.0
+    for _ in range(3 * RECORDED_DELAYS):
+        action = supervisor.next_action(now)
+        if isinstance(action, Wait):
+            now = action.until
+            action = supervisor.next_action(now)
+        assert isinstance(action, Connect)
+        supervisor.connect_started(now, action.endpoint)
+        supervisor.connect_failed(now, tl.ConnectionLost("refused"))
+        supervisor.changes.clear()
+    assert supervisor.attempts == 3 * RECORDED_DELAYS
+    assert RECORDED_DELAYS <= len(supervisor.delays) <= 2 * RECORDED_DELAYS
+    assert supervisor.delays[-1] == pytest.approx(supervisor.retry_at - now)
+
+
+async def test_opening_more_channels_than_channel_max_is_a_clear_error() -> None:
+    async with (
+        open_fake_broker(channel_max=2) as small,
+        tl.open_connection(stream_factory=small.connect) as conn,
+    ):
+        assert conn.channel_max == 2
+        first = await conn.channel()
+        await conn.channel()
+        with pytest.raises(tl.LocalProtocolError, match=r"all 2 channels are in use"):
+            await conn.channel()
+        assert conn.is_open
+        await first.aclose()
+        third = await conn.channel()
+        assert third.number == first.number

@@ -57,6 +57,11 @@ class ErrorKind(enum.Enum):
     FATAL = "FATAL"
 
 
+#: How many of the latest backoff delays :attr:`Supervisor.delays` keeps (up
+#: to twice as many between trims): a client that retries for weeks must not
+#: grow without bound.
+RECORDED_DELAYS: Final = 1_000
+
 #: Reply codes that retrying cannot fix.
 FATAL_REPLY_CODES: Final = frozenset({ACCESS_REFUSED, NOT_ALLOWED})
 
@@ -169,7 +174,8 @@ class Supervisor:
         self.stop_error: BaseException | None = None
         #: Every change, in order; the trio layer drains it.
         self.changes: list[StateChange] = []
-        #: The delays chosen, in order (for tests and statistics).
+        #: The latest delays chosen, in order (for tests and statistics; see
+        #: RECORDED_DELAYS).
         self.delays: list[float] = []
 
     def _move(self, new: ClientState, now: float, error: BaseException | None = None) -> None:
@@ -238,6 +244,8 @@ class Supervisor:
     def _schedule(self, now: float) -> None:
         delay = self.backoff.delay(self.rng)
         self.delays.append(delay)
+        if len(self.delays) > 2 * RECORDED_DELAYS:
+            del self.delays[:-RECORDED_DELAYS]
         self.backoff = self.backoff.next()
         self.retry_at = now + delay
 
