@@ -70,6 +70,8 @@ class Session:
         self.client_close: commands.Connection.Close | None = None
         #: Every frame the client sent after the handshake, by name.
         self.client_frames: list[str] = []
+        #: (channel, reply code) of every ``Channel.Close`` the client sent.
+        self.client_channel_closes: list[tuple[int, int]] = []
         #: True once the client closed its end (EOF or reset).
         self.hung_up = False
         self._pending = b""
@@ -136,24 +138,37 @@ class Session:
             if not data or conn.closed:
                 raise AssertionError(f"handshake ended in state {conn.state}")
 
+    def _record(self, reader: FrameReader, data: bytes) -> None:
+        reader.receive_data(data)
+        while (frame := reader.next_frame()) is not None:
+            value = frame[1]
+            self.client_frames.append(value.name)
+            if isinstance(value, commands.Connection.Close):
+                self.client_close = value
+            elif isinstance(value, commands.Channel.Close):
+                self.client_channel_closes.append((frame[0], value.reply_code))
+
     async def finish(self) -> None:
         """Read what the client sends until it hangs up (bounded in time),
         recording its frames and its ``Connection.Close``."""
         reader = FrameReader(0)
-        reader.receive_data(self._pending)
-        self._pending = b""
         with trio.move_on_after(STEP_TIMEOUT):
-            while True:
-                while (frame := reader.next_frame()) is not None:
-                    value = frame[1]
-                    self.client_frames.append(value.name)
-                    if isinstance(value, commands.Connection.Close):
-                        self.client_close = value
-                data = await self._receive()
-                if not data:
-                    self.hung_up = True
-                    return
-                reader.receive_data(data)
+            while data := await self._receive():
+                self._record(reader, data)
+            self.hung_up = True
+
+    async def play_on(self) -> None:
+        """After the handshake: go on playing a correct broker until the
+        client hangs up, recording its frames and its ``Connection.Close``."""
+        assert self.conn is not None
+        reader = FrameReader(0)
+        with trio.move_on_after(STEP_TIMEOUT):
+            while data := await self._receive():
+                self._record(reader, data)
+                self.conn.receive_data(data)
+                if out := self.conn.data_to_send():
+                    await self.send(out)
+            self.hung_up = True
 
     async def sleep_until_hung_up(self) -> None:
         """Say nothing; read and discard until the client gives up."""

@@ -447,3 +447,32 @@ async def test_repeated_misbehaviour_leaks_no_task_and_no_memory(quiet_logs: Non
     # 27 more misbehaving connections (about 6 kB are measured); a leak of
     # one connection per attempt (its buffers, tasks and channels) is more.
     assert memory_after - memory_before < 32 * 1024, memory_after - memory_before
+
+
+async def test_absurd_body_size_closes_only_its_channel() -> None:
+    """A content header announcing 2**62 bytes: the default max_body_size
+    (128 MiB) refuses it on its channel; the connection stays up."""
+    deliver = method_frame(1, commands.Basic.Deliver("ctag", 1, False, "", "q"))
+    content_header = raw_frame(2, 1, struct.pack(">HHQH", 60, 0, 2**62, 0))
+
+    async def announce_absurd_body(session: Session, broker: FakeBroker) -> None:
+        await session.handshake(broker, until=_channel_open, then=deliver + content_header)
+        await session.play_on()
+
+    async with open_hostile_broker([announce_absurd_body]) as hostile:
+        with trio.fail_after(REPORT_TIMEOUT):
+            async with tl.open_connection(hostile.url) as conn:
+                channel = await conn.channel()
+                with pytest.raises(tl.ChannelClosed) as excinfo:
+                    await channel.basic_qos(1)
+                assert excinfo.value.reply_code == 311
+                assert "body of 4611686018427387904 bytes" in str(excinfo.value)
+                assert conn.is_open
+                other = await conn.channel()
+                await other.basic_qos(1)
+    [session] = hostile.sessions
+    assert session.client_frames[0] == "Channel.Close"
+    assert session.client_channel_closes[0] == (1, 311)
+    assert session.client_close is not None
+    assert session.client_close.reply_code == 200  # the normal close at the end
+    assert session.hung_up

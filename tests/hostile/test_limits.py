@@ -12,11 +12,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trio_lavin as tl
 from trio_lavin._robust._supervisor import RECORDED_DELAYS, Connect, Supervisor, Wait
 from trio_lavin._sansio._errors import CONTENT_TOO_LARGE
+from trio_lavin._sansio._framing import FrameReader
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
+
+from ._server import raw_frame
 
 LIMIT = 1000
 
@@ -124,3 +129,24 @@ async def test_opening_more_channels_than_channel_max_is_a_clear_error() -> None
         await first.aclose()
         third = await conn.channel()
         assert third.number == first.number
+
+
+@given(
+    sizes=st.lists(st.integers(0, 4096 - 8), min_size=1, max_size=8),
+    chunk=st.integers(1, 3 * 4096),
+)
+def test_the_receive_buffer_holds_at_most_one_incomplete_frame(
+    sizes: list[int], chunk: int
+) -> None:
+    """Once parsed, what stays buffered is less than frame_max: the client's
+    receive buffer never exceeds frame_max plus one read (RECEIVE_SIZE)."""
+    reader = FrameReader(4096)
+    stream = b"".join(raw_frame(3, 1, b"x" * size) for size in sizes)
+    frames = 0
+    for offset in range(0, len(stream), chunk):
+        reader.receive_data(stream[offset : offset + chunk])
+        while reader.next_frame() is not None:
+            frames += 1
+        assert reader.buffered < reader.frame_max
+    assert frames == len(sizes)
+    assert reader.buffered == 0

@@ -53,7 +53,9 @@ from ._channel import SEND_HIGH_WATER, Channel, Delivery
 logger = logging.getLogger("trio_lavin.connection")
 
 #: Bytes asked of the transport per read: large reads mean few system calls
-#: and few parser passes when messages stream in.
+#: and few parser passes when messages stream in.  The reader parses each read
+#: before the next, so the receive buffer never holds more than this plus one
+#: incomplete frame (< frame_max).
 RECEIVE_SIZE: Final = 256 * 1024
 
 #: Default heartbeat we ask for (the broker's lower value wins): LavinMQ

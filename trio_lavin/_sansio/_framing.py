@@ -130,7 +130,10 @@ class FrameReader:
     """Turns a byte stream from the broker into frames.
 
     Feed bytes with :meth:`receive_data`, then call :meth:`next_frame` until it
-    returns ``None`` (more bytes needed).  After a :class:`FrameError` the
+    returns ``None`` (more bytes needed).  What stays buffered then is one
+    incomplete frame, whose header was already checked against
+    :attr:`frame_max`: less than ``frame_max`` bytes, so a caller that reads
+    at most N bytes at a time holds at most ``frame_max + N``.  After a :class:`FrameError` the
     reader is broken: every later call raises the same error again, because
     there is no way to find the next frame boundary in a corrupt stream.
     """
