@@ -146,7 +146,7 @@ class Session:
             if isinstance(value, commands.Connection.Close):
                 self.client_close = value
             elif isinstance(value, commands.Channel.Close):
-                self.client_channel_closes.append((frame[0], value.reply_code))
+                self.client_channel_closes.append((frame[0], value.reply_code or 0))
 
     async def finish(self) -> None:
         """Read what the client sends until it hangs up (bounded in time),
