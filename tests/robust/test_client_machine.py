@@ -52,7 +52,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import trio_lavin as tl
 from trio_lavin._robust._client import Client, ClientEvent
 from trio_lavin._robust._consumer import RecoveringConsumer
-from trio_lavin._robust._supervisor import HEALTHY_AFTER
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 from ._trio_thread import TrioThread, advance, settle
@@ -409,19 +408,13 @@ def check_world(w: World) -> Summary:
 
     # One chain of allowed changes; backoff measured on the clock.
     previous = tl.ClientState.DISCONNECTED
-    waits = 0  # waits since the last healthy connection was lost
-    connected_at = 0.0
+    waits = 0  # waits since the last healthy connection
     pending: tuple[float, int] | None = None  # (start, k) of the wait in progress
     losses = 0
     for change in w.changes:
         assert change.old is previous, (change, previous)
         assert (change.old, change.new) in ALLOWED_CHANGES, change
         if change.new is tl.ClientState.DISCONNECTED:
-            if (
-                change.old is tl.ClientState.CONNECTED
-                and change.at - connected_at >= HEALTHY_AFTER
-            ):
-                waits = 0  # a connection that was healthy resets the backoff
             pending = (change.at, waits)
             waits += 1
             losses += change.old is tl.ClientState.CONNECTED
@@ -435,7 +428,7 @@ def check_world(w: World) -> Summary:
                 assert low - EPS <= waited <= high + EPS, (k, waited, low, high)
             pending = None
         else:
-            connected_at = change.at
+            waits = 0  # a healthy connection resets the backoff
         previous = change.new
     assert previous is state
 

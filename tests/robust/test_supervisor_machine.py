@@ -38,7 +38,6 @@ from hypothesis.stateful import (
 from trio_lavin._exceptions import ConnectionClosedByBroker, ConnectionLost
 from trio_lavin._robust._config import Config
 from trio_lavin._robust._supervisor import (
-    HEALTHY_AFTER,
     ClientState,
     Connect,
     Detection,
@@ -154,8 +153,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         # The model.
         self.state = ClientState.DISCONNECTED
         self.retry_at = start  # the first attempt starts at once
-        self.waits = 0  # delays chosen since the last healthy connection was lost
-        self.connected_at = start
+        self.waits = 0  # delays chosen since the last healthy connection
         self.failures = 0  # failed attempts since the last healthy connection
         self.fatal_failures = 0
         self.attempts = 0
@@ -248,7 +246,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.supervisor.connected(self.now)
         self.connects += 1
         self.failures = self.fatal_failures = 0
-        self.connected_at = self.now
+        self.waits = 0  # a healthy connection resets the backoff
         self.expect_change(ClientState.CONNECTING, ClientState.CONNECTED)
         assert self.supervisor.connected_since == self.now
 
@@ -267,8 +265,6 @@ class SupervisorMachine(RuleBasedStateMachine):
     def connection_is_lost(self, error: BaseException, detected_by: Detection) -> None:
         self.supervisor.lost(self.now, error, detected_by)
         self.losses[detected_by] += 1
-        if self.now - self.connected_at >= HEALTHY_AFTER:
-            self.waits = 0  # a connection that was healthy resets the backoff
         self.expect_new_delay()
         self.expect_change(ClientState.CONNECTED, ClientState.DISCONNECTED, error)
         assert self.supervisor.connected_since is None

@@ -16,14 +16,11 @@ States and what moves between them (any other move is a bug and raises)::
 
 ``STOPPED`` and ``CLOSED`` are terminal.
 
-Backoff: the waits grow with every failed attempt and every connection lost
-before it had been up for :data:`HEALTHY_AFTER` seconds; a connection that
-stayed up that long resets them when it is lost.  So a broker that accepts
-connections and breaks them at once (right after the handshake, or on the
-first message) is retried with growing waits, not in a loop, and a client
-that lost a good connection comes back after ``reconnect_initial_delay``.
-``failures`` (for ``max_reconnect_attempts``) counts failed attempts since
-the last successful one.
+Backoff: ``attempt`` counts failures since the last healthy connection; a
+connection counts as healthy once it is open and its topology recovered
+(:meth:`connected`), which resets the backoff.  So a broker that accepts and
+immediately drops connections is retried with growing waits, and a client that
+lost a good connection comes back after ``reconnect_initial_delay``.
 """
 
 from __future__ import annotations
@@ -64,12 +61,6 @@ class ErrorKind(enum.Enum):
 #: to twice as many between trims): a client that retries for weeks must not
 #: grow without bound.
 RECORDED_DELAYS: Final = 1_000
-
-#: A connection lost after being up this many seconds was healthy: the
-#: backoff starts over.  One lost sooner (a broker that breaks every
-#: connection as soon as it is open) counts as one more failure, so the
-#: waits keep growing instead of repeating ``reconnect_initial_delay``.
-HEALTHY_AFTER: Final = 1.0
 
 #: Reply codes that retrying cannot fix.
 FATAL_REPLY_CODES: Final = frozenset({ACCESS_REFUSED, NOT_ALLOWED})
@@ -218,6 +209,7 @@ class Supervisor:
         self.connects += 1
         self.failures = 0
         self.fatal_failures = 0
+        self.backoff = self.backoff.reset()
         self.connected_since = now
 
     def connect_failed(self, now: float, error: BaseException) -> None:
@@ -239,8 +231,6 @@ class Supervisor:
         """The connection died after it was established."""
         self.last_error = error
         self.detections[detected_by] += 1
-        if self.connected_since is not None and now - self.connected_since >= HEALTHY_AFTER:
-            self.backoff = self.backoff.reset()
         self.connected_since = None
         self._schedule(now)
         self._move(ClientState.DISCONNECTED, now, error)
