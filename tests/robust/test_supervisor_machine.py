@@ -47,6 +47,7 @@ from trio_lavin._robust._supervisor import (
     Wait,
     classify,
 )
+from trio_lavin._sansio._errors import FrameError
 
 #: Slack when comparing a chosen delay with the model's bounds.
 REL = 1e-9
@@ -90,10 +91,19 @@ FATAL_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
     st.builds(ConnectionLost, st.just("ACCESS_REFUSED"), st.just(403)),
     st.builds(_ssl_failure),
 )
+
+
+def _protocol_violation() -> ConnectionLost:
+    error = ConnectionLost("protocol error: unknown frame type 255", 501)
+    error.__cause__ = FrameError("unknown frame type 255")
+    return error
+
+
 LOSS_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
     st.builds(ConnectionLost, st.just("EOF")),
     st.builds(ConnectionLost, st.just("no data for 20.0 s (heartbeat timeout)")),
     st.builds(ConnectionClosedByBroker, st.just("CONNECTION_FORCED"), st.just(320)),
+    st.builds(_protocol_violation),
 )
 
 
@@ -153,7 +163,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         # The model.
         self.state = ClientState.DISCONNECTED
         self.retry_at = start  # the first attempt starts at once
-        self.waits = 0  # delays chosen since the last healthy connection
+        self.waits = 0  # delays chosen since the last healthy connection was lost
         self.failures = 0  # failed attempts since the last healthy connection
         self.fatal_failures = 0
         self.attempts = 0
@@ -246,7 +256,6 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.supervisor.connected(self.now)
         self.connects += 1
         self.failures = self.fatal_failures = 0
-        self.waits = 0  # a healthy connection resets the backoff
         self.expect_change(ClientState.CONNECTING, ClientState.CONNECTED)
         assert self.supervisor.connected_since == self.now
 
@@ -265,6 +274,10 @@ class SupervisorMachine(RuleBasedStateMachine):
     def connection_is_lost(self, error: BaseException, detected_by: Detection) -> None:
         self.supervisor.lost(self.now, error, detected_by)
         self.losses[detected_by] += 1
+        if isinstance(error.__cause__, FrameError):
+            event("lost to a protocol violation: the backoff keeps growing")
+        else:
+            self.waits = 0  # a healthy connection lost: the backoff starts over
         self.expect_new_delay()
         self.expect_change(ClientState.CONNECTED, ClientState.DISCONNECTED, error)
         assert self.supervisor.connected_since is None

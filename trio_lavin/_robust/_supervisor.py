@@ -16,11 +16,15 @@ States and what moves between them (any other move is a bug and raises)::
 
 ``STOPPED`` and ``CLOSED`` are terminal.
 
-Backoff: ``attempt`` counts failures since the last healthy connection; a
-connection counts as healthy once it is open and its topology recovered
-(:meth:`connected`), which resets the backoff.  So a broker that accepts and
-immediately drops connections is retried with growing waits, and a client that
-lost a good connection comes back after ``reconnect_initial_delay``.
+Backoff: the waits grow with every failed attempt; a connection that was
+open and recovered (:meth:`connected`) resets them when it is lost - unless
+the broker broke the protocol on it (:func:`broke_the_protocol`: a malformed
+or unexpected frame), which a broken broker does again on every connection.
+So a broker that accepts and immediately drops connections, or one that sends
+garbage as soon as a connection is open, is retried with growing waits, and a
+client that lost a good connection to the network or an operator comes back
+after ``reconnect_initial_delay``.  ``failures`` (for
+``max_reconnect_attempts``) counts failed attempts since the last successful one.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .._exceptions import AMQPConnectionError, ConnectionClosedByBroker, ConnectionLost
-from .._sansio._errors import ACCESS_REFUSED, NOT_ALLOWED
+from .._sansio._errors import ACCESS_REFUSED, NOT_ALLOWED, RemoteProtocolError
 from ._config import Config
 
 
@@ -64,6 +68,13 @@ RECORDED_DELAYS: Final = 1_000
 
 #: Reply codes that retrying cannot fix.
 FATAL_REPLY_CODES: Final = frozenset({ACCESS_REFUSED, NOT_ALLOWED})
+
+
+def broke_the_protocol(error: BaseException) -> bool:
+    """Did the connection end because the broker violated the protocol (its
+    ``__cause__`` is a :class:`~trio_lavin.RemoteProtocolError`, e.g. 501
+    FRAME_ERROR or 505 UNEXPECTED_FRAME)?"""
+    return isinstance(error.__cause__, RemoteProtocolError)
 
 
 def classify(error: BaseException) -> ErrorKind:
@@ -209,7 +220,6 @@ class Supervisor:
         self.connects += 1
         self.failures = 0
         self.fatal_failures = 0
-        self.backoff = self.backoff.reset()
         self.connected_since = now
 
     def connect_failed(self, now: float, error: BaseException) -> None:
@@ -231,6 +241,8 @@ class Supervisor:
         """The connection died after it was established."""
         self.last_error = error
         self.detections[detected_by] += 1
+        if not broke_the_protocol(error):
+            self.backoff = self.backoff.reset()  # it was a healthy connection
         self.connected_since = None
         self._schedule(now)
         self._move(ClientState.DISCONNECTED, now, error)
