@@ -52,7 +52,8 @@ class _CheckedReader(FrameReader):
             return value
         expected = dict(slow)
         # pamqp decodes the unsigned 64-bit delivery tag as signed.
-        expected["delivery_tag"] %= 2**64
+        if "delivery_tag" in expected:
+            expected["delivery_tag"] %= 2**64
         if expected != dict(value):
             raise AssertionError(
                 f"fast decoder gives {dict(value)!r}, pamqp {expected!r} for {payload!r}"

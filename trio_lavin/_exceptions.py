@@ -77,8 +77,9 @@ class ChannelClosed(AMQPError):
     """The channel is closed.
 
     When the broker closed it (a soft error such as 404 NOT_FOUND or 406
-    PRECONDITION_FAILED), :attr:`reply_code` and :attr:`reply_text` say why
-    and the connection stays usable.  When the connection died, the
+    PRECONDITION_FAILED), or this side refused a message larger than
+    ``max_body_size`` (311 CONTENT_TOO_LARGE), :attr:`reply_code` and
+    :attr:`reply_text` say why and the connection stays usable.  When the connection died, the
     connection's error is the ``__cause__``.
     """
 

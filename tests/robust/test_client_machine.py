@@ -52,6 +52,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import trio_lavin as tl
 from trio_lavin._robust._client import Client, ClientEvent
 from trio_lavin._robust._consumer import RecoveringConsumer
+from trio_lavin._robust._supervisor import broke_the_protocol
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 from ._trio_thread import TrioThread, advance, settle
@@ -408,13 +409,16 @@ def check_world(w: World) -> Summary:
 
     # One chain of allowed changes; backoff measured on the clock.
     previous = tl.ClientState.DISCONNECTED
-    waits = 0  # waits since the last healthy connection
+    waits = 0  # waits since the last healthy connection was lost
     pending: tuple[float, int] | None = None  # (start, k) of the wait in progress
     losses = 0
     for change in w.changes:
         assert change.old is previous, (change, previous)
         assert (change.old, change.new) in ALLOWED_CHANGES, change
         if change.new is tl.ClientState.DISCONNECTED:
+            healthy = change.error is None or not broke_the_protocol(change.error)
+            if change.old is tl.ClientState.CONNECTED and healthy:
+                waits = 0  # a healthy connection was lost: the backoff starts over
             pending = (change.at, waits)
             waits += 1
             losses += change.old is tl.ClientState.CONNECTED
@@ -427,8 +431,6 @@ def check_world(w: World) -> Summary:
                 waited = change.at - start
                 assert low - EPS <= waited <= high + EPS, (k, waited, low, high)
             pending = None
-        else:
-            waits = 0  # a healthy connection resets the backoff
         previous = change.new
     assert previous is state
 

@@ -52,6 +52,7 @@ from trio_lavin._robust._supervisor import (
     Wait,
     classify,
 )
+from trio_lavin._sansio._errors import FrameError
 
 #: Slack when comparing a chosen delay with the model's bounds.
 REL = 1e-9
@@ -95,10 +96,19 @@ FATAL_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
     st.builds(ConnectionLost, st.just("ACCESS_REFUSED"), st.just(403)),
     st.builds(_ssl_failure),
 )
+
+
+def _protocol_violation() -> ConnectionLost:
+    error = ConnectionLost("protocol error: unknown frame type 255", 501)
+    error.__cause__ = FrameError("unknown frame type 255")
+    return error
+
+
 LOSS_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
     st.builds(ConnectionLost, st.just("EOF")),
     st.builds(ConnectionLost, st.just("no data for 20.0 s (heartbeat timeout)")),
     st.builds(ConnectionClosedByBroker, st.just("CONNECTION_FORCED"), st.just(320)),
+    st.builds(_protocol_violation),
 )
 
 
@@ -161,7 +171,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         # The model.
         self.state = ClientState.DISCONNECTED
         self.retry_at = start  # the first attempt starts at once
-        self.waits = 0  # delays chosen since the last healthy connection
+        self.waits = 0  # delays chosen since the last healthy connection was lost
         self.round_failures = 0  # failed attempts since the last wait or healthy connection
         self.visited: list[int] = []  # the endpoint of each attempt, in order
         self.failures = 0  # failed attempts since the last healthy connection
@@ -277,7 +287,6 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.supervisor.connected(self.now)
         self.connects += 1
         self.failures = self.fatal_failures = self.round_failures = 0
-        self.waits = 0  # a healthy connection resets the backoff
         self.expect_change(ClientState.CONNECTING, ClientState.CONNECTED)
         assert self.supervisor.connected_since == self.now
 
@@ -296,6 +305,10 @@ class SupervisorMachine(RuleBasedStateMachine):
     def connection_is_lost(self, error: BaseException, detected_by: Detection) -> None:
         self.supervisor.lost(self.now, error, detected_by)
         self.losses[detected_by] += 1
+        if isinstance(error.__cause__, FrameError):
+            event("lost to a protocol violation: the backoff keeps growing")
+        else:
+            self.waits = 0  # a healthy connection lost: the backoff starts over
         self.expect_new_delay()
         self.expect_change(ClientState.CONNECTED, ClientState.DISCONNECTED, error)
         assert self.supervisor.connected_since is None

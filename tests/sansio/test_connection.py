@@ -368,12 +368,56 @@ def test_body_without_header_is_unexpected_frame() -> None:
         conn.next_event()
 
 
-def test_content_header_announcing_too_large_a_body_is_refused() -> None:
+@pytest.mark.parametrize("mode", FEED_MODES)
+def test_too_large_a_body_closes_its_channel_with_311_and_is_skipped(mode: str) -> None:
+    conn = handshake(factory=lambda: AMQPConnection(max_body_size=100))
+    number = open_channel(conn)
+    other = open_channel(conn)
+    deliver = commands.Basic.Deliver("c", 7, False, "", "q")
+    data = content(number, deliver, b"x" * 250, frame_size=90)  # 3 body frames
+    data += content(other, deliver, b"fits")
+    events = feed(conn, data, mode)
+    text = "Basic.Deliver on channel 1 carries a body of 250 bytes, more than max_body_size 100"
+    assert events[0] == ev.ContentTooLarge(number, 311, text, 250)
+    assert events[1:] == [
+        ev.DeliveryReceived(other, "c", 7, False, "", "q", commands.Basic.Properties(), b"fits")
+    ]
+    [(channel, close)] = decode_all(conn.data_to_send())
+    assert channel == number
+    assert isinstance(close, commands.Channel.Close)
+    assert (close.reply_code, close.reply_text) == (311, text)
+    # The connection stays open; the channel is released by the broker's CloseOk.
+    assert conn.state is ConnectionState.OPEN
+    assert conn.channel_state(number) is ChannelState.CLOSING
+    if mode == "with-trailing-bytes":
+        return  # an incomplete frame is pending
+    conn.receive_data(method(number, commands.Channel.CloseOk()))
+    assert conn.next_event() == ev.ChannelCloseOk(number)
+    assert conn.channel_state(number) is ChannelState.CLOSED
+    assert conn.open_channel() == number
+
+
+def test_too_large_a_body_is_never_buffered() -> None:
+    conn = handshake(factory=lambda: AMQPConnection(max_body_size=10), frame_max=4096)
+    number = open_channel(conn)
+    size = 50 * 4088
+    frames = content(
+        number, commands.Basic.Deliver("c", 1, False, "", "q"), b"y" * size, None, 4088
+    )
+    [event] = feed(conn, frames, "all-at-once")
+    assert isinstance(event, ev.ContentTooLarge)
+    assert event.body_size == size
+    assert conn.buffered == 0
+    assert not conn._channels[number].content.in_progress
+
+
+def test_header_without_its_method_is_still_unexpected_even_when_too_large() -> None:
     conn = handshake(factory=lambda: AMQPConnection(max_body_size=100))
     number = open_channel(conn)
     data = content(number, commands.Basic.Deliver("c", 1, False, "", "q"), b"x" * 101)
-    conn.receive_data(data)
-    with pytest.raises(UnexpectedFrame, match="body of 101 bytes, more than the limit of 100"):
+    first_frame_end = len(method(number, commands.Basic.Deliver("c", 1, False, "", "q")))
+    conn.receive_data(data[first_frame_end:])
+    with pytest.raises(UnexpectedFrame, match="content header on channel 1 where none"):
         conn.next_event()
 
 

@@ -55,7 +55,9 @@ from ._framelog import frame_log_for
 logger = logging.getLogger("trio_lavin.connection")
 
 #: Bytes asked of the transport per read: large reads mean few system calls
-#: and few parser passes when messages stream in.
+#: and few parser passes when messages stream in.  The reader parses each read
+#: before the next, so the receive buffer never holds more than this plus one
+#: incomplete frame (< frame_max).
 RECEIVE_SIZE: Final = 256 * 1024
 
 #: Default heartbeat we ask for (the broker's lower value wins): LavinMQ
@@ -343,20 +345,29 @@ class Connection:
         amqp = self._amqp
         stream = self._stream
         heartbeat = self._heartbeat
+        # Bytes that came with the handshake's last frame are parsed first.
+        receive = not amqp.buffered
         while True:
-            try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._fail(ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}"))
-                return
-            if not data:
-                self._fail(ConnectionLost(f"{self.params.endpoint} closed the connection (EOF)"))
-                return
-            self.bytes_received += len(data)
-            heartbeat.data_received(trio.current_time())
-            amqp.receive_data(data)
-            if self._frame_log is not None:
-                self._frame_log.received(data)
+            unparsed = amqp.buffered
+            if receive:
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._fail(
+                        ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}")
+                    )
+                    return
+                if not data:
+                    self._fail(
+                        ConnectionLost(f"{self.params.endpoint} closed the connection (EOF)")
+                    )
+                    return
+                self.bytes_received += len(data)
+                unparsed += len(data)
+                amqp.receive_data(data)
+                if self._frame_log is not None:
+                    self._frame_log.received(data)
+            receive = True
             while True:
                 try:
                     event = amqp.next_event()
@@ -377,6 +388,10 @@ class Connection:
                     await self._deliver(event)
                 elif not await self._handle(event):
                     return
+            if amqp.buffered < unparsed:
+                # A whole frame arrived: the broker is alive.  Bytes alone do
+                # not count, or a broker trickling a frame forever would be.
+                heartbeat.data_received(trio.current_time())
             if amqp.has_data_to_send:
                 self._kick()
 
@@ -433,6 +448,14 @@ class Connection:
                     event.reply_text,
                 )
                 self._channels.pop(event.channel, None)
+                channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
+                self._kick()
+            elif isinstance(event, ev.ContentTooLarge):
+                # The machine is closing the channel; it stays registered
+                # until the broker's CloseOk releases its number.
+                logger.warning(
+                    "refused a message on channel %d: %s", event.channel, event.reply_text
+                )
                 channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
                 self._kick()
             elif isinstance(event, ev.ChannelCloseOk):
@@ -682,6 +705,12 @@ async def open_connection(
     broker's lower limits win over both.  ``heartbeat`` defaults to 30 s.
     ``stream_factory`` replaces the TCP/TLS connect (tests use it to connect
     to a :class:`trio_lavin.testing.FakeBroker`).
+
+    ``max_body_size`` (default 128 MiB) is the largest message body accepted
+    from the broker: a larger message closes its channel with 311
+    CONTENT_TOO_LARGE (calls on that channel and its consumers raise
+    :class:`ChannelClosed` with that code), its body is skipped without being
+    buffered, the broker requeues it, and the connection stays up.
 
     Leaving the block closes the connection gracefully (bounded by 5 s) and
     stops its tasks.

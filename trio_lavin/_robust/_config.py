@@ -57,7 +57,9 @@ class Config:
     frame_max: int = 131_072
     #: Most channels to ask for (the broker's lower value wins).
     channel_max: int = 2_047
-    #: Largest message body accepted from the broker.
+    #: Largest message body accepted from the broker; a larger message
+    #: closes its channel with 311 CONTENT_TOO_LARGE and stays in its queue
+    #: (the connection stays up; consumers back off before subscribing again).
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     #: Shown in the broker's management UI.
     connection_name: str | None = None

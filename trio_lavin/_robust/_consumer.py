@@ -12,6 +12,7 @@ from .._client._channel import Channel, Consumer, Delivery
 from .._client._connection import Connection
 from .._client._counters import DeliveryCounters
 from .._exceptions import AMQPConnectionError, ChannelClosed, ConsumerCancelled
+from .._sansio._errors import CONTENT_TOO_LARGE
 from ._backoff import Backoff
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ class RecoveringConsumer:
     next connection, or at once (with backoff) when the connection is fine.
     Deliveries from an ended subscription stay valid objects, but their
     ``ack()`` returns False: the broker redelivers them.
+
+    A message larger than the client's ``max_body_size`` closes the
+    subscription's channel (311 CONTENT_TOO_LARGE) and stays in the queue; the
+    consumer subscribes again after a backoff that grows while that repeats,
+    so the broker does not resend it in a loop (a dead-letter policy on the
+    queue, or a larger ``max_body_size``, gets it out of the way).
     """
 
     def __init__(
@@ -136,6 +143,7 @@ class RecoveringConsumer:
 
     async def __anext__(self) -> Delivery:
         backoff: Backoff | None = None  # made only when a re-subscription is needed
+        refusals: Backoff | None = None  # likewise, for messages we refused
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -166,6 +174,13 @@ class RecoveringConsumer:
             if self._current is not current:
                 continue  # already replaced
             logger.warning("consumer of %r ended (%s); subscribing again", self.queue, str(reason))
+            if isinstance(reason, ChannelClosed) and reason.reply_code == CONTENT_TOO_LARGE:
+                # We refused a message larger than max_body_size; the broker
+                # requeued it and sends it again: wait longer each time rather
+                # than fetch it in a loop.
+                refusals = refusals or self._client.config.backoff(jitter=False)
+                await trio.sleep(refusals.delay(self._client._supervisor.rng))
+                refusals = refusals.next()
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
     async def _resubscribe(self, backoff: Backoff) -> Backoff:

@@ -21,15 +21,20 @@ random permutation drawn once from ``rng`` (``Config.shuffle_urls``, the
 default: many clients given the same list spread over its nodes, on their
 first connection and on every failover) or the given order.  A *round* is one
 attempt on each endpoint: a failed attempt moves on to the next endpoint at
-once, and only when a whole round failed does the client wait.
+once, and only when a whole round failed does the client wait.  With one
+endpoint a round is one attempt: every failure waits.
 
 Backoff: every wait (after a failed round, or after losing a connection)
-takes the next backoff delay; a connection counts as healthy once it is open
-and its topology recovered (:meth:`connected`), which resets the backoff.  So
-a broker that accepts and immediately drops connections is retried with
-growing waits, and a client that lost a good connection tries the next
-endpoint after ``reconnect_initial_delay``.  With one endpoint a round is one
-attempt: every failure waits.
+takes the next backoff delay, so the waits grow with every failed round.  A
+connection that was open and recovered (:meth:`connected`) resets them when
+it is lost - unless the broker broke the protocol on it
+(:func:`broke_the_protocol`: a malformed or unexpected frame), which a broken
+broker does again on every connection.  So a broker that accepts and
+immediately drops connections, or one that sends garbage as soon as a
+connection is open, is retried with growing waits, and a client that lost a
+good connection to the network or an operator comes back (on the next
+endpoint) after ``reconnect_initial_delay``.  ``failures`` (for
+``max_reconnect_attempts``) counts failed attempts since the last successful one.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .._exceptions import AMQPConnectionError, ConnectionClosedByBroker, ConnectionLost
-from .._sansio._errors import ACCESS_REFUSED, NOT_ALLOWED
+from .._sansio._errors import ACCESS_REFUSED, NOT_ALLOWED, RemoteProtocolError
 from ._config import Config
 
 
@@ -66,8 +71,20 @@ class ErrorKind(enum.Enum):
     FATAL = "FATAL"
 
 
+#: How many of the latest backoff delays :attr:`Supervisor.delays` keeps (up
+#: to twice as many between trims): a client that retries for weeks must not
+#: grow without bound.
+RECORDED_DELAYS: Final = 1_000
+
 #: Reply codes that retrying cannot fix.
 FATAL_REPLY_CODES: Final = frozenset({ACCESS_REFUSED, NOT_ALLOWED})
+
+
+def broke_the_protocol(error: BaseException) -> bool:
+    """Did the connection end because the broker violated the protocol (its
+    ``__cause__`` is a :class:`~trio_lavin.RemoteProtocolError`, e.g. 501
+    FRAME_ERROR or 505 UNEXPECTED_FRAME)?"""
+    return isinstance(error.__cause__, RemoteProtocolError)
 
 
 def classify(error: BaseException) -> ErrorKind:
@@ -188,7 +205,8 @@ class Supervisor:
         self.stop_error: BaseException | None = None
         #: Every change, in order; the trio layer drains it.
         self.changes: list[StateChange] = []
-        #: The delays chosen, in order (for tests and statistics).
+        #: The latest delays chosen, in order (for tests and statistics; see
+        #: RECORDED_DELAYS).
         self.delays: list[float] = []
 
     def _move(self, new: ClientState, now: float, error: BaseException | None = None) -> None:
@@ -224,7 +242,6 @@ class Supervisor:
         self.failures = 0
         self.fatal_failures = 0
         self.round_failures = 0
-        self.backoff = self.backoff.reset()
         self.connected_since = now
         self.last_connected_at = now
 
@@ -251,6 +268,8 @@ class Supervisor:
         """The connection died after it was established."""
         self.last_error = error
         self.detections[detected_by] += 1
+        if not broke_the_protocol(error):
+            self.backoff = self.backoff.reset()  # it was a healthy connection
         self.connected_since = None
         self._schedule(now)
         self._move(ClientState.DISCONNECTED, now, error)
@@ -265,6 +284,8 @@ class Supervisor:
         delay = self.backoff.delay(self.rng)
         self.delays.append(delay)
         self.round_failures = 0
+        if len(self.delays) > 2 * RECORDED_DELAYS:
+            del self.delays[:-RECORDED_DELAYS]
         self.backoff = self.backoff.next()
         self.retry_at = now + delay
 

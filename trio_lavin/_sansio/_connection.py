@@ -38,9 +38,10 @@ from ._connection_state import (
     ConnectionState,
     connection_transition,
 )
-from ._content import DEFAULT_MAX_BODY_SIZE, ContentAssembler
+from ._content import DEFAULT_MAX_BODY_SIZE, BodyTooLarge, ContentAssembler
 from ._errors import (
     CHANNEL_ERROR,
+    CONTENT_TOO_LARGE,
     NOT_IMPLEMENTED,
     REPLY_SUCCESS,
     CommandInvalid,
@@ -533,6 +534,13 @@ class AMQPConnection:
             return
         self._reader.receive_data(data)
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not parsed yet: at most one incomplete frame once
+        :meth:`next_event` returned ``None``.  They shrink only when whole
+        frames are taken, so a caller can tell a frame arrived."""
+        return self._reader.buffered
+
     def next_event(self) -> ev.Event | None:
         """The next event from the received bytes, or ``None`` when more
         bytes are needed (or the connection is closed or broken).
@@ -689,7 +697,11 @@ class AMQPConnection:
             if isinstance(value, body.ContentBody):
                 message = record.content.body(value.value)
             else:
-                message = record.content.header(value.body_size, value.properties)
+                try:
+                    message = record.content.header(value.body_size, value.properties)
+                except BodyTooLarge as exc:
+                    self._refuse_content(record, exc)
+                    return
             if message is not None:
                 self._pending.append(_message_event(number, *message))
             return
@@ -726,6 +738,22 @@ class AMQPConnection:
                 record.state = channel_transition(record.state, ChannelInput.RECV_METHOD, number)
             if record.state is ChannelState.OPEN:
                 self._handle_channel_method(record, value)
+
+    def _refuse_content(self, record: _Channel, refused: BodyTooLarge) -> None:
+        """A message larger than ``max_body_size`` arrived on an open channel:
+        close the channel (311 CONTENT_TOO_LARGE).  Its body frames, and
+        whatever else the broker sent on the channel before our Close, are
+        discarded as they arrive, never buffered; the broker requeues the
+        message like any unacknowledged one on a closed channel."""
+        number = record.number
+        text = (
+            f"{refused.method.name} on channel {number} carries a body of "
+            f"{refused.body_size} bytes, more than max_body_size {refused.limit}"
+        )
+        self.close_channel(number, CONTENT_TOO_LARGE, text)
+        self._pending.append(
+            ev.ContentTooLarge(number, CONTENT_TOO_LARGE, text, refused.body_size)
+        )
 
     def _handle_channel_method(self, record: _Channel, method: base.Frame) -> None:
         number = record.number

@@ -23,6 +23,21 @@ from ._errors import UnexpectedFrame
 DEFAULT_MAX_BODY_SIZE: Final = 128 * 1024 * 1024
 
 
+class BodyTooLarge(Exception):
+    """A content header announces a body larger than ``max_body_size``.
+
+    Not a protocol violation: the message is valid, just more than this
+    client accepts.  The connection refuses it on its channel (311
+    CONTENT_TOO_LARGE) and skips its body frames.
+    """
+
+    def __init__(self, method: base.Frame, body_size: int, limit: int) -> None:
+        self.method = method
+        self.body_size = body_size
+        self.limit = limit
+        super().__init__(f"{method.name} body of {body_size} bytes, limit {limit}")
+
+
 class ContentAssembler:
     """Collects one message at a time on one channel.
 
@@ -63,10 +78,8 @@ class ContentAssembler:
                 f"content header on channel {self._channel} where none was expected"
             )
         if body_size > self.max_body_size:
-            raise UnexpectedFrame(
-                f"content header on channel {self._channel} announces a body of "
-                f"{body_size} bytes, more than the limit of {self.max_body_size}"
-            )
+            method, self._method = self._method, None
+            raise BodyTooLarge(method, body_size, self.max_body_size)
         self._properties = properties
         self._remaining = body_size
         if body_size == 0:

@@ -102,6 +102,19 @@ class ChannelCloseOk(ChannelEvent):
 
 
 @dataclass(slots=True)
+class ContentTooLarge(ChannelEvent):
+    """A message on the channel has a body larger than ``max_body_size``: the
+    machine queued ``Channel.Close`` with ``reply_code`` 311
+    (CONTENT_TOO_LARGE) and discards the message's body frames as they come
+    (the broker requeues the message).  The channel is unusable from now on;
+    :class:`ChannelCloseOk` follows when the broker confirms."""
+
+    reply_code: int
+    reply_text: str
+    body_size: int
+
+
+@dataclass(slots=True)
 class ChannelFlow(ChannelEvent):
     """The broker asks us to pause (``active=False``) or resume publishing;
     the ``FlowOk`` is queued."""

@@ -8,9 +8,11 @@ Every frame on the wire is::
 the frame type, the size against the negotiated ``frame_max``, and the end
 octet, before it hands the payload to pamqp.  pamqp raises many kinds of
 exceptions on bad input (its own ``UnmarshalingException``, but also bare
-``ValueError``, ``struct.error``, ``KeyError`` and ``RecursionError`` on
-deeply nested field tables); all of them become :class:`FrameError` (reply
-code 501), so a caller has exactly one exception type to handle.
+``ValueError``, ``struct.error`` and ``KeyError``); all of them become
+:class:`FrameError` (reply code 501), so a caller has exactly one exception
+type to handle.  Frames with field tables (content headers,
+``Connection.Start``) are decoded by :mod:`._fieldtable` instead, in linear
+time and with their nesting bounded.
 
 The reader is incremental: bytes may arrive in chunks of any size, including
 one byte at a time, and the frames that come out are the same.
@@ -26,6 +28,7 @@ from pamqp import base, body, commands, header, heartbeat
 from pamqp import frame as pamqp_frame
 
 from ._errors import FrameError, ProtocolVersionMismatch, RemoteProtocolError
+from ._fieldtable import TABLE_METHOD_DECODERS, decode_content_header
 
 FRAME_METHOD: Final = 1
 FRAME_HEADER: Final = 2
@@ -126,9 +129,12 @@ def _decode_nack(payload: bytes) -> commands.Basic.Nack:
     return method
 
 
-#: Hand-written decoders for the hot methods, by method id; everything else
-#: goes through pamqp.  tests/sansio/test_fastpath.py checks they agree.
+#: Hand-written decoders for the hot methods, by method id, and for methods
+#: with field tables (pamqp's decoder is quadratic and recursive, see
+#: _fieldtable.py); everything else goes through pamqp.
+#: tests/sansio/test_fastpath.py and test_fieldtable.py check they agree.
 _FAST_METHODS: Final = {
+    **TABLE_METHOD_DECODERS,
     commands.Basic.Deliver.index: _decode_deliver,
     commands.Basic.Ack.index: _decode_ack,
     commands.Basic.Nack.index: _decode_nack,
@@ -139,7 +145,10 @@ class FrameReader:
     """Turns a byte stream from the broker into frames.
 
     Feed bytes with :meth:`receive_data`, then call :meth:`next_frame` until it
-    returns ``None`` (more bytes needed).  After a :class:`FrameError` the
+    returns ``None`` (more bytes needed).  What stays buffered then is one
+    incomplete frame, whose header was already checked against
+    :attr:`frame_max`: less than ``frame_max`` bytes, so a caller that reads
+    at most N bytes at a time holds at most ``frame_max + N``.  After a :class:`FrameError` the
     reader is broken: every later call raises the same error again, because
     there is no way to find the next frame boundary in a corrupt stream.
     """
@@ -358,9 +367,7 @@ class FrameReader:
                 content_header = header.ContentHeader(weight, body_size)
                 content_header.class_id = class_id
                 return content_header
-            content_header = header.ContentHeader()
-            content_header.unmarshal(payload)
-            return content_header
+            return decode_content_header(payload)
         except FrameError:
             raise
         except Exception as exc:  # pamqp raises many types on bad input; see module doc
