@@ -2,8 +2,9 @@
 
 Each accepted connection takes the next :data:`Behaviour` of the script and is
 served by it; once the script is used up, connections are forwarded to a
-well-behaved :class:`~trio_lavin.testing.FakeBroker`, so a client that keeps
-retrying eventually connects and works ("recovers").
+well-behaved :class:`~trio_lavin.testing.FakeBroker` (or to a real broker,
+``upstream``), so a client that keeps retrying eventually connects and works
+("recovers").
 
 Behaviours get a :class:`Session`: the raw TCP stream plus helpers built on the
 sans-IO broker side (:class:`~trio_lavin.testing.BrokerConnection`) to do a
@@ -184,12 +185,16 @@ Behaviour: TypeAlias = Callable[[Session, FakeBroker], Awaitable[None]]
 class HostileBroker:
     """See the module doc.  Made by :func:`open_hostile_broker`."""
 
-    def __init__(self, fake: FakeBrokerServer, script: Sequence[Behaviour]) -> None:
+    def __init__(
+        self, fake: FakeBrokerServer, script: Sequence[Behaviour], upstream: str | None = None
+    ) -> None:
         self.fake = fake
+        #: ``host:port`` of a real broker to forward to instead of the fake one.
+        self.upstream = upstream
         self.script: deque[Behaviour] = deque(script)
         #: The sessions that ran a behaviour, in order.
         self.sessions: list[Session] = []
-        #: Connections forwarded to the well-behaved fake broker.
+        #: Connections forwarded to the well-behaved broker.
         self.forwarded = 0
         #: The broker whose sans-IO side the behaviours use for handshakes.
         self.scripted = FakeBroker(heartbeat=0)
@@ -215,7 +220,12 @@ class HostileBroker:
                     session.conn.receive_data(b"")  # forget it on the broker side
             else:
                 self.forwarded += 1
-                await _forward(stream, await self.fake.connect())
+                if self.upstream is None:
+                    server: trio.abc.Stream = await self.fake.connect()
+                else:
+                    host, _, port = self.upstream.rpartition(":")
+                    server = await trio.open_tcp_stream(host, int(port))
+                await _forward(stream, server)
         finally:
             self.active -= 1
             await trio.aclose_forcefully(stream)
@@ -230,20 +240,24 @@ async def _forward(client: trio.abc.Stream, server: trio.abc.Stream) -> None:
             pass
         nursery.cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, client, server)
-        nursery.start_soon(pump, server, client)
-    await trio.aclose_forcefully(server)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, client, server)
+            nursery.start_soon(pump, server, client)
+    finally:
+        await trio.aclose_forcefully(server)
 
 
 @asynccontextmanager
 async def open_hostile_broker(
-    script: Sequence[Behaviour], *, heartbeat: int = 0
+    script: Sequence[Behaviour], *, heartbeat: int = 0, upstream: str | None = None
 ) -> AsyncIterator[HostileBroker]:
     """Serve ``script`` on a free loopback port for the ``async with`` block;
-    ``heartbeat`` is what the well-behaved fake broker proposes."""
+    ``heartbeat`` is what the well-behaved fake broker proposes; with
+    ``upstream`` (``host:port`` of a real broker on loopback) connections
+    after the script go there instead."""
     async with open_fake_broker(heartbeat=heartbeat) as fake, trio.open_nursery() as nursery:
-        broker = HostileBroker(fake, script)
+        broker = HostileBroker(fake, script, upstream)
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, broker._handle, 0, host="127.0.0.1")
         )

@@ -10,11 +10,13 @@ times and checks that neither tasks nor memory accumulate.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import re
 import struct
 import tracemalloc
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -476,3 +478,42 @@ async def test_absurd_body_size_closes_only_its_channel() -> None:
     assert session.client_close is not None
     assert session.client_close.reply_code == 200  # the normal close at the end
     assert session.hung_up
+
+
+async def test_client_recovers_onto_the_real_broker_after_misbehaviour(amqp_url: str) -> None:
+    """The same, with a real broker behind the misbehaving one: the client
+    ends up connected to RabbitMQ and works."""
+    params = tl.parse_url(amqp_url)
+    script = [garbage_after_handshake, frames_on_unopened_channel, huge_field_table]
+    config = tl.Config(reconnect_initial_delay=0.05, reconnect_jitter=0.0)
+    queue = f"hostile-{uuid.uuid4().hex[:8]}"
+    async with open_hostile_broker(script, upstream=f"{params.host}:{params.port}") as hostile:
+        hostile.scripted.users[params.username] = params.password
+        url = dataclasses.replace(params, host="127.0.0.1", port=hostile.port)
+        async with tl.open_client(url, config) as client:
+            changes: list[StateChange] = []
+            async with client.events() as events:
+                with trio.fail_after(REPORT_TIMEOUT):
+                    await client.wait_connected()
+                while True:
+                    try:
+                        event = events.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    if isinstance(event, StateChange):
+                        changes.append(event)
+            connection = client.connection
+            assert connection is not None
+            assert connection.server_properties["product"] != "trio-lavin FakeBroker"
+            await client.declare_queue(queue, auto_delete=True)
+            await client.producer(queue).publish(b"real")
+            async with client.consume(queue) as deliveries:
+                async for delivery in deliveries:
+                    assert delivery.body == b"real"
+                    assert await delivery.ack()
+                    break
+            stats = client.statistics()
+    assert stats.connect_attempts == len(script) + 1
+    failures = _failures(changes)
+    assert [getattr(error, "reply_code", None) for error in failures] == [501, 504, 501]
+    assert all(type(error) is tl.ConnectionLost for error in failures)
