@@ -74,7 +74,14 @@ def _read(chunks: list[bytes], shortcut: bool) -> tuple[Frames, str | None]:
             while True:
                 if shortcut and (whole := reader.take_delivery(_accept)) is not None:
                     channel, tag, number, redelivered, exchange, key, props, payload = whole
-                    method = commands.Basic.Deliver(tag, number, redelivered, exchange, key)
+                    # As the frame path's decoder builds it: no validation of the names.
+                    method = commands.Basic.Deliver.__new__(commands.Basic.Deliver)
+                    method.consumer_tag, method.delivery_tag = tag, number
+                    method.redelivered, method.exchange, method.routing_key = (
+                        redelivered,
+                        exchange,
+                        key,
+                    )
                     content_header = header.ContentHeader(
                         0, len(payload), props or commands.Basic.Properties()
                     )

@@ -19,7 +19,6 @@ Only the standard library is used::
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import random
 import secrets
@@ -133,10 +132,14 @@ class RabbitCluster:
         self._in_parallel([node.start for node in self.nodes], "starting the nodes")
         t1 = time.monotonic()
         self.boot_seconds = t1 - t0
-        # The other nodes join node 0 at the same time (each makes 3 CLI calls of 1-2 s; at
-        # most 6 at once, within the CLI's 11 ports); a node whose join fails tries once more.
-        joins = [functools.partial(self._join, node) for node in self.nodes[1:]]
-        self._in_parallel(joins, "joining the cluster")
+        # The other nodes join node 0 one after the other: two joining at once can fail
+        # (seen: start_app exiting 69 with node_not_running, twice in a row), which costs
+        # a whole CI run; a node whose join fails resets and tries again.
+        try:
+            for node in self.nodes[1:]:
+                self._join(node)
+        except BrokerError as exc:
+            raise self.error(f"joining the cluster failed: {exc}") from exc
         self.join_seconds = time.monotonic() - t1
 
     def stop(self) -> None:
@@ -264,14 +267,17 @@ class RabbitCluster:
         raise BrokerError("no node of the cluster is running")
 
     def _join(self, node: ClusterNode) -> None:
-        for attempt in (1, 2):
+        attempts = 3
+        for attempt in range(1, attempts + 1):
             try:
                 node.rabbitmqctl("stop_app", timeout=60)
+                if attempt > 1:
+                    node.rabbitmqctl("reset", timeout=60)  # forget a half-done join
                 node.rabbitmqctl("join_cluster", self.nodes[0].nodename, timeout=60)
                 node.rabbitmqctl("start_app", timeout=60)
                 return
             except BrokerError as exc:
-                if attempt == 2:
+                if attempt == attempts:
                     raise BrokerError(f"node {node.index} could not join node 0: {exc}") from exc
                 time.sleep(1)
 

@@ -45,6 +45,8 @@ class Stream:
     publish_errors: list[str] = field(default_factory=list)
     changes: dict[str, list[tl.StateChange]] = field(default_factory=dict)
     stop: trio.Event = field(default_factory=trio.Event)
+    #: Publisher tasks still running.
+    publishers: int = 0
 
     def lost(self) -> set[int]:
         return set(self.confirmed) - set(self.received)
@@ -65,15 +67,19 @@ class Stream:
         return max(b - a for a, b in itertools.pairwise([start, *times, end]))
 
     async def publish(self, producer: tl.Producer, numbers: Iterator[int]) -> None:
-        while not self.stop.is_set():
-            number = next(numbers)
-            try:
-                await producer.publish(b"%d" % number)
-            except tl.PublishError as exc:  # dropped: reported, so not "confirmed"
-                self.publish_errors.append(f"{number}: {exc!r}")
-            else:
-                self.confirmed[number] = trio.current_time()
-            await trio.sleep(PAUSE)
+        self.publishers += 1
+        try:
+            while not self.stop.is_set():
+                number = next(numbers)
+                try:
+                    await producer.publish(b"%d" % number)
+                except tl.PublishError as exc:  # dropped: reported, so not "confirmed"
+                    self.publish_errors.append(f"{number}: {exc!r}")
+                else:
+                    self.confirmed[number] = trio.current_time()
+                await trio.sleep(PAUSE)
+        finally:
+            self.publishers -= 1
 
     async def consume(self, client: tl.Client, queue: str) -> None:
         async with client.consume(queue, prefetch=500) as deliveries:
@@ -91,8 +97,10 @@ class Stream:
                     self.changes[name].append(event)
 
     async def wait_all_received(self) -> None:
-        """Wait until every confirmed message was received (bound it)."""
-        while self.lost():
+        """Wait until the publishers stopped (the last ones may still be
+        recording a confirm) and every confirmed message was received (bound
+        it)."""
+        while self.publishers or self.lost():
             await trio.sleep(0.05)
 
 
