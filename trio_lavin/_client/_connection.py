@@ -227,42 +227,56 @@ class Connection:
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _writer(self) -> None:
-        amqp = self._amqp
-        stream = self._stream
-        heartbeat = self._heartbeat
         while True:
-            data = amqp.data_to_send()
+            data = self._take_data()
             if not data:
                 await self._writer_lot.park()
                 continue
-            self._unsent = 0
-            if self._writable_lot:
-                self._writable_lot.unpark_all()
-            self._write_started = trio.current_time()
             try:
                 self._send_lock.acquire_nowait()
             except trio.WouldBlock:
                 await self._send_lock.acquire()
             try:
-                sent = self._send_directly(data)
-                if sent < len(data):
-                    await stream.send_all(memoryview(data)[sent:])
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
-                return
+                if not await self._write(data):
+                    return
             finally:
                 self._send_lock.release()
-            self._write_started = None
-            self.bytes_sent += len(data)
-            if self._frame_log is not None:
-                self._frame_log.sent(data)
-            heartbeat.data_sent(trio.current_time())
+
+    def _take_data(self) -> bytes:
+        """Everything the machine has queued, and room again for publishers."""
+        data = self._amqp.data_to_send()
+        if data:
+            self._unsent = 0
+            if self._writable_lot:
+                self._writable_lot.unpark_all()
+        return data
+
+    async def _write(self, data: bytes) -> bool:
+        """Send ``data`` (the caller holds the send lock); False if that
+        failed, and then the connection has failed.
+
+        On a plain TCP socket the bytes are written straight to it when it
+        takes them (``os.write``), without the scheduler round trips that
+        ``send_all`` makes even then; ``send_all`` sends what is left.
+        """
+        self._write_started = trio.current_time()
+        try:
+            sent = self._send_directly(data)
+            if sent < len(data):
+                await self._stream.send_all(memoryview(data)[sent:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
+            return False
+        self._write_started = None
+        self.bytes_sent += len(data)
+        if self._frame_log is not None:
+            self._frame_log.sent(data)
+        self._heartbeat.data_sent(trio.current_time())
+        return True
 
     def _send_directly(self, data: bytes) -> int:
-        """Write as much of ``data`` as a plain TCP socket takes right now,
-        without a trip through the scheduler (``send_all`` makes one or two
-        even when the socket takes everything); the number of bytes written.
-        The caller holds the send lock and sends the rest with ``send_all``.
+        """Write as much of ``data`` as a plain TCP socket takes right now;
+        the number of bytes written (0 for other streams).
 
         Raises:
             OSError: the socket failed (e.g. reset by the broker).
@@ -281,13 +295,9 @@ class Connection:
         """Called by a task about to wait for the broker's answer: send what
         is queued from this task when the writer is idle, which saves a hop
         through the writer task on the way to the wire (the answer cannot
-        come before the request has left).
-
-        On a plain TCP stream the bytes go straight to the socket when it
-        takes them all (the usual case for a request), without the scheduler
-        round trips of ``send_all``; the rest, if any, is sent shielded like
-        the writer's sends, since a send cut short would leave half a frame
-        on the wire."""
+        come before the request has left).  Shielded, like every send of
+        queued frames: a send cut short would leave half a frame on the
+        wire."""
         if self._error is not None or not self._amqp.has_data_to_send:
             return
         try:
@@ -295,32 +305,10 @@ class Connection:
         except trio.WouldBlock:
             return  # the writer is sending: it takes what is queued next
         try:
-            data = self._amqp.data_to_send()
-            self._unsent = 0
-            if self._writable_lot:
-                self._writable_lot.unpark_all()
-            try:
-                sent = self._send_directly(data)
-            except OSError as exc:
-                self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
-                return
-            if sent < len(data):
-                self._write_started = trio.current_time()
-                with trio.CancelScope(shield=True):
-                    try:
-                        await self._stream.send_all(memoryview(data)[sent:])
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                        self._fail(
-                            ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}")
-                        )
-                        return
-                self._write_started = None
+            with trio.CancelScope(shield=True):
+                await self._write(self._take_data())
         finally:
             self._send_lock.release()
-        self.bytes_sent += len(data)
-        if self._frame_log is not None:
-            self._frame_log.sent(data)
-        self._heartbeat.data_sent(trio.current_time())
 
     async def _flush_final(self) -> None:
         """Send what is queued (a final Close or CloseOk) from outside the
