@@ -497,11 +497,12 @@ class Channel:
         self._check_open()
         self.connection._check_open()
         expects_reply = self._amqp.send_method(self.number, method)
-        self.connection._kick()
         if not expects_reply:
+            self.connection._kick()
             return None
         waiter = _Waiter(on_late_reply)
         self._waiters.append(waiter)
+        # Sends the request from this task (or wakes the writer to send it).
         await self.connection._flush_before_waiting()
         return await self._wait(waiter)
 
@@ -713,13 +714,7 @@ class Channel:
         """
         self._check_open()
         await self.connection._wait_writable()
-        return self.basic_publish_nowait(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=properties,
-            mandatory=mandatory,
-        )
+        return self._publish_nowait(body, exchange, routing_key, properties, mandatory, kick=True)
 
     def basic_publish_nowait(
         self,
@@ -737,6 +732,20 @@ class Channel:
                 :meth:`basic_publish` instead.
             Others: as :meth:`basic_publish`.
         """
+        return self._publish_nowait(body, exchange, routing_key, properties, mandatory, kick=True)
+
+    def _publish_nowait(
+        self,
+        body: bytes | bytearray | memoryview,
+        exchange: str,
+        routing_key: str,
+        properties: BasicProperties | None,
+        mandatory: bool,
+        *,
+        kick: bool,
+    ) -> Confirmation | None:
+        """Queue a message; wake the writer to send it if ``kick``, else the
+        caller sends it (``_flush_before_waiting``)."""
         if not isinstance(body, bytes):
             if not isinstance(body, (bytearray, memoryview)):
                 raise TypeError(f"body must be bytes, not {type(body).__name__}")
@@ -754,7 +763,9 @@ class Channel:
             properties=properties,
             mandatory=mandatory,
         )
-        connection._published(len(body))
+        connection._unsent += len(body) + 64
+        if kick:
+            connection._kick()
         if not tag:
             return None
         confirmation = Confirmation(tag, exchange, routing_key, body, mandatory)
@@ -781,15 +792,16 @@ class Channel:
             ChannelClosed, ConnectionLost, ConnectionClosed: the channel or
                 connection ended first (the outcome is then unknown).
         """
-        confirmation = await self.basic_publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=properties,
-            mandatory=mandatory,
+        self._check_open()
+        connection = self.connection
+        await connection._wait_writable()
+        confirmation = self._publish_nowait(
+            body, exchange, routing_key, properties, mandatory, kick=False
         )
+        # Sends the message from this task (or wakes the writer to send it):
+        # the writer need not wake up only to find nothing left to send.
+        await connection._flush_before_waiting()
         if confirmation is not None:
-            await self.connection._flush_before_waiting()
             await confirmation.wait()
 
     async def wait_for_confirms(self) -> None:

@@ -215,10 +215,6 @@ class Connection:
         if self._writer_lot:
             self._writer_lot.unpark_all()
 
-    def _published(self, size: int) -> None:
-        self._unsent += size + 64
-        self._kick()
-
     async def _wait_writable(self) -> None:
         """Backpressure for publishers: wait while too much is queued."""
         while self._unsent > SEND_HIGH_WATER:
@@ -251,19 +247,22 @@ class Connection:
                 self._writable_lot.unpark_all()
         return data
 
-    async def _write(self, data: bytes) -> bool:
+    async def _write(self, data: bytes, *, shield: bool = False) -> bool:
         """Send ``data`` (the caller holds the send lock); False if that
         failed, and then the connection has failed.
 
         On a plain TCP socket the bytes are written straight to it when it
         takes them (``os.write``), without the scheduler round trips that
-        ``send_all`` makes even then; ``send_all`` sends what is left.
+        ``send_all`` makes even then, and without a checkpoint; ``send_all``
+        sends what is left, shielded from cancellation if ``shield`` (a send
+        cut short would leave half a frame on the wire).
         """
         self._write_started = trio.current_time()
         try:
             sent = self._send_directly(data)
             if sent < len(data):
-                await self._stream.send_all(memoryview(data)[sent:])
+                with trio.CancelScope(shield=shield):
+                    await self._stream.send_all(memoryview(data)[sent:])
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
             return False
@@ -295,18 +294,19 @@ class Connection:
         """Called by a task about to wait for the broker's answer: send what
         is queued from this task when the writer is idle, which saves a hop
         through the writer task on the way to the wire (the answer cannot
-        come before the request has left).  Shielded, like every send of
-        queued frames: a send cut short would leave half a frame on the
-        wire."""
+        come before the request has left); else wake the writer to send it.
+        Shielded, like every send of queued frames: a send cut short would
+        leave half a frame on the wire."""
         if self._error is not None or not self._amqp.has_data_to_send:
             return
         try:
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
-            return  # the writer is sending: it takes what is queued next
+            # Another task is sending; the writer sends what is queued next.
+            self._kick()
+            return
         try:
-            with trio.CancelScope(shield=True):
-                await self._write(self._take_data())
+            await self._write(self._take_data(), shield=True)
         finally:
             self._send_lock.release()
 
@@ -331,7 +331,6 @@ class Connection:
 
     async def _reader(self) -> None:
         amqp = self._amqp
-        stream = self._stream
         heartbeat = self._heartbeat
         # Bytes that came with the handshake's last frame are parsed first.
         receive = not amqp.buffered
@@ -339,7 +338,7 @@ class Connection:
             unparsed = amqp.buffered
             if receive:
                 try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    data = await self._receive()
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self._fail(
                         ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}")
@@ -382,6 +381,29 @@ class Connection:
                 heartbeat.data_received(trio.current_time())
             if amqp.has_data_to_send:
                 self._kick()
+
+    async def _receive(self) -> bytes | bytearray:
+        """The next bytes from the broker (b"" at EOF).
+
+        On a plain TCP socket: wait until it is readable, then read straight
+        from it.  ``receive_some`` first tries a read that fails when the
+        reader has just parsed everything (the usual case when a caller waits
+        for one reply), a wasted system call on the way to that reply.
+        Waiting always yields to the scheduler once per read, so a broker
+        that sends without pause cannot starve the other tasks.
+        """
+        socket = self._socket
+        if socket is None:
+            return await self._stream.receive_some(RECEIVE_SIZE)
+        await trio.lowlevel.wait_readable(socket)
+        # fileno() is -1 once the socket is closed: never read a reused number.
+        fd = socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return await self._stream.receive_some(RECEIVE_SIZE)
 
     async def _deliver(self, event: ev.DeliveryReceived) -> None:
         channel = self._channels.get(event.channel)

@@ -642,27 +642,34 @@ class Producer:
                     if message is None:
                         break
                     try:
-                        confirmation = channel.basic_publish_nowait(
+                        # Queued only: sent below, or by the writer woken
+                        # on the way out.
+                        confirmation = channel._publish_nowait(
                             message.body,
-                            exchange=message.exchange,
-                            routing_key=message.routing_key,
-                            properties=message.properties,
-                            mandatory=message.mandatory,
+                            message.exchange,
+                            message.routing_key,
+                            message.properties,
+                            message.mandatory,
+                            kick=False,
                         )
                     except BaseException:
                         self._retry.appendleft(message)  # not published: first in line
+                        connection._kick()
                         raise
                     published += 1
                     self._account(message, confirmation)
             except trio.WouldBlock:
+                connection._kick()
                 await connection._wait_writable()
                 continue
             except (ChannelClosed, AMQPConnectionError):
+                connection._kick()
                 # The next _open_channel() pauses if the broker meant "low disk".
                 await trio.lowlevel.checkpoint()
                 continue
             if published:
-                # Send them from here when the writer is idle: one task hop less.
+                # Send them from here when the writer is idle (else it is
+                # woken): one task hop less.
                 await connection._flush_before_waiting()
                 await trio.lowlevel.checkpoint()
             elif not confirm or self._in_flight < self.confirm_window:
