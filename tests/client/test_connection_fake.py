@@ -19,9 +19,12 @@ from trio_lavin._client._channel import YIELD_EVERY
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 
-@pytest.fixture
-async def broker() -> AsyncIterator[FakeBrokerServer]:
-    async with open_fake_broker(heartbeat=10) as broker:
+@pytest.fixture(params=["memory", "socketpair"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBrokerServer]:
+    """Each test runs on in-memory streams and on a socket pair: on a socket
+    the connection reads straight from it, and a waiting task may take the
+    reading over (``Connection._wait_once``)."""
+    async with open_fake_broker(heartbeat=10, transport=request.param) as broker:
         yield broker
 
 

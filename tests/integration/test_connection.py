@@ -462,3 +462,52 @@ async def test_connect_logs_endpoint_without_password(
     assert any(m.startswith("connected to amqp://") for m in messages)
     password = tl.parse_url(amqp_url).password
     assert not any(f":{password}@" in m for m in messages)
+
+
+async def test_confirms_replies_and_deliveries_to_many_waiting_tasks_on_one_connection(
+    amqp_url: str,
+) -> None:
+    """Tasks waiting for confirms, for declare replies and for deliveries
+    share one TCP connection; whichever task reads the socket (one of them,
+    or the reader), each gets its own answers, in order, and none is lost."""
+    per_publisher, publishers = 300, 4
+    total = per_publisher * publishers
+    async with tl.open_connection(amqp_url) as conn:
+        setup = await conn.channel()
+        queue = (await setup.queue_declare(unique(), exclusive=True)).queue
+        consumer_channel = await conn.channel()
+        await consumer_channel.basic_qos(50)
+        consumer = await consumer_channel.basic_consume(queue)
+        received: list[bytes] = []
+
+        async def publisher(name: str) -> None:
+            channel = await conn.channel()
+            await channel.confirm_select()
+            for number in range(per_publisher):
+                await channel.publish(f"{name}-{number}".encode(), routing_key=queue)
+
+        async def declarer() -> None:
+            channel = await conn.channel()
+            for _ in range(200):
+                ok = await channel.queue_declare(queue, passive=True)
+                assert ok.queue == queue
+
+        async def consume() -> None:
+            async for delivery in consumer:
+                received.append(delivery.body)
+                assert await delivery.ack()
+                if len(received) == total:
+                    return
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                for name in "abcd":
+                    nursery.start_soon(publisher, name)
+                nursery.start_soon(declarer)
+                nursery.start_soon(declarer)
+        assert (await setup.queue_declare(queue, passive=True)).message_count == 0
+    assert len(received) == total
+    for name in "abcd":
+        mine = [body for body in received if body.startswith(name.encode())]
+        assert mine == [f"{name}-{number}".encode() for number in range(per_publisher)]

@@ -17,9 +17,10 @@ from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 FAST = tl.Config(heartbeat=10, reconnect_jitter=0.0)
 
 
-@pytest.fixture
-async def broker() -> AsyncIterator[FakeBrokerServer]:
-    async with open_fake_broker(heartbeat=10) as broker:
+@pytest.fixture(params=["memory", "socketpair"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBrokerServer]:
+    """In-memory streams, and a socket pair (the TCP code paths)."""
+    async with open_fake_broker(heartbeat=10, transport=request.param) as broker:
         yield broker
 
 

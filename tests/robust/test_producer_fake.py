@@ -19,9 +19,10 @@ from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 SMALL = tl.Config(buffer_size=5, reconnect_jitter=0.0, heartbeat=10)
 
 
-@pytest.fixture
-async def broker() -> AsyncIterator[FakeBrokerServer]:
-    async with open_fake_broker(heartbeat=10) as broker:
+@pytest.fixture(params=["memory", "socketpair"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBrokerServer]:
+    """In-memory streams, and a socket pair (the TCP code paths)."""
+    async with open_fake_broker(heartbeat=10, transport=request.param) as broker:
         yield broker
 
 
@@ -506,3 +507,64 @@ def test_cluster_settings_are_checked_when_the_config_is_made(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         tl.Config(**{field: value})  # type: ignore[arg-type]
+
+
+def record_publishing_tasks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the task that queues each Basic.Publish."""
+    names: list[str] = []
+    publish = tl.Channel._publish_nowait
+
+    def spy(self: tl.Channel, *args: object, **kwargs: object) -> tl.Confirmation | None:
+        names.append(trio.lowlevel.current_task().name)
+        return publish(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tl.Channel, "_publish_nowait", spy)
+    return names
+
+
+async def test_publish_on_an_idle_producer_publishes_from_the_callers_task(
+    broker: FakeBrokerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing queued and the sender idle: ``publish`` sends the message
+    itself (a hop through the sender task less), and waits for its confirm."""
+    names = record_publishing_tasks(monkeypatch)
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", mode=tl.PublishMode.CONFIRM)
+        with trio.fail_after(5):
+            assert await producer.publish(b"first")  # opens the channel via the sender
+            await producer.drain()
+            names.clear()
+            for i in range(20):
+                assert await producer.publish(b"%d" % i)
+        me = trio.lowlevel.current_task().name
+        assert names == [me] * 20
+        assert bodies(broker, "q") == [b"first"] + [b"%d" % i for i in range(20)]
+        assert producer.statistics().confirmed == 21
+
+
+async def test_publish_behind_buffered_messages_keeps_the_order_they_were_handed_over(
+    broker: FakeBrokerServer,
+) -> None:
+    """A direct publish never overtakes a message waiting in the buffer:
+    messages reach the queue in the order they were handed over, even
+    right after ``enqueue`` woke the sender (which has not run yet)."""
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", mode=tl.PublishMode.CONFIRM)
+        handed_over: list[bytes] = []
+        with trio.fail_after(10):
+            assert await producer.publish(b"first")
+            await producer.drain()
+            handed_over.append(b"first")
+            for round_ in range(20):
+                for i in range(3):
+                    body = b"r%d-enqueued-%d" % (round_, i)
+                    assert await producer.enqueue(body)
+                    handed_over.append(body)
+                body = b"r%d-published" % round_
+                handed_over.append(body)
+                assert await producer.publish(body)
+            await producer.drain()
+    assert bodies(broker, "q") == handed_over
+    assert producer.statistics().confirmed == len(handed_over)

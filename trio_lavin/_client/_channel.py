@@ -280,28 +280,24 @@ class Consumer:
         """Deliveries received and waiting to be iterated."""
         return len(self._buffer)
 
-    def _put_nowait(self, delivery: Delivery) -> bool:
-        """Buffer a delivery; False if the buffer is full or closed."""
-        if (
-            self._finished
-            or self._closed
-            or self._discarding
-            or len(self._buffer) >= self._capacity
-        ):
+    @property
+    def _accepting(self) -> bool:
+        return not (self._finished or self._closed or self._discarding)
+
+    def _put(self, delivery: Delivery) -> bool:
+        """Buffer a delivery, even beyond the buffer's capacity (the
+        connection then reads no more until there is room); False if the
+        consumer takes no more deliveries."""
+        if self._finished or self._closed or self._discarding:
             return False
         self._buffer.append(delivery)
         if self._readable:
             self._readable.unpark()
         return True
 
-    async def _put(self, delivery: Delivery) -> bool:
-        """Buffer a delivery, waiting for room; False if the consumer stopped
-        accepting deliveries meanwhile."""
-        while not self._put_nowait(delivery):
-            if self._finished or self._closed or self._discarding:
-                return False
-            await self._writable.park()
-        return True
+    def _has_news(self) -> bool:
+        """Iterating would not wait."""
+        return bool(self._buffer) or self._finished or self._closed
 
     def _finish(self, error: BaseException | None) -> None:
         if not self._finished:
@@ -309,6 +305,7 @@ class Consumer:
             self._error = error
             self._readable.unpark_all()
             self._writable.unpark_all()
+            self.channel.connection._interrupt_taker()
 
     def __aiter__(self) -> Consumer:
         return self
@@ -332,9 +329,10 @@ class Consumer:
                     raise self._error
                 raise StopAsyncIteration
             self._taken_without_yield = 0
-            await self.channel.connection._flush_before_waiting()
+            connection = self.channel.connection
+            await connection._flush_before_waiting()
             if not self._buffer:
-                await self._readable.park()
+                await connection._wait_once(self._has_news, self._readable.park)
 
     async def cancel(self) -> None:
         """Stop the broker sending more (``basic.cancel``).  Deliveries that
@@ -373,6 +371,7 @@ class Consumer:
         self._closed = True
         self._readable.unpark_all()
         self._writable.unpark_all()
+        self.channel.connection._interrupt_taker()
 
     def _discard(self) -> None:
         """The connection is closing: drop further deliveries, and release a
@@ -452,6 +451,7 @@ class Channel:
             return
         self._error = error
         self._closed.set()
+        self.connection._interrupt_taker()
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             waiter.resolve(error=error)
@@ -507,8 +507,11 @@ class Channel:
         return await self._wait(waiter)
 
     async def _wait(self, waiter: _Waiter) -> Any:
+        event = waiter.event
+        connection = self.connection
         try:
-            await waiter.event.wait()
+            while not event.is_set():
+                await connection._wait_once(event.is_set, event.wait)
         except BaseException:
             waiter.abandoned = True
             if waiter.event.is_set() and waiter.error is None and waiter.on_late_reply:
@@ -802,7 +805,11 @@ class Channel:
         # the writer need not wake up only to find nothing left to send.
         await connection._flush_before_waiting()
         if confirmation is not None:
-            await confirmation.wait()
+            event = confirmation._event
+            while not event.is_set():
+                await connection._wait_once(event.is_set, event.wait)
+            if confirmation._error is not None:
+                raise confirmation._error
 
     async def wait_for_confirms(self) -> None:
         """Wait until every message published so far has its verdict (acks,
@@ -839,9 +846,10 @@ class Channel:
         """Start a consumer; iterate the returned :class:`Consumer`.
 
         Deliveries wait in a bounded buffer of ``buffer_size`` (default: the
-        channel's prefetch count, or 1000 without one).  When it is full the
-        connection stops reading until the consumer catches up, so set a
-        prefetch (``basic_qos``) to keep other channels flowing.
+        channel's prefetch count, or 1000 without one).  When a delivery
+        comes beyond it (kept, with the rest of that read) the connection
+        stops reading until the consumer catches up, so set a prefetch
+        (``basic_qos``) to keep other channels flowing.
         """
         tag = (
             consumer_tag or f"trio-lavin.{self.number}.{next(_tag_counter)}.{secrets.token_hex(4)}"
@@ -915,6 +923,9 @@ class Channel:
         return True
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
+        return self._reject_nowait(delivery_tag, requeue=requeue)
+
+    def _reject_nowait(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         sent = self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
         if sent:
             self._counters.rejected += 1

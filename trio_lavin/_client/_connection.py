@@ -3,7 +3,10 @@
 :func:`open_connection` owns a nursery with three tasks:
 
 * the **reader** receives bytes in large chunks, feeds the sans-IO machine
-  and dispatches its events to channels (it is the only task that reads);
+  and dispatches its events to channels; on a TCP socket a task about to
+  wait for the broker takes the reading over while the reader is idle, so
+  that its answer reaches it without a hop through the reader (see
+  ``Connection._wait_once``);
 * the **writer** sends everything the machine has queued, one ``send_all``
   per batch, so many small frames cost one system call (it is the main path
   that writes; the reader only writes the final ``Close``/``CloseOk`` under
@@ -49,7 +52,7 @@ from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
-from ._channel import SEND_HIGH_WATER, Channel, Consumer, Delivery
+from ._channel import SEND_HIGH_WATER, Channel, Consumer
 from ._framelog import frame_log_for
 
 logger = logging.getLogger("trio_lavin.connection")
@@ -102,7 +105,19 @@ class Connection:
         self._unblocked = trio.Event()
         self._unblocked.set()
         self._unsent = 0
+        #: The reader waits for room in a consumer's buffer.
         self._reader_paused = False
+        #: The reader has dispatched everything and waits for bytes (for the
+        #: socket, or for a waiting task that took the reading over).
+        self._reader_idle = False
+        #: Cancelled to stop the reader waiting for the socket.
+        self._reader_scope: trio.CancelScope | None = None
+        self._reader_lot = trio.lowlevel.ParkingLot()
+        #: The task that took the reading over (see ``_wait_once``).
+        self._taker: _Taker | None = None
+        #: Consumers given deliveries beyond their buffer: no reading until
+        #: they have room.
+        self._overfull: set[Consumer] = set()
         now = trio.current_time()
         self._heartbeat = HeartbeatTimer(0, now, now)
         self._tasks: trio.Nursery | None = None
@@ -328,110 +343,237 @@ class Connection:
                 self._frame_log.sent(data)
 
     # -- reading ------------------------------------------------------------------
+    #
+    # The reader task reads and dispatches.  A task about to wait for the
+    # broker (a confirm, a reply, a delivery) may take the reading over while
+    # the reader is idle (``_wait_once``): it waits for the socket itself, and
+    # reads and dispatches what comes from its own task, so its answer costs no
+    # hop through the reader.  A dispatch never waits half-way (a delivery
+    # beyond a consumer's buffer is kept, and the reader waits for room before
+    # it reads again), so dispatches never interleave and frames are handled
+    # in the order they came, whichever task read them.
 
     async def _reader(self) -> None:
-        amqp = self._amqp
-        heartbeat = self._heartbeat
-        # Bytes that came with the handshake's last frame are parsed first.
-        receive = not amqp.buffered
+        # Bytes that came with the handshake's last frame are dispatched first.
         while True:
-            unparsed = amqp.buffered
-            if receive:
-                try:
-                    data = await self._receive()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self._fail(
-                        ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}")
-                    )
-                    return
-                if not data:
-                    self._fail(
-                        ConnectionLost(f"{self.params.endpoint} closed the connection (EOF)")
-                    )
-                    return
-                self.bytes_received += len(data)
-                unparsed += len(data)
-                amqp.receive_data(data)
-                if self._frame_log is not None:
-                    self._frame_log.received(data)
-            receive = True
-            while True:
-                try:
-                    event = amqp.next_event()
-                except RemoteProtocolError as exc:
-                    logger.debug("protocol error from %s: %s", self.params.endpoint, exc)
-                    error = ConnectionLost(
-                        f"protocol error from {self.params.endpoint}: {exc.reply_text}",
-                        exc.reply_code,
-                    )
-                    error.__cause__ = exc
-                    # Fail first, so nothing races the final Close; then send it.
-                    self._fail(error)
-                    await self._flush_final()
-                    return
-                if event is None:
-                    break
-                if type(event) is ev.DeliveryReceived:
-                    await self._deliver(event)
-                elif not await self._handle(event):
-                    return
-            if amqp.buffered < unparsed:
-                # A whole frame arrived: the broker is alive.  Bytes alone do
-                # not count, or a broker trickling a frame forever would be.
-                heartbeat.data_received(trio.current_time())
-            if amqp.has_data_to_send:
-                self._kick()
+            if not await self._dispatch():
+                return
+            if self._overfull:
+                await self._wait_for_room()
+                continue
+            try:
+                data = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._read_failed(exc)
+                return
+            if data is not None and not self._received(data):
+                return
 
-    async def _receive(self) -> bytes | bytearray:
-        """The next bytes from the broker (b"" at EOF).
+    async def _receive(self) -> bytes | bytearray | None:
+        """The next bytes from the broker: b"" at EOF, None if there were
+        none after all (a waiting task read them, or took the reading over).
 
         On a plain TCP socket: wait until it is readable, then read straight
         from it.  ``receive_some`` first tries a read that fails when the
-        reader has just parsed everything (the usual case when a caller waits
-        for one reply), a wasted system call on the way to that reply.
+        reader has just dispatched everything (the usual case when a caller
+        waits for one reply), a wasted system call on the way to that reply.
         Waiting always yields to the scheduler once per read, so a broker
         that sends without pause cannot starve the other tasks.
         """
         socket = self._socket
         if socket is None:
             return await self._stream.receive_some(RECEIVE_SIZE)
-        await trio.lowlevel.wait_readable(socket)
+        self._reader_idle = True
+        try:
+            if self._taker is not None:
+                # A waiting task reads for now; it wakes us when it is done.
+                await self._reader_lot.park()
+                return None
+            scope = self._reader_scope = trio.CancelScope()
+            with scope:
+                await trio.lowlevel.wait_readable(socket)
+            self._reader_scope = None
+            if scope.cancelled_caught:
+                return None  # a waiting task took the reading over
+        finally:
+            self._reader_idle = False
+        return self._read_now()
+
+    def _read_now(self) -> bytes | None:
+        """Read what the TCP socket holds; None if nothing.
+
+        Raises:
+            trio.ClosedResourceError: the socket was closed.
+            OSError: reading failed (e.g. reset by the broker).
+        """
+        socket = self._socket
         # fileno() is -1 once the socket is closed: never read a reused number.
-        fd = socket.fileno()
+        fd = -1 if socket is None else socket.fileno()
         if fd < 0:
             raise trio.ClosedResourceError("the socket was closed")
         try:
             return os.read(fd, RECEIVE_SIZE)
         except BlockingIOError:
-            return await self._stream.receive_some(RECEIVE_SIZE)
+            return None
 
-    async def _deliver(self, event: ev.DeliveryReceived) -> None:
+    def _received(self, data: bytes | bytearray) -> bool:
+        """Feed bytes just read to the machine; False at EOF (b""), and then
+        the connection has failed."""
+        if not data:
+            self._fail(ConnectionLost(f"{self.params.endpoint} closed the connection (EOF)"))
+            return False
+        self.bytes_received += len(data)
+        self._amqp.receive_data(data)
+        if self._frame_log is not None:
+            self._frame_log.received(data)
+        return True
+
+    def _read_failed(self, exc: Exception) -> None:
+        self._fail(ConnectionLost(f"reading from {self.params.endpoint} failed: {exc}"))
+
+    async def _dispatch(self) -> bool:
+        """Handle every whole frame received so far; False when the
+        connection ended.  It waits only when the connection ends (to send
+        the final ``CloseOk``/``Close``), so one task's dispatch is never
+        interleaved with another's."""
+        amqp = self._amqp
+        unparsed = amqp.buffered
+        while True:
+            try:
+                event = amqp.next_event()
+            except RemoteProtocolError as exc:
+                logger.debug("protocol error from %s: %s", self.params.endpoint, exc)
+                error = ConnectionLost(
+                    f"protocol error from {self.params.endpoint}: {exc.reply_text}",
+                    exc.reply_code,
+                )
+                error.__cause__ = exc
+                # Fail first, so nothing races the final Close; then send it.
+                self._fail(error)
+                await self._flush_final()
+                return False
+            if event is None:
+                break
+            if type(event) is ev.DeliveryReceived:
+                self._deliver(event)
+            elif not self._handle(event):
+                await self._flush_final()
+                return False
+        if amqp.buffered < unparsed:
+            # A whole frame arrived: the broker is alive.  Bytes alone do
+            # not count, or a broker trickling a frame forever would be.
+            self._heartbeat.data_received(trio.current_time())
+        if amqp.has_data_to_send:
+            self._kick()
+        taker = self._taker
+        if taker is not None and taker.done():
+            taker.scope.cancel()  # it waits for bytes that we have read
+        return True
+
+    def _deliver(self, event: ev.DeliveryReceived) -> None:
         channel = self._channels.get(event.channel)
         if channel is None:
             return
         consumer = channel._consumers.get(event.consumer_tag)
         if consumer is not None:
             delivery = channel._make_delivery(event, event.consumer_tag)
-            if consumer._put_nowait(delivery) or await self._deliver_slowly(consumer, delivery):
+            if consumer._put(delivery):
+                if len(consumer._buffer) > consumer._capacity:
+                    # Beyond its buffer: no more reading until it has room.
+                    self._overfull.add(consumer)
                 return
         # Nobody listens (a consumer cancelled on our side while the broker
         # was still sending, or one that stopped iterating): give the message
         # back, unless the broker already considers it acked.
         if event.consumer_tag not in channel._no_ack_tags:
-            await channel.basic_reject(event.delivery_tag, requeue=True)
+            channel._reject_nowait(event.delivery_tag)
 
-    async def _deliver_slowly(self, consumer: Consumer, delivery: Delivery) -> bool:
-        """Wait for room in a full consumer buffer; the broker's silence
-        meanwhile is ours, so the heartbeat deadline is paused."""
+    async def _wait_for_room(self) -> None:
+        """Wait until every consumer given a delivery beyond its buffer has
+        room again (or takes no more).  The broker's silence meanwhile is
+        ours, so the heartbeat deadline is paused."""
         self._reader_paused = True
         try:
-            return await consumer._put(delivery)
+            while self._overfull:
+                consumer = next(iter(self._overfull))
+                if consumer._accepting and len(consumer._buffer) > consumer._capacity:
+                    await consumer._writable.park()
+                else:
+                    self._overfull.discard(consumer)
         finally:
             self._reader_paused = False
             self._heartbeat.data_received(trio.current_time())
 
-    async def _handle(self, event: ev.Event) -> bool:
-        """Dispatch one event; False when the connection ended."""
+    async def _wait_once(
+        self, done: Callable[[], bool], wait: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """For a task waiting for the broker, until ``done()``: wait once,
+        either with ``wait()`` (woken by whoever dispatches its answer) or,
+        when the reader is idle on a TCP socket, by taking the reading over:
+        wait for the socket, then read and dispatch from this task.  The
+        answer then reaches the task without a hop through the reader (a
+        scheduler round trip, about a tenth of a confirm's latency).
+        Callers check ``done()`` again afterwards.
+
+        Cancellation: a checkpoint; the reading goes back to the reader.
+        """
+        if done():
+            # It happened while the caller was on its way here (e.g. while
+            # it sent what was queued): no waking up is coming.
+            await trio.lowlevel.checkpoint()
+            return
+        socket = self._socket
+        if (
+            socket is None
+            or not self._reader_idle
+            or self._taker is not None
+            or self._overfull
+            or self._error is not None
+        ):
+            await wait()
+            return
+        taker = self._taker = _Taker(done)
+        try:
+            reader = self._reader_scope
+            if reader is not None:
+                # The reader waits for the socket: stop it (at once, so the
+                # socket has no reader left when we wait for it).
+                reader.cancel()
+            with taker.scope:
+                await trio.lowlevel.wait_readable(socket)
+            if taker.scope.cancelled_caught or done():
+                return
+            try:
+                data = self._read_now()
+            except (trio.ClosedResourceError, OSError) as exc:
+                self._read_failed(exc)
+                return
+            if data is None or not self._received(data):
+                return
+            try:
+                await self._dispatch()
+            except Exception as exc:
+                # A bug, like one in the reader: the connection ends, the
+                # application goes on (and sees the connection's error).
+                logger.exception("internal error dispatching frames on %s", self)
+                self._fail(ConnectionLost(f"internal error in the reader: {exc!r}"))
+        except trio.ClosedResourceError:
+            return  # the connection ended
+        finally:
+            self._taker = None
+            self._reader_lot.unpark_all()
+
+    def _interrupt_taker(self) -> None:
+        """Something a waiting task may be waiting for happened without
+        bytes from the broker (e.g. a channel closed on our side): wake the
+        task if it is waiting for the socket, so that it looks again."""
+        taker = self._taker
+        if taker is not None:
+            taker.scope.cancel()
+
+    def _handle(self, event: ev.Event) -> bool:
+        """Dispatch one event; False when the connection ended (then a final
+        ``CloseOk`` may be queued)."""
         if isinstance(event, ev.ChannelEvent):
             channel = self._channels.get(event.channel)
             if channel is None:
@@ -488,10 +630,9 @@ class Connection:
                 event.reply_code,
                 event.reply_text,
             )
-            # Fail first (channels then refuse further use at once), then
-            # send the CloseOk the machine queued.
+            # Fail first (channels then refuse further use at once); the
+            # CloseOk the machine queued is sent next.
             self._fail(ConnectionClosedByBroker(event.reply_text, event.reply_code))
-            await self._flush_final()
             return False
         elif isinstance(event, ev.ConnectionCloseOk):
             self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
@@ -631,6 +772,7 @@ class Connection:
             # str(): a record that a handler keeps must not keep the error, and
             # through its traceback this connection, alive.
             logger.debug("connection %s ended: %s", self.params.endpoint, str(error))
+        self._interrupt_taker()
         for channel in list(self._channels.values()):
             channel._set_closed(error)
         self._channels.clear()
@@ -665,6 +807,17 @@ class Connection:
                     await self._stopped.wait()
                 await self._flush_final()
         self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
+
+
+class _Taker:
+    """A task that took the reading over while it waits for ``done()``."""
+
+    __slots__ = ("done", "scope")
+
+    def __init__(self, done: Callable[[], bool]) -> None:
+        self.done = done
+        #: Cancelled to make it look again (its answer came another way).
+        self.scope = trio.CancelScope()
 
 
 def _connection_options(

@@ -246,6 +246,8 @@ class Producer:
         #: a new channel.
         self._paused_until = -math.inf
         self._renew_channel = False
+        #: The sender task waits for messages, with nothing else to do.
+        self._sender_idle = False
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
         self._rejection_backoff: Backoff | None = None
@@ -413,23 +415,40 @@ class Producer:
         routing_key: str | None,
         headers: dict[str, Any] | None,
     ) -> bool:
+        await trio.lowlevel.checkpoint_if_cancelled()
         message = self._message(body, properties, routing_key, headers)
         if self.mode is PublishMode.CONFIRM:
             message._waiter = trio.Event()
-        if self.buffer_policy is BufferPolicy.BLOCK:
-            await self._send.send(message)
+        channel = self._channel
+        if channel is not None and self._publish_directly(channel, message):
+            await channel.connection._flush_before_waiting()
         else:
-            try:
-                self._send.send_nowait(message)
-            except trio.WouldBlock:
-                if not self._make_room(message):
-                    await trio.lowlevel.checkpoint()
-                    return False
-                self._send.send_nowait(message)
-        if self._wakeup:
-            self._wakeup.unpark_all()
-        if message._waiter is not None:
-            await message._waiter.wait()
+            if self.buffer_policy is BufferPolicy.BLOCK:
+                try:
+                    # No schedule point when there is room: the task then
+                    # goes on to wait for the confirm without a detour.
+                    self._send.send_nowait(message)
+                except trio.WouldBlock:
+                    await self._send.send(message)
+            else:
+                try:
+                    self._send.send_nowait(message)
+                except trio.WouldBlock:
+                    if not self._make_room(message):
+                        await trio.lowlevel.checkpoint()
+                        return False
+                    self._send.send_nowait(message)
+            if self._wakeup:
+                self._wakeup.unpark_all()
+        waiter = message._waiter
+        if waiter is not None:
+            while not waiter.is_set():
+                channel = self._channel
+                if channel is None:
+                    await waiter.wait()
+                else:
+                    # Reads the confirm from this task when it can.
+                    await channel.connection._wait_once(waiter.is_set, waiter.wait)
             if message._error is not None:
                 raise message._error
         else:
@@ -478,6 +497,35 @@ class Producer:
         mode, confirmed (or given up).  Bound it with a trio timeout."""
         while self._pending():
             await self._idle_lot.park()
+
+    def _publish_directly(self, channel: Channel, message: Message) -> bool:
+        """Publish ``message`` from the caller's task if the sender task is
+        idle with nothing queued, so that the message would be the next one
+        it publishes anyway: that spares a hop through the sender on the way
+        to the wire.  False when it must go through the buffer."""
+        if (
+            not self._sender_idle
+            or self._closed
+            or self._renew_channel
+            or self._has_queued()
+            or not channel.is_open
+            or channel.connection.blocked
+            or (self.mode is PublishMode.CONFIRM and self._in_flight >= self.confirm_window)
+            or self._paused_until > trio.current_time()
+        ):
+            return False
+        try:
+            confirmation = _queue_on(channel, message)
+        except (trio.WouldBlock, ChannelClosed, AMQPConnectionError):
+            return False
+        self._account(message, confirmation)
+        return True
+
+    def _has_queued(self) -> bool:
+        """Messages wait to be published."""
+        return bool(
+            self._retry or self._requeued or self._receive.statistics().current_buffer_used
+        )
 
     def _pending(self) -> bool:
         return bool(
@@ -642,16 +690,8 @@ class Producer:
                     if message is None:
                         break
                     try:
-                        # Queued only: sent below, or by the writer woken
-                        # on the way out.
-                        confirmation = channel._publish_nowait(
-                            message.body,
-                            message.exchange,
-                            message.routing_key,
-                            message.properties,
-                            message.mandatory,
-                            kick=False,
-                        )
+                        # Sent below, or by the writer woken on the way out.
+                        confirmation = _queue_on(channel, message)
                     except BaseException:
                         self._retry.appendleft(message)  # not published: first in line
                         connection._kick()
@@ -671,13 +711,19 @@ class Producer:
                 # Send them from here when the writer is idle (else it is
                 # woken): one task hop less.
                 await connection._flush_before_waiting()
-                await trio.lowlevel.checkpoint()
-            elif not confirm or self._in_flight < self.confirm_window:
+                if self._has_queued():
+                    await trio.lowlevel.checkpoint()
+                    continue
+            if not confirm or self._in_flight < self.confirm_window:
                 self._notify_idle()
                 # Idle for who knows how long: do not keep the last message
                 # alive (through its confirmation's callback) meanwhile.
                 message = confirmation = None
-                await self._wakeup.park()
+                self._sender_idle = True
+                try:
+                    await self._wakeup.park()
+                finally:
+                    self._sender_idle = False
 
     def _account(self, message: Message, confirmation: Confirmation | None) -> None:
         message.attempts += 1
@@ -751,6 +797,19 @@ class _Settle:
 
     def __call__(self, error: BaseException | None) -> None:
         self.producer._settled(self.message, error)
+
+
+def _queue_on(channel: Channel, message: Message) -> Confirmation | None:
+    """Queue ``message`` for sending on ``channel``, without waking the
+    connection's writer: the caller sends it (or wakes the writer)."""
+    return channel._publish_nowait(
+        message.body,
+        message.exchange,
+        message.routing_key,
+        message.properties,
+        message.mandatory,
+        kick=False,
+    )
 
 
 def _drop_error(message: Message, reason: DropReason) -> AMQPError:

@@ -6,7 +6,8 @@ consumers with prefetch, acknowledgements, publisher confirms, transactions,
 and the faults a client must survive (forced connection and channel closes,
 consumer cancellation, resource alarms, nacked publishes).  Its core is
 sans-IO, so protocol tests can push bytes through it without an event loop;
-:func:`open_fake_broker` serves it over in-memory trio streams and adds
+:func:`open_fake_broker` serves it over in-memory trio streams (or a socket
+pair) and adds
 transport faults (severed, half-open and refused connections).
 
 It makes tests fast and deterministic, for trio-lavin's own suite and for

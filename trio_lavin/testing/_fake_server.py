@@ -6,7 +6,7 @@ import errno
 import math
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Final, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import trio
 import trio.testing
@@ -22,9 +22,15 @@ from ._fake_broker import (
 #: How much the server reads from a client stream at once.
 _RECEIVE_SIZE: Final = 65_536
 
-_ServerStream: TypeAlias = trio.StapledStream[
-    trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream
-]
+_ServerStream: TypeAlias = (
+    trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
+    | trio.SocketStream
+)
+
+#: How clients reach a fake broker: in-memory streams, or the two ends of a
+#: connected socket pair (the client then gets a :class:`trio.SocketStream`
+#: and takes the code paths it takes on a TCP connection).
+Transport: TypeAlias = Literal["memory", "socketpair"]
 
 
 class _Served:
@@ -67,7 +73,11 @@ class FakeBrokerServer(FakeBroker):
         frame_max: int = DEFAULT_FRAME_MAX,
         channel_max: int = DEFAULT_CHANNEL_MAX,
         heartbeat: int = DEFAULT_HEARTBEAT,
+        transport: Transport = "memory",
     ) -> None:
+        if transport not in ("memory", "socketpair"):
+            raise ValueError(f"transport must be 'memory' or 'socketpair', not {transport!r}")
+        self.transport: Transport = transport
         super().__init__(
             users=users,
             vhosts=vhosts,
@@ -84,7 +94,8 @@ class FakeBrokerServer(FakeBroker):
 
     async def connect(self) -> trio.abc.Stream:
         """Open a connection to the broker: the client end of an in-memory
-        stream pair, the server end being served in the broker's nursery.
+        stream pair (or of a socket pair, see :attr:`transport`), the server
+        end being served in the broker's nursery.
 
         This is a zero-argument async callable returning a stream, so it can
         be passed as a ``stream_factory``.
@@ -99,7 +110,13 @@ class FakeBrokerServer(FakeBroker):
             raise ConnectionRefusedError(
                 errno.ECONNREFUSED, f"Connection refused (fake broker: {why})"
             )
-        client, server = trio.testing.memory_stream_pair()
+        client: trio.abc.Stream
+        server: _ServerStream
+        if self.transport == "socketpair":
+            client_socket, server_socket = trio.socket.socketpair()
+            client, server = trio.SocketStream(client_socket), trio.SocketStream(server_socket)
+        else:
+            client, server = trio.testing.memory_stream_pair()
         served = _Served(server, self.new_connection())
         self._served.append(served)
         self.connection_count += 1
@@ -133,9 +150,13 @@ class FakeBrokerServer(FakeBroker):
         if served in self._served:
             self._served.remove(served)
         served.conn.receive_data(b"")
-        served.stream.receive_stream.close()
+        stream = served.stream
+        if isinstance(stream, trio.SocketStream):
+            stream.socket.close()  # the client reads what was sent, then EOF
+            return
+        stream.receive_stream.close()
         try:
-            served.stream.send_stream.close()  # flushes to the client: EOF
+            stream.send_stream.close()  # flushes to the client: EOF
         except trio.BrokenResourceError:
             pass  # the client closed its end first
 
@@ -200,13 +221,18 @@ async def open_fake_broker(
     frame_max: int = DEFAULT_FRAME_MAX,
     channel_max: int = DEFAULT_CHANNEL_MAX,
     heartbeat: int = DEFAULT_HEARTBEAT,
+    transport: Transport = "memory",
 ) -> AsyncIterator[FakeBrokerServer]:
     """Run a fake broker for the duration of the ``async with`` block::
 
         async with open_fake_broker() as broker:
             stream = await broker.connect()
 
-    The arguments are those of :class:`FakeBroker`.  On exit every connection
+    The arguments are those of :class:`FakeBroker`, and ``transport``:
+    ``"memory"`` (in-memory streams) or ``"socketpair"`` (a connected pair of
+    sockets, so that the client sees a :class:`trio.SocketStream` as on TCP;
+    not for tests that use :class:`trio.testing.MockClock`'s autojump, which
+    cannot see bytes in flight in a socket).  On exit every connection
     still open is severed (the clients see EOF) and
     :meth:`~FakeBrokerServer.connect` refuses new ones.
     """
@@ -218,6 +244,7 @@ async def open_fake_broker(
             frame_max=frame_max,
             channel_max=channel_max,
             heartbeat=heartbeat,
+            transport=transport,
         )
         try:
             yield broker

@@ -1,0 +1,195 @@
+"""Who reads the socket: the reader task, or a task waiting for its answer.
+
+On a TCP socket a task about to wait for the broker (a confirm, a reply, a
+delivery) takes the reading over while the reader is idle, and dispatches
+what it reads itself, so the answer reaches it without a hop through the
+reader.  These tests run on the fake broker over a socket pair (the client
+then sees a ``trio.SocketStream``, as on TCP) and check what that must not
+break: order, the consumer buffer's backpressure, and waking a waiting task
+when its answer comes some other way than through the socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+import trio_lavin as tl
+from trio_lavin._client._connection import RECEIVE_SIZE, Connection
+from trio_lavin.testing import FakeBrokerServer, open_fake_broker
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[FakeBrokerServer]:
+    async with open_fake_broker(heartbeat=10, transport="socketpair") as broker:
+        yield broker
+
+
+def spy_on_dispatch(conn: Connection) -> list[str]:
+    """Record the name of the task behind each dispatch of received frames."""
+    names: list[str] = []
+    dispatch = conn._dispatch
+
+    async def spy() -> bool:
+        names.append(trio.lowlevel.current_task().name)
+        return await dispatch()
+
+    conn._dispatch = spy  # type: ignore[method-assign]
+    return names
+
+
+async def test_a_task_waiting_for_its_confirm_reads_and_dispatches_the_answer_itself(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("jobs")
+        await channel.confirm_select()
+        dispatches = spy_on_dispatch(conn)
+        me = trio.lowlevel.current_task().name
+        for number in range(100):
+            await channel.publish(str(number).encode(), routing_key="jobs")
+        by_me = sum(name == me for name in dispatches)
+        # Every confirm was read by the publishing task: the reader task only
+        # ever woke up to find the reading taken over.
+        assert by_me == 100, dispatches[:10]
+    assert broker.queue("jobs").messages_ready == 100
+
+
+async def test_replies_and_deliveries_are_also_read_by_the_waiting_task(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        dispatches = spy_on_dispatch(conn)
+        me = trio.lowlevel.current_task().name
+        declared = await channel.queue_declare("jobs")
+        assert declared.queue == "jobs"
+        consumer = await channel.basic_consume("jobs", no_ack=True)
+        channel.basic_publish_nowait(b"ping", routing_key="jobs")
+        delivery = await consumer.__anext__()
+        assert delivery.body == b"ping"
+        assert me in dispatches
+        assert dispatches.count(me) >= 3  # DeclareOk, ConsumeOk, the delivery
+
+
+async def test_a_consumer_beyond_its_buffer_stops_the_reading_until_it_has_room(
+    broker: FakeBrokerServer,
+) -> None:
+    """A task reading for itself dispatches a whole read, even beyond its
+    consumer's buffer; then nobody reads (the broker's bytes wait in the
+    socket) until the consumer has room, and every message comes, in order."""
+    count, size, capacity = 2000, 1024, 10
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("jobs")
+        for number in range(count):
+            broker.publish("", "jobs", number.to_bytes(4, "big") * (size // 4))
+        consumer = await channel.basic_consume("jobs", no_ack=True, buffer_size=capacity)
+        first = await consumer.__anext__()
+        assert first.body[:4] == (0).to_bytes(4, "big")
+        await trio.sleep(0.2)
+        before = conn.bytes_received
+        buffered = consumer.buffered
+        await trio.sleep(0.2)
+        assert conn.bytes_received == before  # no reading while beyond the buffer
+        assert consumer.buffered == buffered
+        assert capacity < buffered <= capacity + RECEIVE_SIZE // size
+        numbers = [0]
+        with trio.fail_after(10):
+            async for delivery in consumer:
+                numbers.append(int.from_bytes(delivery.body[:4], "big"))
+                if len(numbers) == count:
+                    break
+        assert numbers == list(range(count))
+
+
+async def test_a_task_waiting_on_a_silent_socket_learns_at_once_that_its_channel_closed(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Closing a channel from another task ends the iteration of its
+    consumer even though no byte comes from the (silent) broker: the task
+    waiting for the socket is woken to look again."""
+    async with tl.open_connection(stream_factory=broker.connect, heartbeat=10) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("jobs")
+        consumer = await channel.basic_consume("jobs")
+        outcome: list[BaseException | None] = []
+
+        async def iterate() -> None:
+            try:
+                async for _ in consumer:
+                    pass
+                outcome.append(None)
+            except tl.ChannelClosed as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(iterate)
+            await trio.sleep(1)
+            assert conn._taker is not None  # the iterating task reads for itself
+            broker.blackhole_all()
+            started = trio.current_time()
+            nursery.start_soon(channel.aclose)  # no CloseOk will come
+            with trio.fail_after(1):
+                while not outcome:
+                    await trio.sleep(0.01)
+            assert trio.current_time() - started < 1
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], tl.ChannelClosed)
+
+
+async def test_a_task_waiting_for_a_confirm_on_a_dead_connection_gets_connection_lost(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The broker falls silent while a task waits for a confirm, reading the
+    socket itself: the heartbeat timeout ends the connection and wakes it."""
+    async with tl.open_connection(stream_factory=broker.connect, heartbeat=10) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("jobs")
+        await channel.confirm_select()
+        await channel.publish(b"before", routing_key="jobs")
+        broker.blackhole_all()
+        started = trio.current_time()
+        with trio.fail_after(60), pytest.raises(tl.ConnectionLost, match="heartbeat timeout"):
+            await channel.publish(b"into the void", routing_key="jobs")
+        # Two heartbeat intervals of silence, no more.
+        assert 20 <= trio.current_time() - started <= 21
+
+
+async def test_a_consumer_whose_connection_dies_while_it_flushes_ends_instead_of_waiting(
+    broker: FakeBrokerServer,
+) -> None:
+    """Regression: iterating a consumer first sends what is queued, which can
+    wait for a full socket; if the connection died meanwhile, the iteration
+    went on to wait for a delivery that could never come (a hang found by the
+    million-message memory test).  It must raise the connection's error."""
+    async with tl.open_connection(stream_factory=broker.connect, heartbeat=10) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("jobs")
+        consumer = await channel.basic_consume("jobs")
+        broker.blackhole_all()  # the broker reads nothing more: the socket fills up
+        chunk = bytes(32 * 1024)
+        published = 0
+        while published < 1000:  # until the send buffer is full
+            try:
+                channel.basic_publish_nowait(chunk, routing_key="jobs")
+            except trio.WouldBlock:
+                break
+            published += 1
+        assert 0 < published < 1000
+
+        async def sever_soon() -> None:
+            await trio.sleep(0.2)
+            assert conn._send_lock.locked()  # the consumer's task is sending
+            broker.sever_all()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sever_soon)
+            # No yield since the publishes: the writer has not taken them, so
+            # the consumer's task sends them itself, and waits for the socket.
+            with trio.fail_after(5), pytest.raises(tl.ConnectionLost):
+                await consumer.__anext__()
