@@ -11,6 +11,7 @@ when its answer comes some other way than through the socket.
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -193,3 +194,58 @@ async def test_a_consumer_whose_connection_dies_while_it_flushes_ends_instead_of
             # the consumer's task sends them itself, and waits for the socket.
             with trio.fail_after(5), pytest.raises(tl.ConnectionLost):
                 await consumer.__anext__()
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_publishers_and_consumers_cancelled_at_random_keep_every_queue_in_order(
+    broker: FakeBrokerServer, seed: int
+) -> None:
+    """Three confirm publishers and three consumers with tiny buffers and no
+    prefetch share one connection, every wait under a random timeout (0
+    included), so the reading passes between tasks and back to the reader
+    at every point a task can be cancelled.  Each queue gets exactly what
+    was published to it, in order."""
+    rng = random.Random(seed)
+    queues = range(3)
+    sent: dict[int, list[bytes]] = {q: [] for q in queues}
+    got: dict[int, list[bytes]] = {q: [] for q in queues}
+    finished: set[int] = set()
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        setup = await conn.channel()
+        for q in queues:
+            await setup.queue_declare(f"q{q}")
+
+        async def publisher(q: int) -> None:
+            channel = await conn.channel()
+            await channel.confirm_select()
+            for number in range(300):
+                body = b"%d" % number
+                with trio.move_on_after(rng.choice([0, 1e-5, 1e-4, 1])):
+                    await channel.publish(body, routing_key=f"q{q}")
+                if channel._amqp._channels[channel.number].publish_seq > len(sent[q]):
+                    sent[q].append(body)  # queued before any cancellation
+                if rng.random() < 0.05:
+                    with trio.move_on_after(rng.choice([0, 1e-5, 1])):
+                        await channel.queue_declare(f"q{q}", passive=True)
+            await channel.wait_for_confirms()
+            finished.add(q)
+
+        async def consumer(q: int) -> None:
+            channel = await conn.channel()
+            consumer = await channel.basic_consume(f"q{q}", buffer_size=3)
+            while not (q in finished and len(got[q]) == len(sent[q])):
+                with trio.move_on_after(rng.choice([1e-5, 1e-3, 1])):
+                    delivery = await consumer.__anext__()
+                    got[q].append(delivery.body)
+                    await delivery.ack()
+                    if rng.random() < 0.1:
+                        await trio.lowlevel.checkpoint()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for q in queues:
+                    nursery.start_soon(publisher, q)
+                    nursery.start_soon(consumer, q)
+    for q in queues:
+        assert len(sent[q]) > 0
+        assert got[q] == sent[q]

@@ -568,3 +568,46 @@ async def test_publish_behind_buffered_messages_keeps_the_order_they_were_handed
             await producer.drain()
     assert bodies(broker, "q") == handed_over
     assert producer.statistics().confirmed == len(handed_over)
+
+
+async def test_a_publisher_waiting_for_the_socket_learns_at_once_its_message_was_evicted(
+    broker: FakeBrokerServer,
+) -> None:
+    """Regression: a publisher waiting for its confirm may be the task that
+    reads the socket; when another publisher evicts its message
+    (DROP_OLDEST), no byte comes from the broker, yet it must wake up and
+    raise (it used to sleep until the next frame: never, without
+    heartbeats and with publishing blocked)."""
+    config = tl.Config(buffer_size=2, reconnect_jitter=0.0, heartbeat=0)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        connection = await client.wait_connected()
+        producer = client.producer(
+            "q", mode=tl.PublishMode.CONFIRM, buffer_policy=tl.BufferPolicy.DROP_OLDEST
+        )
+        assert await producer.publish(b"first")  # the producer has its channel
+        broker.block("low on disk")
+        with trio.fail_after(2):
+            while not connection.blocked:
+                await trio.sleep(0.001)
+        outcome: list[BaseException | None] = []
+
+        async def publish_victim() -> None:
+            try:
+                await producer.publish(b"victim")
+                outcome.append(None)
+            except tl.PublishError as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish_victim)
+            await trio.sleep(0.05)
+            for i in range(2):  # the buffer holds 2: this evicts "victim"
+                assert producer.publish_nowait(b"%d" % i)
+            with trio.fail_after(1):
+                while not outcome:
+                    await trio.sleep(0.01)
+        broker.unblock()
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], tl.PublishError)
+        assert "EVICTED" in str(outcome[0])

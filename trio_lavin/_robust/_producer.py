@@ -542,6 +542,12 @@ class Producer:
         if message._waiter is not None and message._error is None:
             message._error = error or _drop_error(message, reason)
             message._waiter.set()
+            channel = self._channel
+            if channel is not None:
+                # Its publisher may be waiting for the socket, reading for
+                # itself (Connection._wait_once), and no byte is coming for
+                # this outcome: make it look again.
+                channel.connection._interrupt_taker()
         for callback in self._callbacks:
             try:
                 result = callback(message, self.target, reason)
