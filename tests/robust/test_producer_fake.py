@@ -537,10 +537,12 @@ async def test_publish_on_an_idle_producer_publishes_from_the_callers_task(
             names.clear()
             for i in range(20):
                 assert await producer.publish(b"%d" % i)
+            producer.publish_nowait(b"nowait")  # likewise, without waiting
+            await producer.drain()
         me = trio.lowlevel.current_task().name
-        assert names == [me] * 20
-        assert bodies(broker, "q") == [b"first"] + [b"%d" % i for i in range(20)]
-        assert producer.statistics().confirmed == 21
+        assert names == [me] * 21
+        assert bodies(broker, "q") == [b"first"] + [b"%d" % i for i in range(20)] + [b"nowait"]
+        assert producer.statistics().confirmed == 22
 
 
 async def test_publish_behind_buffered_messages_keeps_the_order_they_were_handed_over(
@@ -565,6 +567,10 @@ async def test_publish_behind_buffered_messages_keeps_the_order_they_were_handed
                 body = b"r%d-published" % round_
                 handed_over.append(body)
                 assert await producer.publish(body)
+                for i in range(2):
+                    body = b"r%d-nowait-%d" % (round_, i)
+                    handed_over.append(body)
+                    assert producer.publish_nowait(body)
             await producer.drain()
     assert bodies(broker, "q") == handed_over
     assert producer.statistics().confirmed == len(handed_over)

@@ -541,6 +541,9 @@ class Connection:
                 reader.cancel()
             with taker.scope:
                 await trio.lowlevel.wait_readable(socket)
+            # Nothing to interrupt from here on (cancelling a scope is not
+            # free): what is read is dispatched below without a pause.
+            self._taker = None
             if taker.scope.cancelled_caught or done():
                 return
             try:

@@ -248,6 +248,8 @@ class Producer:
         self._renew_channel = False
         #: The sender task waits for messages, with nothing else to do.
         self._sender_idle = False
+        #: Messages in the buffer (the memory channel).
+        self._buffered = 0
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
         self._rejection_backoff: Backoff | None = None
@@ -275,9 +277,7 @@ class Producer:
         and the counts of every outcome so far."""
         return ProducerStatistics(
             target=self.target,
-            buffered=self._receive.statistics().current_buffer_used
-            + len(self._retry)
-            + len(self._requeued),
+            buffered=self._buffered + len(self._retry) + len(self._requeued),
             in_flight=self._in_flight,
             published=self._published,
             republished=self._republished,
@@ -344,12 +344,15 @@ class Producer:
             ProducerClosed: the producer or client is closed.
         """
         message = self._message(body, properties, routing_key, headers)
+        channel = self._channel
+        if channel is not None and self._publish_directly(channel, message, kick=True):
+            return True
         try:
-            self._send.send_nowait(message)
+            self._buffer_nowait(message)
         except trio.WouldBlock:
             if not self._make_room(message):
                 return False
-            self._send.send_nowait(message)
+            self._buffer_nowait(message)
         if self._wakeup:
             self._wakeup.unpark_all()
         return True
@@ -357,7 +360,7 @@ class Producer:
     def _make_room(self, message: Message) -> bool:
         policy = self.buffer_policy
         if policy is BufferPolicy.DROP_OLDEST:
-            oldest = self._receive.receive_nowait()
+            oldest = self._unbuffer_nowait()
             self._drop(oldest, DropReason.EVICTED)
             return True
         if policy is BufferPolicy.DROP_NEWEST:
@@ -420,24 +423,24 @@ class Producer:
         if self.mode is PublishMode.CONFIRM:
             message._waiter = trio.Event()
         channel = self._channel
-        if channel is not None and self._publish_directly(channel, message):
+        if channel is not None and self._publish_directly(channel, message, kick=False):
             await channel.connection._flush_before_waiting()
         else:
             if self.buffer_policy is BufferPolicy.BLOCK:
                 try:
                     # No schedule point when there is room: the task then
                     # goes on to wait for the confirm without a detour.
-                    self._send.send_nowait(message)
+                    self._buffer_nowait(message)
                 except trio.WouldBlock:
-                    await self._send.send(message)
+                    await self._buffer(message)
             else:
                 try:
-                    self._send.send_nowait(message)
+                    self._buffer_nowait(message)
                 except trio.WouldBlock:
                     if not self._make_room(message):
                         await trio.lowlevel.checkpoint()
                         return False
-                    self._send.send_nowait(message)
+                    self._buffer_nowait(message)
             if self._wakeup:
                 self._wakeup.unpark_all()
         waiter = message._waiter
@@ -473,17 +476,17 @@ class Producer:
         """
         message = self._message(body, properties, routing_key, headers)
         try:
-            self._send.send_nowait(message)
+            self._buffer_nowait(message)
         except trio.WouldBlock:
             if self.buffer_policy is BufferPolicy.BLOCK:
                 if self._wakeup:
                     self._wakeup.unpark_all()
-                await self._send.send(message)
+                await self._buffer(message)
             else:
                 await trio.lowlevel.checkpoint()
                 if not self._make_room(message):
                     return False
-                self._send.send_nowait(message)
+                self._buffer_nowait(message)
         else:
             # Room in the buffer: no need to yield (that is what makes a loop
             # of enqueue() fast); cancellation is still honoured.
@@ -498,11 +501,12 @@ class Producer:
         while self._pending():
             await self._idle_lot.park()
 
-    def _publish_directly(self, channel: Channel, message: Message) -> bool:
+    def _publish_directly(self, channel: Channel, message: Message, *, kick: bool) -> bool:
         """Publish ``message`` from the caller's task if the sender task is
         idle with nothing queued, so that the message would be the next one
         it publishes anyway: that spares a hop through the sender on the way
-        to the wire.  False when it must go through the buffer."""
+        to the wire.  False when it must go through the buffer.  ``kick``:
+        wake the connection's writer to send it (else the caller sends it)."""
         if (
             not self._sender_idle
             or self._closed
@@ -515,25 +519,34 @@ class Producer:
         ):
             return False
         try:
-            confirmation = _queue_on(channel, message)
+            confirmation = _queue_on(channel, message, kick=kick)
         except (trio.WouldBlock, ChannelClosed, AMQPConnectionError):
             return False
         self._account(message, confirmation)
         return True
 
+    # The buffer, with a count of what it holds (its statistics() are too
+    # slow to ask for every message).
+
+    def _buffer_nowait(self, message: Message) -> None:
+        self._send.send_nowait(message)
+        self._buffered += 1
+
+    async def _buffer(self, message: Message) -> None:
+        await self._send.send(message)
+        self._buffered += 1
+
+    def _unbuffer_nowait(self) -> Message:
+        message = self._receive.receive_nowait()
+        self._buffered -= 1
+        return message
+
     def _has_queued(self) -> bool:
         """Messages wait to be published."""
-        return bool(
-            self._retry or self._requeued or self._receive.statistics().current_buffer_used
-        )
+        return bool(self._retry or self._requeued or self._buffered)
 
     def _pending(self) -> bool:
-        return bool(
-            self._receive.statistics().current_buffer_used
-            or self._retry
-            or self._requeued
-            or self._in_flight
-        )
+        return bool(self._buffered or self._retry or self._requeued or self._in_flight)
 
     # -- outcomes -------------------------------------------------------------------
 
@@ -619,7 +632,7 @@ class Producer:
         if self._retry:
             return self._retry.popleft()
         try:
-            return self._receive.receive_nowait()
+            return self._unbuffer_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return None
 
@@ -697,7 +710,7 @@ class Producer:
                         break
                     try:
                         # Sent below, or by the writer woken on the way out.
-                        confirmation = _queue_on(channel, message)
+                        confirmation = _queue_on(channel, message, kick=False)
                     except BaseException:
                         self._retry.appendleft(message)  # not published: first in line
                         connection._kick()
@@ -782,7 +795,7 @@ class Producer:
         self._retry.clear()
         while True:
             try:
-                pending.append(self._receive.receive_nowait())
+                pending.append(self._unbuffer_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
         for message in pending:
@@ -805,16 +818,17 @@ class _Settle:
         self.producer._settled(self.message, error)
 
 
-def _queue_on(channel: Channel, message: Message) -> Confirmation | None:
-    """Queue ``message`` for sending on ``channel``, without waking the
-    connection's writer: the caller sends it (or wakes the writer)."""
+def _queue_on(channel: Channel, message: Message, *, kick: bool) -> Confirmation | None:
+    """Queue ``message`` for sending on ``channel``; ``kick``: wake the
+    connection's writer to send it (else the caller sends it, or wakes the
+    writer)."""
     return channel._publish_nowait(
         message.body,
         message.exchange,
         message.routing_key,
         message.properties,
         message.mandatory,
-        kick=False,
+        kick=kick,
     )
 
 
