@@ -112,9 +112,13 @@ class Connection:
         self._reader_idle = False
         #: Cancelled to stop the reader waiting for the socket.
         self._reader_scope: trio.CancelScope | None = None
+        #: The reader waits for the socket and cannot be stopped.
+        self._reader_busy = False
         self._reader_lot = trio.lowlevel.ParkingLot()
         #: The task that took the reading over (see ``_wait_once``).
         self._taker: _Taker | None = None
+        #: Tasks in ``_wait_once``.
+        self._waiting = 0
         #: Consumers given deliveries beyond their buffer: no reading until
         #: they have room.
         self._overfull: set[Consumer] = set()
@@ -389,12 +393,21 @@ class Connection:
                 # A waiting task reads for now; it wakes us when it is done.
                 await self._reader_lot.park()
                 return None
-            scope = self._reader_scope = trio.CancelScope()
-            with scope:
-                await trio.lowlevel.wait_readable(socket)
-            self._reader_scope = None
-            if scope.cancelled_caught:
-                return None  # a waiting task took the reading over
+            if self._waiting:
+                # Tasks wait already, so none will take the reading over
+                # (see _wait_once): no cancel scope needed (they cost 3 us).
+                self._reader_busy = True
+                try:
+                    await trio.lowlevel.wait_readable(socket)
+                finally:
+                    self._reader_busy = False
+            else:
+                scope = self._reader_scope = trio.CancelScope()
+                with scope:
+                    await trio.lowlevel.wait_readable(socket)
+                self._reader_scope = None
+                if scope.cancelled_caught:
+                    return None  # a waiting task took the reading over
         finally:
             self._reader_idle = False
         return self._read_now()
@@ -509,11 +522,13 @@ class Connection:
     ) -> None:
         """For a task waiting for the broker, until ``done()``: wait once,
         either with ``wait()`` (woken by whoever dispatches its answer) or,
-        when the reader is idle on a TCP socket, by taking the reading over:
-        wait for the socket, then read and dispatch from this task.  The
-        answer then reaches the task without a hop through the reader (a
-        scheduler round trip, about a tenth of a confirm's latency).
-        Callers check ``done()`` again afterwards.
+        when it is the only task waiting and the reader is idle on a TCP
+        socket, by taking the reading over: wait for the socket, then read
+        and dispatch from this task.  The answer then reaches the task
+        without a hop through the reader (a scheduler pass, about a tenth of
+        a confirm's latency).  With several tasks waiting, the reader reads
+        for them all: handing the reading from task to task would cost more
+        than the hop.  Callers check ``done()`` again afterwards.
 
         Cancellation: a checkpoint; the reading goes back to the reader.
         """
@@ -525,13 +540,19 @@ class Connection:
         socket = self._socket
         if (
             socket is None
+            or self._waiting  # others wait too: one read by the reader wakes them all
             or not self._reader_idle
-            or self._taker is not None
+            or self._reader_busy
             or self._overfull
             or self._error is not None
         ):
-            await wait()
+            self._waiting += 1
+            try:
+                await wait()
+            finally:
+                self._waiting -= 1
             return
+        self._waiting += 1
         taker = self._taker = _Taker(done)
         try:
             reader = self._reader_scope
@@ -563,6 +584,7 @@ class Connection:
         except trio.ClosedResourceError:
             return  # the connection ended
         finally:
+            self._waiting -= 1
             self._taker = None
             self._reader_lot.unpark_all()
 
