@@ -393,9 +393,10 @@ class Connection:
                 # A waiting task reads for now; it wakes us when it is done.
                 await self._reader_lot.park()
                 return None
-            if self._waiting:
-                # Tasks wait already, so none will take the reading over
-                # (see _wait_once): no cancel scope needed (they cost 3 us).
+            if self._waiting > 1:
+                # Several tasks wait, so none will take the reading over (see
+                # _wait_once): no cancel scope needed (they cost 3 us).  With
+                # one waiting, it may want to when it waits next.
                 self._reader_busy = True
                 try:
                     await trio.lowlevel.wait_readable(socket)
