@@ -1,17 +1,28 @@
-"""Fixtures shared by the integration tests: a TLS-enabled broker node and a
-WebSocket bridge, each started once per session when first needed."""
+"""Fixtures shared by the integration tests: a fault proxy in front of the
+broker, and a TLS-enabled broker node and a WebSocket bridge, each started
+once per session when first needed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trustme
 
+import trio_lavin as tl
 from tests._broker import Broker, BrokerError, RabbitNode, free_port
 from tests._websockify import Websockify
+from trio_lavin.testing import FaultProxy, open_fault_proxy
+
+
+@pytest.fixture
+async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
+    """A :class:`FaultProxy` in front of the broker (connect to ``proxy.url_for(amqp_url)``)."""
+    params = tl.parse_url(amqp_url)
+    async with open_fault_proxy(params.host, params.port) as proxy:
+        yield proxy
 
 
 @dataclass(frozen=True)

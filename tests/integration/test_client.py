@@ -4,7 +4,6 @@ operator-forced closes, fatal errors."""
 from __future__ import annotations
 
 import dataclasses
-import secrets
 
 import pytest
 import trio
@@ -12,13 +11,11 @@ import trio
 import trio_lavin as tl
 from tests._broker import RabbitNode
 
+from ._names import unique
+
 pytestmark = pytest.mark.broker
 
 CONFIG = tl.Config(heartbeat=5, reconnect_max_delay=2.0)
-
-
-def unique(prefix: str = "q") -> str:
-    return f"trio-lavin-test.{prefix}.{secrets.token_hex(6)}"
 
 
 async def test_wrong_password_raises_access_refused_out_of_open_client(amqp_url: str) -> None:

@@ -13,11 +13,9 @@ import trio
 import trio_lavin as tl
 from tests._broker import RabbitNode
 
+from ._names import unique
+
 pytestmark = pytest.mark.broker
-
-
-def unique(prefix: str = "q") -> str:
-    return f"trio-lavin-test.{prefix}.{secrets.token_hex(6)}"
 
 
 async def test_handshake_negotiates_with_the_broker(amqp_url: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import AsyncIterator
 from typing import Literal
 
 import pytest
@@ -15,18 +14,9 @@ import trio_lavin as tl
 from tests._broker import RabbitNode
 from trio_lavin.testing import FaultProxy, open_fault_proxy
 
+from ._names import unique
+
 pytestmark = pytest.mark.broker
-
-
-def unique(prefix: str = "q") -> str:
-    return f"trio-lavin-test.{prefix}.{secrets.token_hex(6)}"
-
-
-@pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
-    params = tl.parse_url(amqp_url)
-    async with open_fault_proxy(params.host, params.port) as proxy:
-        yield proxy
 
 
 async def roundtrip(client: tl.Client, queue: str, consumer: tl.RecoveringConsumer) -> bytes:

@@ -22,14 +22,13 @@ import struct
 import time
 import tracemalloc
 import weakref
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
 import trio.testing
 
 import trio_lavin as tl
-from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing import FaultProxy
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -128,13 +127,6 @@ async def sever(client: tl.Client, proxy: FaultProxy) -> None:
     proxy.sever()
     await connection.wait_closed()
     await client.wait_connected()
-
-
-@pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
-    params = tl.parse_url(amqp_url)
-    async with open_fault_proxy(params.host, params.port) as proxy:
-        yield proxy
 
 
 def mib(size: int) -> str:

@@ -4,10 +4,8 @@ Prometheus endpoint scraped over HTTP."""
 from __future__ import annotations
 
 import logging
-import secrets
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -16,23 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import trio_lavin as tl
 from trio_lavin.prometheus import ClientCollector, serve_metrics
-from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing import FaultProxy
+
+from ._names import unique
 
 pytestmark = pytest.mark.broker
 
 CONFIG = tl.Config(heartbeat=5)
 N = 40
-
-
-def unique(prefix: str = "q") -> str:
-    return f"trio-lavin-test.{prefix}.{secrets.token_hex(6)}"
-
-
-@pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
-    params = tl.parse_url(amqp_url)
-    async with open_fault_proxy(params.host, params.port) as proxy:
-        yield proxy
 
 
 async def known_traffic(client: tl.Client, queue: str) -> tl.Delivery:

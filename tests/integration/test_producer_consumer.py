@@ -3,29 +3,17 @@ FaultProxy where the network has to fail)."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-
 import pytest
 import trio
 
 import trio_lavin as tl
-from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing import FaultProxy
+
+from ._names import unique
 
 pytestmark = pytest.mark.broker
 
 CONFIG = tl.Config(buffer_size=5, heartbeat=5, reconnect_max_delay=0.5)
-
-
-def unique(prefix: str = "q") -> str:
-    return f"trio-lavin-test.{prefix}.{secrets.token_hex(6)}"
-
-
-@pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
-    params = tl.parse_url(amqp_url)
-    async with open_fault_proxy(params.host, params.port) as proxy:
-        yield proxy
 
 
 async def read_queue(amqp_url: str, queue: str) -> list[bytes]:

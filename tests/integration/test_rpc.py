@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import random
 import re
-import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
 import trio_lavin as tl
-from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing import FaultProxy
+
+from ._names import unique
 
 pytestmark = pytest.mark.broker
 
 CONFIG = tl.Config(heartbeat=5, reconnect_max_delay=0.5)
-
-
-def unique(prefix: str = "rpc") -> str:
-    return f"trio-lavin-test.{prefix}.{secrets.token_hex(6)}"
-
-
-@pytest.fixture
-async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
-    params = tl.parse_url(amqp_url)
-    async with open_fault_proxy(params.host, params.port) as proxy:
-        yield proxy
 
 
 async def upper(delivery: tl.Delivery) -> bytes:
@@ -41,7 +30,7 @@ async def queue_depth(amqp_url: str, queue: str) -> int:
 
 
 async def test_rpc_call_returns_the_reply_of_the_server_handler(amqp_url: str) -> None:
-    queue = unique()
+    queue = unique("rpc")
     seen: list[tl.BasicProperties] = []
 
     async def handler(delivery: tl.Delivery) -> bytes:
@@ -65,7 +54,7 @@ async def test_rpc_call_returns_the_reply_of_the_server_handler(amqp_url: str) -
 
 
 async def test_a_hundred_concurrent_calls_each_get_their_own_reply(amqp_url: str) -> None:
-    queue = unique()
+    queue = unique("rpc")
 
     async def slow_echo(delivery: tl.Delivery) -> bytes:
         # Random delays make the replies come back out of order.
@@ -92,7 +81,7 @@ async def test_a_hundred_concurrent_calls_each_get_their_own_reply(amqp_url: str
 async def test_a_call_nobody_answers_raises_rpc_timeout_naming_the_routing_key(
     amqp_url: str,
 ) -> None:
-    queue = unique()
+    queue = unique("rpc")
     with trio.fail_after(20):
         async with tl.open_client(amqp_url, CONFIG) as client:
             await client.declare_queue(queue, auto_delete=True)  # bound, but nobody serves it
@@ -130,7 +119,7 @@ async def test_a_request_nothing_is_bound_to_raises_rpc_unroutable_at_once(amqp_
 async def test_a_request_to_a_missing_exchange_fails_with_the_broker_404_and_calls_go_on(
     amqp_url: str,
 ) -> None:
-    queue = unique()
+    queue = unique("rpc")
     with trio.fail_after(20):
         async with tl.open_client(amqp_url, CONFIG) as client, trio.open_nursery() as nursery:
             await client.declare_queue(queue, auto_delete=True)
@@ -149,7 +138,7 @@ async def test_a_request_to_a_missing_exchange_fails_with_the_broker_404_and_cal
 async def test_a_failing_handler_gives_the_caller_rpc_remote_error_and_the_server_goes_on(
     amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    queue = unique()
+    queue = unique("rpc")
 
     async def picky(delivery: tl.Delivery) -> bytes:
         if delivery.body == b"bad":
@@ -175,7 +164,7 @@ async def test_a_failing_handler_gives_the_caller_rpc_remote_error_and_the_serve
 
 
 async def test_a_handler_returning_non_bytes_is_reported_as_a_type_error(amqp_url: str) -> None:
-    queue = unique()
+    queue = unique("rpc")
 
     async def wrong(delivery: tl.Delivery) -> bytes:
         return delivery.body.decode()  # type: ignore[return-value]
@@ -191,7 +180,7 @@ async def test_a_handler_returning_non_bytes_is_reported_as_a_type_error(amqp_ur
 
 
 async def test_a_late_reply_to_a_timed_out_call_is_discarded(amqp_url: str) -> None:
-    queue = unique()
+    queue = unique("rpc")
 
     async def slow_first(delivery: tl.Delivery) -> bytes:
         if delivery.body == b"slow":
@@ -212,7 +201,7 @@ async def test_a_late_reply_to_a_timed_out_call_is_discarded(amqp_url: str) -> N
 async def test_a_call_waiting_when_the_connection_dies_raises_reply_lost_and_the_next_works(
     amqp_url: str, proxy: FaultProxy
 ) -> None:
-    queue = unique()
+    queue = unique("rpc")
     release = trio.Event()
     handled: list[bytes] = []
 
@@ -254,7 +243,7 @@ async def test_a_call_waiting_when_the_connection_dies_raises_reply_lost_and_the
 async def test_a_call_waiting_when_the_client_closes_raises_connection_closed(
     amqp_url: str,
 ) -> None:
-    queue = unique()
+    queue = unique("rpc")
     errors: list[BaseException] = []
 
     async def call_and_record(client: tl.Client) -> None:
@@ -275,7 +264,7 @@ async def test_a_call_waiting_when_the_client_closes_raises_connection_closed(
 
 
 async def test_a_request_without_reply_to_is_rejected_and_not_handled(amqp_url: str) -> None:
-    queue = unique()
+    queue = unique("rpc")
     handled: list[bytes] = []
 
     async def record(delivery: tl.Delivery) -> bytes:

@@ -507,11 +507,8 @@ class Channel:
         return await self._wait(waiter)
 
     async def _wait(self, waiter: _Waiter) -> Any:
-        event = waiter.event
-        connection = self.connection
         try:
-            while not event.is_set():
-                await connection._wait_once(event.is_set, event.wait)
+            await self.connection._wait_event(waiter.event)
         except BaseException:
             waiter.abandoned = True
             if waiter.event.is_set() and waiter.error is None and waiter.on_late_reply:
@@ -805,9 +802,7 @@ class Channel:
         # the writer need not wake up only to find nothing left to send.
         await connection._flush_before_waiting()
         if confirmation is not None:
-            event = confirmation._event
-            while not event.is_set():
-                await connection._wait_once(event.is_set, event.wait)
+            await connection._wait_event(confirmation._event)
             if confirmation._error is not None:
                 raise confirmation._error
 

@@ -539,21 +539,28 @@ class Connection:
             await trio.lowlevel.checkpoint()
             return
         socket = self._socket
-        if (
+        take = not (
             socket is None
             or self._waiting  # others wait too: one read by the reader wakes them all
             or not self._reader_idle
             or self._reader_busy
             or self._overfull
             or self._error is not None
-        ):
-            self._waiting += 1
-            try:
-                await wait()
-            finally:
-                self._waiting -= 1
-            return
+        )
         self._waiting += 1
+        try:
+            if take and socket is not None:
+                await self._take_reading(socket, done)
+            else:
+                await wait()
+        finally:
+            self._waiting -= 1
+
+    async def _take_reading(
+        self, socket: trio.socket.SocketType, done: Callable[[], bool]
+    ) -> None:
+        """``_wait_once`` as the task that reads: wait for the socket in
+        place of the reader, then read and dispatch what came."""
         taker = self._taker = _Taker(done)
         try:
             reader = self._reader_scope
@@ -585,9 +592,14 @@ class Connection:
         except trio.ClosedResourceError:
             return  # the connection ended
         finally:
-            self._waiting -= 1
             self._taker = None
             self._reader_lot.unpark_all()
+
+    async def _wait_event(self, event: trio.Event) -> None:
+        """Wait until ``event`` is set, reading for ourselves when we can
+        (see ``_wait_once``)."""
+        while not event.is_set():
+            await self._wait_once(event.is_set, event.wait)
 
     def _interrupt_taker(self) -> None:
         """Something a waiting task may be waiting for happened without
