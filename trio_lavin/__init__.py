@@ -28,11 +28,14 @@ from typing import TYPE_CHECKING, Any
 from ._exceptions import AMQPConnectionError as AMQPConnectionError
 from ._exceptions import AMQPError as AMQPError
 from ._exceptions import ChannelClosed as ChannelClosed
+from ._exceptions import CommandRefused as CommandRefused
 from ._exceptions import ConnectionClosed as ConnectionClosed
 from ._exceptions import ConnectionClosedByBroker as ConnectionClosedByBroker
 from ._exceptions import ConnectionLost as ConnectionLost
 from ._exceptions import ConsumerCancelled as ConsumerCancelled
+from ._exceptions import DeliveryAlreadySettled as DeliveryAlreadySettled
 from ._exceptions import MessageNacked as MessageNacked
+from ._exceptions import MessageRejected as MessageRejected
 from ._exceptions import MessageReturned as MessageReturned
 from ._exceptions import PublishError as PublishError
 from ._params import Parameters as Parameters
@@ -146,6 +149,7 @@ __all__ = [
     "Client",
     "ClientState",
     "ClientStatistics",
+    "CommandRefused",
     "Config",
     "Confirmation",
     "Connection",
@@ -156,11 +160,13 @@ __all__ = [
     "ConsumerCancelled",
     "ConsumerStatistics",
     "Delivery",
+    "DeliveryAlreadySettled",
     "DropReason",
     "FrameError",
     "LocalProtocolError",
     "Message",
     "MessageNacked",
+    "MessageRejected",
     "MessageReturned",
     "MessageTooLarge",
     "Parameters",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -15,13 +14,6 @@ import trio_lavin as tl
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 FAST = tl.Config(heartbeat=10, reconnect_jitter=0.0)
-
-
-@pytest.fixture(params=["memory", "socketpair"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBrokerServer]:
-    """In-memory streams, and a socket pair (the TCP code paths)."""
-    async with open_fake_broker(heartbeat=10, transport=request.param) as broker:
-        yield broker
 
 
 def client_tasks() -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import AsyncIterator
 from functools import partial
 
 import pytest
@@ -17,16 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import trio_lavin as tl
 from trio_lavin.prometheus import ClientCollector, serve_metrics
-from trio_lavin.testing import FakeBrokerServer, open_fake_broker
+from trio_lavin.testing import FakeBrokerServer
 
 FAST = tl.Config(heartbeat=10, reconnect_jitter=0.0)
-
-
-@pytest.fixture(params=["memory", "socketpair"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBrokerServer]:
-    """In-memory streams, and a socket pair (the TCP code paths)."""
-    async with open_fake_broker(heartbeat=10, transport=request.param) as broker:
-        yield broker
 
 
 async def test_seconds_since_connect_follows_the_trio_clock_and_restarts_on_reconnect(

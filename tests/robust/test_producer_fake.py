@@ -4,7 +4,6 @@ drops, re-publishing after a reconnect, and "exactly one outcome"."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -17,13 +16,6 @@ import trio_lavin as tl
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 SMALL = tl.Config(buffer_size=5, reconnect_jitter=0.0, heartbeat=10)
-
-
-@pytest.fixture(params=["memory", "socketpair"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[FakeBrokerServer]:
-    """In-memory streams, and a socket pair (the TCP code paths)."""
-    async with open_fake_broker(heartbeat=10, transport=request.param) as broker:
-        yield broker
 
 
 def bodies(broker: FakeBrokerServer, queue: str) -> list[bytes]:

@@ -13,9 +13,16 @@ written from the documented policy, not from the code:
 * a failed attempt waits only when it ends a round (one failed attempt per
   endpoint since the last wait or healthy connection); otherwise the next
   endpoint is tried at once; a lost connection always waits;
+* a connection the broker closed with a hard error (any reply code but 320)
+  does not reset ``k``, unless it had been up for ``reconnect_max_delay``; nor
+  does one lost to a protocol violation; every other loss does;
 * ``max_fatal_attempts`` fatal failures (403/530) since the last healthy
-  connection, or ``max_reconnect_attempts`` consecutive failures, stop the
-  supervisor: ``next_action`` returns ``Stop(that error)`` forever after;
+  connection, ``max_reconnect_attempts`` consecutive failures, or
+  ``max_broker_closes`` connections in a row closed by the broker with the
+  same hard error (a connection up for ``reconnect_max_delay``, or ended any
+  other way, starts that count over; a failure that is not a broker close
+  leaves it) stop the supervisor: ``next_action`` returns ``Stop(that
+  error)`` forever after;
 * every state change is recorded once, in order, each ``old`` being the
   previous ``new``, at the time it happened, with the error that caused it;
 * ``STOPPED`` and ``CLOSED`` are terminal;
@@ -30,7 +37,7 @@ import math
 import random
 import ssl
 
-from hypothesis import event, note, settings
+from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -40,7 +47,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from trio_lavin._exceptions import ConnectionClosedByBroker, ConnectionLost
+from trio_lavin._exceptions import CommandRefused, ConnectionClosedByBroker, ConnectionLost
 from trio_lavin._robust._config import Config
 from trio_lavin._robust._supervisor import (
     ClientState,
@@ -65,6 +72,7 @@ ALLOWED_CHANGES = {
     (ClientState.CONNECTING, ClientState.DISCONNECTED): True,
     (ClientState.CONNECTING, ClientState.STOPPED): True,
     (ClientState.CONNECTED, ClientState.DISCONNECTED): True,
+    (ClientState.CONNECTED, ClientState.STOPPED): True,
     (ClientState.DISCONNECTED, ClientState.CLOSED): False,
     (ClientState.CONNECTING, ClientState.CLOSED): False,
     (ClientState.CONNECTED, ClientState.CLOSED): False,
@@ -89,6 +97,8 @@ TRANSIENT_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
     st.builds(ConnectionLost, st.just("protocol error"), st.just(501)),
     st.builds(ConnectionClosedByBroker, st.just("CONNECTION_FORCED"), st.just(320)),
     st.builds(ConnectionClosedByBroker, st.just("INTERNAL_ERROR"), st.just(541)),
+    st.builds(ConnectionClosedByBroker, st.just("COMMAND_INVALID"), st.just(503), st.just(40)),
+    st.builds(CommandRefused, st.just("COMMAND_INVALID"), st.just(503), st.just(40), st.just(10)),
 )
 FATAL_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
     st.builds(ConnectionClosedByBroker, st.just("ACCESS_REFUSED - Login refused"), st.just(403)),
@@ -109,7 +119,24 @@ LOSS_ERRORS: st.SearchStrategy[BaseException] = st.one_of(
     st.builds(ConnectionLost, st.just("no data for 20.0 s (heartbeat timeout)")),
     st.builds(ConnectionClosedByBroker, st.just("CONNECTION_FORCED"), st.just(320)),
     st.builds(_protocol_violation),
+    st.builds(ConnectionClosedByBroker, st.just("INTERNAL_ERROR"), st.just(541)),
+    st.builds(
+        ConnectionClosedByBroker,
+        st.just("COMMAND_INVALID"),
+        st.just(503),
+        st.just(40),
+        st.just(10),
+    ),
 )
+
+
+def broker_hard_close(error: BaseException) -> int | None:
+    """The model's reading of "the broker closed it with a hard error": a
+    Connection.Close (or the refusal of a command it names) with a code other
+    than 320 CONNECTION_FORCED."""
+    if isinstance(error, (ConnectionClosedByBroker, CommandRefused)) and error.reply_code != 320:
+        return error.reply_code
+    return None
 
 
 def delay_bounds(config: Config, k: int) -> tuple[float, float]:
@@ -136,6 +163,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         jitter=st.one_of(st.sampled_from([0.0, 0.2, 1.0]), st.floats(0.0, 1.0)),
         max_reconnect_attempts=st.one_of(st.none(), st.integers(1, 4)),
         max_fatal_attempts=st.integers(1, 3),
+        max_broker_closes=st.one_of(st.none(), st.integers(1, 4)),
         endpoints=st.integers(1, 3),
         start=st.sampled_from([0.0, 1_000_000.0]),
         seed=st.integers(0, 2**32 - 1),
@@ -150,6 +178,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         jitter: float,
         max_reconnect_attempts: int | None,
         max_fatal_attempts: int,
+        max_broker_closes: int | None,
         endpoints: int,
         start: float,
         seed: int,
@@ -163,6 +192,7 @@ class SupervisorMachine(RuleBasedStateMachine):
             reconnect_jitter=jitter,
             max_reconnect_attempts=max_reconnect_attempts,
             max_fatal_attempts=max_fatal_attempts,
+            max_broker_closes=max_broker_closes,
             shuffle_urls=shuffle,
         )
         self.now = start
@@ -176,6 +206,9 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.visited: list[int] = []  # the endpoint of each attempt, in order
         self.failures = 0  # failed attempts since the last healthy connection
         self.fatal_failures = 0
+        self.broker_closes = 0  # connections in a row closed with broker_close_code
+        self.broker_close_code: int | None = None
+        self.connected_at = start
         self.attempts = 0
         self.connects = 0
         self.losses = {Detection.EVENT: 0, Detection.POLL: 0}
@@ -238,6 +271,18 @@ class SupervisorMachine(RuleBasedStateMachine):
         else:
             assert endpoint == self.visited[self.attempts - n]
 
+    def count_broker_close(self, error: BaseException, *, fresh: bool) -> bool:
+        """Count a broker close in the model; True when it makes the limit."""
+        code = broker_hard_close(error)
+        if code is None:
+            return False
+        if fresh or code != self.broker_close_code:
+            self.broker_closes = 0
+        self.broker_close_code = code
+        self.broker_closes += 1
+        limit = self.config.max_broker_closes
+        return limit is not None and self.broker_closes >= limit
+
     def fail_attempt(self, error: BaseException, kind: ErrorKind) -> None:
         assert classify(error) is kind
         sup = self.supervisor
@@ -245,9 +290,12 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.failures += 1
         if kind is ErrorKind.FATAL:
             self.fatal_failures += 1
+        too_many_closes = self.count_broker_close(error, fresh=False)
         limit = self.config.max_reconnect_attempts
-        if self.fatal_failures >= self.config.max_fatal_attempts or (
-            limit is not None and self.failures >= limit
+        if (
+            too_many_closes
+            or self.fatal_failures >= self.config.max_fatal_attempts
+            or (limit is not None and self.failures >= limit)
         ):
             assert len(sup.delays) == self.delays_seen  # no wait before giving up
             self.stop_error = error
@@ -289,6 +337,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.failures = self.fatal_failures = self.round_failures = 0
         self.expect_change(ClientState.CONNECTING, ClientState.CONNECTED)
         assert self.supervisor.connected_since == self.now
+        self.connected_at = self.now
 
     @precondition(lambda self: self.state is ClientState.CONNECTING)
     @rule(error=TRANSIENT_ERRORS)
@@ -305,10 +354,26 @@ class SupervisorMachine(RuleBasedStateMachine):
     def connection_is_lost(self, error: BaseException, detected_by: Detection) -> None:
         self.supervisor.lost(self.now, error, detected_by)
         self.losses[detected_by] += 1
-        if isinstance(error.__cause__, FrameError):
-            event("lost to a protocol violation: the backoff keeps growing")
+        lasted = self.now - self.connected_at >= self.config.reconnect_max_delay
+        if broker_hard_close(error) is not None:
+            if lasted:
+                event("closed by the broker after a long life: the backoff starts over")
+                self.waits = 0
+            else:
+                event("closed by the broker: the backoff keeps growing")
+            if self.count_broker_close(error, fresh=lasted):
+                event("stopped after max_broker_closes")
+                assert len(self.supervisor.delays) == self.delays_seen
+                self.stop_error = error
+                self.expect_change(ClientState.CONNECTED, ClientState.STOPPED, error)
+                assert self.supervisor.connected_since is None
+                return
         else:
-            self.waits = 0  # a healthy connection lost: the backoff starts over
+            self.broker_closes = 0
+            if isinstance(error.__cause__, FrameError):
+                event("lost to a protocol violation: the backoff keeps growing")
+            else:
+                self.waits = 0  # a healthy connection lost: the backoff starts over
         self.expect_new_delay()
         self.expect_change(ClientState.CONNECTED, ClientState.DISCONNECTED, error)
         assert self.supervisor.connected_since is None
@@ -378,6 +443,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         assert sup.reconnects == max(0, self.connects - 1)
         assert sup.failures == self.failures
         assert sup.fatal_failures == self.fatal_failures
+        assert sup.broker_closes == self.broker_closes
         assert sup.detections == self.losses
         assert len(sup.delays) == self.delays_seen
         assert sup.backoff.attempt == self.waits
@@ -444,3 +510,78 @@ def test_a_failed_round_waits_once_and_a_loss_moves_to_the_next_endpoint() -> No
     sup.lost(5.0, ConnectionLost("EOF"), Detection.EVENT)
     assert sup.next_action(5.0) == Wait(5.1)
     assert sup.next_action(5.1) == Connect(1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    behaviour=st.sampled_from(["closes at once", "closes after a while", "refuses a command"]),
+    uptime=st.floats(0.0, 29.0),
+    limit=st.integers(1, 12),
+    jitter=st.sampled_from([0.0, 0.2, 1.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_broker_that_closes_every_connection_is_retried_ever_more_slowly_then_given_up(
+    behaviour: str, uptime: float, limit: int, jitter: float, seed: int
+) -> None:
+    """A broker that closes every connection with a hard error - right after
+    Connection.OpenOk (so during the topology recovery), after a while, or
+    over the first command - is retried no faster than the growing backoff
+    allows (the waits never start over), and after ``max_broker_closes``
+    connections the supervisor gives up with an error that names the code."""
+    config = Config(reconnect_jitter=jitter, max_broker_closes=limit)
+    sup = Supervisor(config, ["amqp://a/"], 0.0, random.Random(seed))
+    code = 503 if behaviour == "refuses a command" else 541
+    now = 0.0
+    ends: list[float] = []  # when each connection ended
+    starts: list[float] = []
+    for _step in range(4 * limit + 4):  # bounded: one attempt takes at most 2 steps
+        action = sup.next_action(now)
+        if isinstance(action, Stop):
+            break
+        if isinstance(action, Wait):
+            assert action.until > now
+            now = action.until
+            continue
+        assert isinstance(action, Connect)
+        sup.connect_started(now, action.endpoint)
+        starts.append(now)
+        if behaviour == "closes at once":
+            sup.connect_failed(now, ConnectionClosedByBroker("INTERNAL_ERROR", 541))
+        else:
+            sup.connected(now)
+            now += uptime
+            if behaviour == "closes after a while":
+                error: BaseException = ConnectionClosedByBroker("INTERNAL_ERROR", 541)
+            else:
+                error = ConnectionClosedByBroker("COMMAND_INVALID - unknown type", 503, 40, 10)
+            sup.lost(now, error, Detection.EVENT)
+        ends.append(now)
+    else:
+        raise AssertionError("the supervisor never gave up")
+    assert len(starts) == limit
+    for k in range(1, limit):
+        low, _high = delay_bounds(config, k - 1)
+        assert starts[k] - ends[k - 1] >= low * (1 - REL), (k, starts, ends)
+    final = sup.final_error()
+    assert isinstance(final, ConnectionClosedByBroker)
+    assert final.reply_code == code
+    assert f"closed {limit} connections in a row with {code}" in str(final)
+
+
+def test_connections_that_lasted_start_the_broker_close_count_over() -> None:
+    """A broker that closes each connection with a hard error only after it
+    was up for ``reconnect_max_delay`` never makes the client give up, and each
+    reconnect comes after the initial delay."""
+    config = Config(reconnect_jitter=0.0, max_broker_closes=2)
+    sup = Supervisor(config, ["amqp://a/"], 0.0, random.Random(1))
+    now = 0.0
+    for _ in range(10):
+        assert sup.next_action(now) == Connect(0)
+        sup.connect_started(now, 0)
+        sup.connected(now)
+        now += config.reconnect_max_delay + 1.0
+        sup.lost(now, ConnectionClosedByBroker("INTERNAL_ERROR", 541), Detection.EVENT)
+        assert sup.broker_closes == 1
+        assert sup.next_action(now) == Wait(now + 0.1)
+        now += 0.1
+    assert sup.state is ClientState.DISCONNECTED

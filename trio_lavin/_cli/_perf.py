@@ -352,8 +352,8 @@ class _Throughput:
             if ack_every and received % ack_every == 0:
                 await delivery.ack(multiple=True)
             if stats.consumed >= target:
-                if ack_every:
-                    await delivery.ack(multiple=True)
+                if ack_every and received % ack_every:
+                    await delivery.ack(multiple=True)  # the rest since the last ack
                 return
             if rate:
                 await _pace(start, received, rate)

@@ -23,7 +23,10 @@ from pamqp import base, commands
 from .._exceptions import (
     AMQPConnectionError,
     ChannelClosed,
+    CommandRefused,
+    ConnectionClosedByBroker,
     ConsumerCancelled,
+    DeliveryAlreadySettled,
     MessageNacked,
     MessageReturned,
 )
@@ -74,7 +77,10 @@ class Delivery:
     the message came on is no longer open: its delivery tag means nothing on
     any other channel, and sending it would make the broker close that
     channel with 406 PRECONDITION_FAILED.  The broker redelivers such a
-    message (with ``redelivered=True``) by itself.
+    message (with ``redelivered=True``) by itself.  Settling a delivery a
+    second time (or one already settled by a ``multiple`` ack of a later one)
+    raises :class:`DeliveryAlreadySettled` and sends nothing, for the same
+    reason.
 
     Attributes (treat them as read-only; the class is not a frozen dataclass
     because one is made per message, and a frozen one takes several times
@@ -91,6 +97,7 @@ class Delivery:
 
     __slots__ = (
         "_properties",
+        "_settled",
         "body",
         "channel",
         "consumer_tag",
@@ -112,6 +119,7 @@ class Delivery:
         channel: Channel,
         consumer_tag: str | None = None,
         message_count: int | None = None,
+        settled: bool = False,
     ) -> None:
         self.body = body
         self._properties = properties
@@ -122,6 +130,8 @@ class Delivery:
         self.channel = channel
         self.consumer_tag = consumer_tag
         self.message_count = message_count
+        #: Settled already: acked, nacked or rejected, or taken with no_ack.
+        self._settled = settled
 
     @property
     def properties(self) -> BasicProperties:
@@ -141,16 +151,40 @@ class Delivery:
 
     async def ack(self, *, multiple: bool = False) -> bool:
         """Acknowledge (``multiple``: and every earlier unacked delivery on
-        the channel).  False if the channel is gone; see the class doc."""
+        the channel).  False if the channel is gone; see the class doc.
+
+        Raises:
+            DeliveryAlreadySettled: it was acked, nacked or rejected before
+                (and its channel is still open).
+        """
+        self._settle()
         return await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
 
     async def nack(self, *, requeue: bool = True, multiple: bool = False) -> bool:
-        """Reject, with ``requeue`` (default) or dead-lettering/discarding."""
+        """Reject, with ``requeue`` (default) or dead-lettering/discarding.
+        Returns and raises as :meth:`ack`."""
+        self._settle()
         return await self.channel.basic_nack(self.delivery_tag, requeue=requeue, multiple=multiple)
 
     async def reject(self, *, requeue: bool = True) -> bool:
-        """Reject this one delivery."""
+        """Reject this one delivery.  Returns and raises as :meth:`ack`."""
+        self._settle()
         return await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
+
+    @property
+    def settled(self) -> bool:
+        """True once it was acked, nacked or rejected (by itself, or by a
+        ``multiple`` ack or nack of a later delivery on its channel), and for
+        a message received with ``no_ack`` (the broker counts it acked)."""
+        return self._settled or self.delivery_tag <= self.channel.settled_up_to
+
+    def _settle(self) -> None:
+        channel = self.channel
+        if not (channel.is_open and channel.connection.is_open):
+            return  # nothing will be sent: the ack returns False
+        if self.settled:
+            raise DeliveryAlreadySettled(self.delivery_tag, channel.number)
+        self._settled = True
 
 
 class Confirmation:
@@ -214,11 +248,14 @@ class Confirmation:
 
 
 class _Waiter:
-    """One request waiting for its reply; replies come in request order."""
+    """One request waiting for its reply; replies come in request order.
+    ``request`` is the request's method index (pamqp's ``index``: class id
+    << 16 | method id), to tell which call a broker's hard error names."""
 
-    __slots__ = ("abandoned", "error", "event", "on_late_reply", "value")
+    __slots__ = ("abandoned", "error", "event", "on_late_reply", "request", "value")
 
-    def __init__(self, on_late_reply: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, request: int, on_late_reply: Callable[[Any], None] | None = None) -> None:
+        self.request = request
         self.event = trio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
@@ -401,6 +438,9 @@ class Channel:
 
     Errors: :class:`ChannelClosed` when the broker closed the channel (with
     its reply code; the connection stays usable) or you did;
+    :class:`CommandRefused` (a :class:`ChannelClosed`) for the call whose
+    command the broker refused with a hard error, closing the whole
+    connection (e.g. 540 for a ``basic_qos`` with a ``prefetch_size``);
     :class:`ConnectionLost` / :class:`ConnectionClosed` when the connection
     ended.
     """
@@ -425,6 +465,10 @@ class Channel:
         self._return_handler: Callable[[ev.MessageReturned], None] | None = None
         #: Acks/nacks/rejects sent (a recovering consumer shares its own).
         self._counters = DeliveryCounters()
+        #: The delivery tag of the latest delivery (tags count up from 1).
+        self._last_tag = 0
+        #: Every delivery up to this tag was settled by a ``multiple`` ack/nack.
+        self.settled_up_to = 0
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -453,6 +497,11 @@ class Channel:
         self._closed.set()
         self.connection._interrupt_taker()
         waiters, self._waiters = self._waiters, deque()
+        if waiters and _names_request(error, waiters[0].request):
+            # The broker refused our oldest request outright: that call gets
+            # the refusal (and is not repeated); the others, the loss.
+            assert isinstance(error, ConnectionClosedByBroker)
+            waiters.popleft().resolve(error=CommandRefused.from_close(error))
         for waiter in waiters:
             waiter.resolve(error=error)
         for consumer in list(self._consumers.values()):
@@ -500,7 +549,7 @@ class Channel:
         if not expects_reply:
             self.connection._kick()
             return None
-        waiter = _Waiter(on_late_reply)
+        waiter = _Waiter(method.index, on_late_reply)
         self._waiters.append(waiter)
         # Sends the request from this task (or wakes the writer to send it).
         await self.connection._flush_before_waiting()
@@ -826,7 +875,11 @@ class Channel:
     async def basic_get(self, queue: str, *, no_ack: bool = False) -> Delivery | None:
         """Fetch one message, or ``None`` if the queue is empty."""
         reply = await self._call(commands.Basic.Get(queue=queue, no_ack=no_ack))
-        return reply if isinstance(reply, Delivery) else None
+        if not isinstance(reply, Delivery):
+            return None
+        if no_ack:
+            reply._settled = True  # the broker counts it acked
+        return reply
 
     async def basic_consume(
         self,
@@ -893,8 +946,15 @@ class Channel:
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> bool:
         """Ack a delivery of this channel; False (nothing sent) if the channel
         is gone.  It queues the frame without waiting (the writer sends it
-        with the next batch), so it is cheap enough to call per message."""
+        with the next batch), so it is cheap enough to call per message.
+
+        Raises:
+            ValueError: no delivery with that tag came on this channel (the
+                broker would close the channel with 406 over it); nothing is
+                sent.  With ``multiple``, tag 0 means every unacked delivery.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_tag(delivery_tag, multiple)
         if self._error is not None or not self.connection.is_open:
             self._counters.stale_acks += 1
             return False
@@ -907,8 +967,10 @@ class Channel:
         self, delivery_tag: int, *, requeue: bool = True, multiple: bool = False
     ) -> bool:
         """Reject one delivery (``multiple``: and every earlier unacked one);
-        False (nothing sent) if the channel is gone."""
+        False (nothing sent) if the channel is gone.  Raises as
+        :meth:`basic_ack`."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_tag(delivery_tag, multiple)
         if self._error is not None or not self.connection.is_open:
             self._counters.stale_acks += 1
             return False
@@ -918,7 +980,22 @@ class Channel:
         return True
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
+        """Reject one delivery; False (nothing sent) if the channel is gone.
+        Raises as :meth:`basic_ack`."""
+        self._check_tag(delivery_tag, False)
         return self._reject_nowait(delivery_tag, requeue=requeue)
+
+    def _check_tag(self, delivery_tag: int, multiple: bool) -> None:
+        """Refuse a tag that no delivery on this channel had, and note the
+        deliveries a ``multiple`` settles."""
+        if not (0 if multiple else 1) <= delivery_tag <= self._last_tag:
+            latest = f"the latest is {self._last_tag}" if self._last_tag else "none came yet"
+            raise ValueError(
+                f"delivery tag {delivery_tag!r} is not one of the deliveries on channel "
+                f"{self.number} ({latest})"
+            )
+        if multiple:
+            self.settled_up_to = max(self.settled_up_to, delivery_tag or self._last_tag)
 
     def _reject_nowait(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         sent = self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
@@ -950,8 +1027,13 @@ class Channel:
             self._waiters.popleft().resolve(value)
 
     def _make_delivery(
-        self, event: ev.DeliveryReceived | ev.GetReceived, consumer_tag: str | None = None
+        self,
+        event: ev.DeliveryReceived | ev.GetReceived,
+        consumer_tag: str | None = None,
+        *,
+        no_ack: bool = False,
     ) -> Delivery:
+        self._last_tag = event.delivery_tag
         return Delivery(
             event.body,
             event.properties,
@@ -962,6 +1044,7 @@ class Channel:
             self,
             consumer_tag,
             event.message_count if isinstance(event, ev.GetReceived) else None,
+            no_ack,
         )
 
     def _on_consumer_cancelled(self, consumer_tag: str) -> None:
@@ -1013,6 +1096,18 @@ class Channel:
         mandatory = self._mandatory
         while mandatory and mandatory[0].done:
             mandatory.popleft()
+
+
+def _names_request(error: BaseException, request: int) -> bool:
+    """Is ``error`` the broker closing the connection over the command
+    ``request`` (a method index)?  A channel's replies come in request order,
+    so the command the broker refused is the oldest one still waiting on its
+    channel."""
+    return (
+        isinstance(error, ConnectionClosedByBroker)
+        and error.class_id != 0
+        and (error.class_id << 16 | error.method_id) == request
+    )
 
 
 def _settle(confirmation: Confirmation, acked: bool) -> None:

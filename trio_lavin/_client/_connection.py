@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import trio
+from pamqp import commands
 
 from .._exceptions import (
     AMQPConnectionError,
@@ -216,7 +217,7 @@ class Connection:
                 self._kick()
                 channel._set_closed(ChannelClosed("channel open was cancelled"))
 
-        waiter = _Waiter(close_orphan)
+        waiter = _Waiter(commands.Channel.Open.index, close_orphan)
         channel._waiters.append(waiter)
         await channel._wait(waiter)
         return channel
@@ -490,7 +491,7 @@ class Connection:
             return
         consumer = channel._consumers.get(event.consumer_tag)
         if consumer is not None:
-            delivery = channel._make_delivery(event, event.consumer_tag)
+            delivery = channel._make_delivery(event, event.consumer_tag, no_ack=consumer.no_ack)
             if consumer._put(delivery):
                 if len(consumer._buffer) > consumer._capacity:
                     # Beyond its buffer: no more reading until it has room.
@@ -631,7 +632,8 @@ class Connection:
             elif isinstance(event, ev.ChannelFlow):
                 channel.flow_active = event.active
             elif isinstance(event, ev.ChannelClosedByBroker):
-                logger.info(
+                # DEBUG: whoever used the channel gets the error and says so.
+                logger.debug(
                     "broker closed channel %d: %d %s",
                     event.channel,
                     event.reply_code,
@@ -670,7 +672,11 @@ class Connection:
             )
             # Fail first (channels then refuse further use at once); the
             # CloseOk the machine queued is sent next.
-            self._fail(ConnectionClosedByBroker(event.reply_text, event.reply_code))
+            self._fail(
+                ConnectionClosedByBroker(
+                    event.reply_text, event.reply_code, event.class_id, event.method_id
+                )
+            )
             return False
         elif isinstance(event, ev.ConnectionCloseOk):
             self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
@@ -746,7 +752,9 @@ class Connection:
                         # The broker may hang up right after its Close (RabbitMQ
                         # does on bad credentials): the CloseOk is best effort.
                         await self._flush_final()
-                        raise ConnectionClosedByBroker(event.reply_text, event.reply_code)
+                        raise ConnectionClosedByBroker(
+                            event.reply_text, event.reply_code, event.class_id, event.method_id
+                        )
             except RemoteProtocolError as exc:
                 await self._flush_final()
                 raise ConnectionLost(

@@ -32,6 +32,7 @@ from .._exceptions import (
     AMQPConnectionError,
     AMQPError,
     ChannelClosed,
+    CommandRefused,
     ConnectionClosed,
     ConnectionLost,
 )
@@ -60,7 +61,6 @@ from ._supervisor import (
     Stop,
     Supervisor,
     Wait,
-    describe_stop,
 )
 from ._topology import (
     Entry,
@@ -259,8 +259,7 @@ class Client:
     def _raise_if_finished(self) -> None:
         state = self._supervisor.state
         if state is ClientState.STOPPED:
-            assert self._supervisor.stop_error is not None
-            raise describe_stop(self._supervisor.stop_error, self._supervisor.attempts)
+            raise self._supervisor.final_error()
         if state is ClientState.CLOSED:
             raise ConnectionClosed("the client was closed")
 
@@ -402,7 +401,7 @@ class Client:
             self._publish_changes()
             action = sup.next_action(trio.current_time())
             if isinstance(action, Stop):
-                final = describe_stop(action.error, sup.attempts)
+                final = sup.final_error()
                 logger.error("giving up: %s", final)
                 self._wake_waiters()
                 raise final
@@ -550,7 +549,7 @@ class Client:
             try:
                 return await connection.channel()
             except ChannelClosed:
-                if attempt == attempts:
+                if attempt == attempts or not connection.is_open:
                     raise
                 await trio.sleep(self.config.channel_retry_delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -562,19 +561,33 @@ class Client:
             try:
                 await self._apply(channel, entry)
             except ChannelClosed as exc:
-                self._recovery_failures += 1
-                logger.error("could not recover %s: %s", entry.describe(), exc)
-                self._emit(RecoveryFailed(entry.describe(), exc, trio.current_time()))
+                # Refused (404, 406, ... or a hard error that closed the
+                # connection): asking again after every reconnect would be
+                # refused again, so it is forgotten; the rest goes on.
+                self._topology.discard(entry)
+                self._recovery_failed(entry.describe(), exc, "forgotten")
+                if isinstance(exc, CommandRefused):
+                    raise  # the connection is gone: the next one recovers the rest
                 channel = await self.open_channel(connection)
         self._control = channel
         for consumer in list(self._consumers):
             try:
                 await consumer._subscribe(connection)
+            except CommandRefused as exc:
+                self._consumers.discard(consumer)  # not subscribed again
+                consumer._fail(exc)
+                self._recovery_failed(repr(consumer), exc, "it ends with that error")
+                raise
             except ChannelClosed as exc:
-                # The consumer retries by itself when iterated.
-                self._recovery_failures += 1
-                logger.error("could not re-subscribe %r: %s", consumer, exc)
-                self._emit(RecoveryFailed(repr(consumer), exc, trio.current_time()))
+                consumer._subscription_refused(exc)
+                self._recovery_failed(repr(consumer), exc, "it tries again with backoff")
+
+    def _recovery_failed(self, what: str, error: ChannelClosed, then: str) -> None:
+        """Report an entity the broker refused to recover: one WARNING, the
+        ``recovery_failures`` count, and a :class:`RecoveryFailed` event."""
+        self._recovery_failures += 1
+        logger.warning("could not recover %s: %s; %s", what, error, then)
+        self._emit(RecoveryFailed(what, error, trio.current_time()))
 
     async def _apply(self, channel: Channel, entry: Entry) -> None:
         topology = self._topology
@@ -618,7 +631,9 @@ class Client:
     async def _control_call(self, call: Callable[[Channel], Awaitable[T]]) -> T:
         """Run ``call`` on the client's control channel, on the live
         connection; a lost connection is waited out and the call repeated
-        (declarations are idempotent)."""
+        (declarations are idempotent).  A refusal is raised, never repeated:
+        :class:`ChannelClosed` (404, 406, ...) or, when the broker closed the
+        whole connection over the call, :class:`CommandRefused`."""
         while True:
             connection = await self.wait_connected()
             async with self._control_lock:
@@ -646,6 +661,9 @@ class Client:
         Raises:
             ChannelClosed: the broker refused (e.g. 406: it exists with other
                 settings); nothing is remembered.
+            CommandRefused: the broker refused it with a hard error, closing
+                the connection (e.g. 503 for an exchange type it does not
+                know); nothing is remembered, and the client reconnects.
         """
         declaration = ExchangeDeclaration(
             name, exchange_type, durable, auto_delete, internal, arguments
@@ -682,7 +700,8 @@ class Client:
                 exclusive or auto-delete; ``queue_type`` disagreeing with
                 ``arguments["x-queue-type"]`` (nothing is sent).
             ChannelClosed: the broker refused (e.g. 406: it exists with other
-                settings); nothing is remembered.
+                settings); nothing is remembered.  :class:`CommandRefused` (a
+                subclass) when it closed the connection over it.
         """
         arguments = check_queue_type(
             name,
@@ -864,9 +883,18 @@ class Client:
 
         Iterating yields :class:`~trio_lavin.Delivery` objects; after a
         reconnect, a server ``basic.cancel`` or a broker channel close, the
-        consumer subscribes again by itself.  ``delivery.ack()`` returns
-        False for deliveries from a channel that has since died (the broker
-        redelivers those).
+        consumer subscribes again by itself (with backoff while the broker
+        refuses, e.g. 404 while the queue is gone).  ``delivery.ack()``
+        returns False for deliveries from a channel that has since died (the
+        broker redelivers those).
+
+        Raises:
+            ChannelClosed: entering the block, when the broker refuses the
+                first subscription (404: no such queue; 405: another
+                connection's exclusive queue): it is not tried again.
+            CommandRefused: from the iteration, when the broker refused a
+                subscription with a hard error (closing the connection).
+            ValueError: ``prefetch`` is not in 0..65535.
         """
         if not 0 <= prefetch <= 65_535:
             raise ValueError(f"prefetch must be in 0..65535, not {prefetch!r}")
@@ -882,9 +910,9 @@ class Client:
                 connection = await self.wait_connected()
                 try:
                     await consumer._subscribe(connection)
-                except (AMQPConnectionError, ChannelClosed):
-                    if connection.is_open:
-                        raise
+                except (AMQPConnectionError, ChannelClosed) as exc:
+                    if connection.is_open or isinstance(exc, CommandRefused):
+                        raise  # refused: asking again would be refused again
                     # The connection died under us: the next connection's
                     # recovery subscribes the consumer; wait for that one.
                     continue
@@ -1035,7 +1063,10 @@ async def open_client(
         ConnectionLost: the client gave up - a fatal error such as 403
             ACCESS_REFUSED or 530 NOT_ALLOWED after ``max_fatal_attempts``
             tries (a :class:`ConnectionClosedByBroker` with the broker's
-            reply code and text), or ``max_reconnect_attempts`` failures.
+            reply code and text), ``max_reconnect_attempts`` failures, or
+            ``max_broker_closes`` connections in a row closed by the broker
+            with the same hard error (a :class:`ConnectionClosedByBroker`
+            that names it).
         ValueError: a bad URL or configuration.
     """
     config = config if config is not None else Config()

@@ -39,6 +39,14 @@ class Config:
     #: Fatal errors (403 ACCESS_REFUSED, 530 NOT_ALLOWED, a refused TLS
     #: certificate) are tried this many times before they are raised.
     max_fatal_attempts: int = 3
+    #: Give up (and raise the broker's reason out of ``open_client``) when
+    #: this many connections in a row were closed by the broker with the
+    #: same hard error - any reply code but 320 CONNECTION_FORCED (an
+    #: operator's or a shutdown's close), whether in the handshake, the
+    #: topology recovery or later.  A connection that stayed up for
+    #: ``reconnect_max_delay`` starts the count over, and so does one that
+    #: ends any other way.  None: never give up on this.
+    max_broker_closes: int | None = 10
     #: How often the health poll looks at the live connection, in seconds.
     health_check_interval: float = 0.1
     #: A write that has not finished after this many seconds means the
@@ -85,6 +93,14 @@ class Config:
     #: ``reconnect_max_delay``).  The producer pauses for that long.
     nack_retry_delay: float = 0.1
 
+    #: A message whose publishing channel the broker closed (e.g. 404: its
+    #: exchange does not exist) is published again up to this many times,
+    #: after the producer's pause, before it is dropped as REJECTED.  0: drop
+    #: at the first.  With the default reconnect policy the pauses add up to
+    #: 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s.  (A 406, LavinMQ's "low on disk", pauses
+    #: without counting.)
+    publish_retries: int = 5
+
     def nack_backoff(self) -> Backoff:
         """The wait before re-publishing a nacked message (its ``attempt``
         is the number of nacks the message got before this one)."""
@@ -120,6 +136,8 @@ class Config:
         if self.max_reconnect_attempts is not None:
             _positive(self, "max_reconnect_attempts", integer=True)
         _positive(self, "max_fatal_attempts", integer=True)
+        if self.max_broker_closes is not None:
+            _positive(self, "max_broker_closes", integer=True)
         _positive(self, "health_check_interval")
         _positive(self, "write_timeout")
         _check(
@@ -145,6 +163,7 @@ class Config:
             _positive(self, "endpoint_timeout")
         _check(self, "nack_retries", lambda v: v >= 0, "an integer >= 0", integer=True)
         _positive(self, "nack_retry_delay")
+        _check(self, "publish_retries", lambda v: v >= 0, "an integer >= 0", integer=True)
 
 
 def _check(

@@ -11,7 +11,7 @@ import trio
 from .._client._channel import Channel, Consumer, Delivery
 from .._client._connection import Connection
 from .._client._counters import DeliveryCounters
-from .._exceptions import AMQPConnectionError, ChannelClosed, ConsumerCancelled
+from .._exceptions import AMQPConnectionError, ChannelClosed, CommandRefused, ConsumerCancelled
 from .._sansio._errors import CONTENT_TOO_LARGE
 from ._backoff import Backoff
 
@@ -92,6 +92,12 @@ class RecoveringConsumer:
         self._changed = trio.Event()
         self._lock = trio.Lock()
         self._closed = False
+        #: Why the consumer ended for good (the broker refused to subscribe
+        #: it with a hard error); raised by the iteration.
+        self._error: CommandRefused | None = None
+        #: The broker refused a re-subscription made for us (by the
+        #: client's recovery): the iteration tries again with backoff.
+        self._refused: ChannelClosed | None = None
         #: Subscriptions made so far (the first one included).
         self.subscriptions = 0
         #: Shared by the client's consumers of the same queue.
@@ -109,11 +115,15 @@ class RecoveringConsumer:
         """Subscribe on ``connection`` (which the client just recovered, or
         which is still fine after our subscription ended)."""
         async with self._lock:
-            if self._closed or (
-                self._current is not None
-                and self._current.channel.connection is connection
-                and self._current.channel.is_open
-                and not self._current._finished
+            if (
+                self._closed
+                or self._error is not None
+                or (
+                    self._current is not None
+                    and self._current.channel.connection is connection
+                    and self._current.channel.is_open
+                    and not self._current._finished
+                )
             ):
                 return
             channel = await self._client.open_channel(connection)
@@ -133,10 +143,27 @@ class RecoveringConsumer:
                     await channel.aclose()
                 raise
             self._channel, self._current = channel, consumer
+            self._refused = None
             self.subscriptions += 1
             self._counters.subscriptions += 1
-            self._changed.set()
-            self._changed = trio.Event()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _fail(self, error: CommandRefused) -> None:
+        """End the consumer: the broker refused to subscribe it with a hard
+        error (asking again would be refused again).  The iteration raises
+        ``error``."""
+        self._error = error
+        self._wake()
+
+    def _subscription_refused(self, error: ChannelClosed) -> None:
+        """The client's recovery could not subscribe us again (e.g. 404: the
+        queue is gone): the iteration tries again itself, with backoff."""
+        self._refused = error
+        self._wake()
 
     def __aiter__(self) -> RecoveringConsumer:
         return self
@@ -147,6 +174,8 @@ class RecoveringConsumer:
         while True:
             if self._closed:
                 raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
             current = self._current
             if current is None:
                 await self._changed.wait()
@@ -168,9 +197,13 @@ class RecoveringConsumer:
             except AMQPConnectionError as exc:
                 _forget_traceback(exc)
                 # The client reconnects and re-subscribes us; wait for that.
-                if self._current is current:
+                if self._current is current and self._refused is None:
                     await self._changed.wait()
-                continue
+                if self._refused is None or self._current is not current:
+                    continue
+                # ... but the broker refused that re-subscription.
+                reason = self._refused
+                self._refused = None
             if self._current is not current:
                 continue  # already replaced
             logger.warning("consumer of %r ended (%s); subscribing again", self.queue, str(reason))
@@ -193,6 +226,9 @@ class RecoveringConsumer:
             return backoff
         try:
             await self._subscribe(connection)
+        except CommandRefused as exc:
+            self._fail(exc)  # raised by the iteration
+            return backoff
         except ChannelClosed as exc:
             delay = backoff.delay(self._client._supervisor.rng)
             logger.warning(

@@ -28,9 +28,21 @@ flight on the old channel are published again too, so duplicates are
 possible).  Messages that were already in flight behind a nacked one may
 reach the queue before it.  Only after the last retry is it dropped as NACKED.
 
+When the broker closes the publishing channel (a *rejection*: 404 NOT_FOUND
+for an exchange that does not exist, 403 ACCESS_REFUSED without write
+permission, ...), the producer pauses for a backoff delay (the reconnect
+policy, growing while rejections go on, starting over with the next confirm)
+before it opens a new channel, and logs one WARNING per episode.  The
+messages it had in flight are published again, each up to
+``Config.publish_retries`` times, then dropped as REJECTED.  A 406
+PRECONDITION_FAILED is how LavinMQ says "low on disk": it pauses the producer
+the same way, but drops nothing (the broker will take the messages once it
+has room), as for ``connection.blocked``.
+
 In ``FIRE_AND_FORGET`` mode a message counts as done once it is handed to the
 connection's writer; the few in the writer's buffer when a connection dies
-are lost (at-most-once), which is what that mode trades for speed.
+(or that a rejection threw away) are lost (at-most-once), which is what that
+mode trades for speed.
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ from .._exceptions import (
     AMQPError,
     ChannelClosed,
     MessageNacked,
+    MessageRejected,
     MessageReturned,
     PublishError,
 )
@@ -105,6 +118,9 @@ class DropReason(enum.Enum):
     RETURNED = "RETURNED"
     #: Larger than the producer's ``max_message_size``.
     TOO_LARGE = "TOO_LARGE"
+    #: The broker closed the publishing channel on it (e.g. 404: no such
+    #: exchange) every time, ``Config.publish_retries`` times over.
+    REJECTED = "REJECTED"
     #: Still buffered or unconfirmed when the producer or client closed.
     CLOSED = "CLOSED"
 
@@ -154,6 +170,9 @@ class Message:
     #: basic.nacks received for it (each one retried, up to
     #: ``Config.nack_retries``).
     nacks: int = 0
+    #: Times the broker closed the publishing channel while it was in flight
+    #: (each one retried, up to ``Config.publish_retries``).
+    rejections: int = 0
     _waiter: trio.Event | None = None
     _error: BaseException | None = None
 
@@ -252,7 +271,11 @@ class Producer:
         self._buffered = 0
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
+        #: While the broker rejects our publishes (see the module doc): the
+        #: backoff of the next pause; None outside such an episode.
         self._rejection_backoff: Backoff | None = None
+        #: When the current channel was opened.
+        self._channel_opened_at = -math.inf
 
     @property
     def target(self) -> str:
@@ -589,14 +612,27 @@ class Producer:
         elif isinstance(error, MessageReturned):
             self._returned += 1
             self._drop(message, DropReason.RETURNED, error)
+        elif _rejected(error):
+            assert isinstance(error, ChannelClosed)
+            message.rejections += 1
+            if message.rejections > self._client.config.publish_retries or self._closed:
+                rejected = MessageRejected(
+                    error.reply_code or 0, error.reply_text, message.exchange, message.routing_key
+                )
+                self._drop(message, DropReason.REJECTED, rejected)
+            else:
+                self._requeue(message)  # after the pause (see _after_channel_closed)
         elif self._closed:
             self._drop(message, DropReason.CLOSED)
         else:
-            # No verdict: publish it again on the next channel, in order.
-            self._requeued.append(message)
-            if self._wakeup:
-                self._wakeup.unpark_all()
+            self._requeue(message)  # no verdict
         self._notify_idle()
+
+    def _requeue(self, message: Message) -> None:
+        """Publish ``message`` again on the next channel, in order."""
+        self._requeued.append(message)
+        if self._wakeup:
+            self._wakeup.unpark_all()
 
     def _retry_nacked(self, message: Message) -> None:
         """Publish ``message`` again after a pause (see the module doc)."""
@@ -613,9 +649,7 @@ class Producer:
             self._client.config.nack_retries,
             delay,
         )
-        self._requeued.append(message)
-        if self._wakeup:
-            self._wakeup.unpark_all()
+        self._requeue(message)
 
     def _notify_idle(self) -> None:
         if self._idle_lot and not self._pending():
@@ -674,6 +708,7 @@ class Producer:
             if not confirm_mode:
                 channel.on_return(self._on_return)
             self._channel = channel
+            self._channel_opened_at = trio.current_time()
             return channel
 
     async def _run(self) -> None:
@@ -769,22 +804,33 @@ class Producer:
         )
 
     async def _after_channel_closed(self, exc: ChannelClosed) -> None:
-        """The broker closed our channel while we published.  A 406 is how
-        LavinMQ says "low on disk": treat it as blocked and back off (until a
-        confirm arrives again) before the next channel; otherwise reopen at
-        once."""
-        if exc.reply_code != PRECONDITION_FAILED:
-            return
+        """The broker closed our channel while we published (see the module
+        doc): pause for the next delay of the episode before a new channel,
+        so that a refused publish is not repeated in a loop."""
+        if exc.reply_code is None:
+            return  # we closed it ourselves
         config = self._client.config
-        backoff = self._rejection_backoff or config.backoff()
-        delay = backoff.delay(self._client._supervisor.rng)
-        logger.warning(
-            "broker closed the publishing channel of %r (%s); pausing %.2f s",
+        lasted = trio.current_time() - self._channel_opened_at >= config.reconnect_max_delay
+        episode = self._rejection_backoff
+        if episode is None or lasted:
+            episode = config.backoff()
+        delay = episode.delay(self._client._supervisor.rng)
+        if self.mode is PublishMode.FIRE_AND_FORGET:
+            meaning = "messages in flight are lost (FIRE_AND_FORGET)"
+        elif exc.reply_code == PRECONDITION_FAILED:
+            meaning = "low on disk (LavinMQ)? nothing is dropped"
+        else:
+            meaning = f"messages are retried up to {config.publish_retries} times, then dropped"
+        # One WARNING per episode; the pauses that follow are at DEBUG.
+        logger.log(
+            logging.WARNING if episode.attempt == 0 else logging.DEBUG,
+            "broker closed the publishing channel of %r (%s); %s; pausing %.2f s",
             self.target,
             exc,
+            meaning,
             delay,
         )
-        self._rejection_backoff = backoff.next()
+        self._rejection_backoff = episode.next()
         await trio.sleep(delay)
 
     def _close(self) -> None:
@@ -829,6 +875,16 @@ def _queue_on(channel: Channel, message: Message, *, kick: bool) -> Confirmation
         message.properties,
         message.mandatory,
         kick=kick,
+    )
+
+
+def _rejected(error: BaseException | None) -> bool:
+    """Did the broker close the publishing channel with an error that no
+    amount of waiting fixes (not 406: LavinMQ's low disk)?"""
+    return (
+        isinstance(error, ChannelClosed)
+        and error.reply_code is not None
+        and error.reply_code != PRECONDITION_FAILED
     )
 
 

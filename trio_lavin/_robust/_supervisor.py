@@ -25,16 +25,38 @@ once, and only when a whole round failed does the client wait.  With one
 endpoint a round is one attempt: every failure waits.
 
 Backoff: every wait (after a failed round, or after losing a connection)
-takes the next backoff delay, so the waits grow with every failed round.  A
-connection that was open and recovered (:meth:`connected`) resets them when
-it is lost - unless the broker broke the protocol on it
-(:func:`broke_the_protocol`: a malformed or unexpected frame), which a broken
-broker does again on every connection.  So a broker that accepts and
-immediately drops connections, or one that sends garbage as soon as a
-connection is open, is retried with growing waits, and a client that lost a
+takes the next backoff delay, so the waits grow with every failed round.
+When a connection that was open and recovered (:meth:`connected`) is lost,
+what ended it decides whether the waits start over:
+
+=====================================================  ===========================
+how the connection ended                                the backoff
+=====================================================  ===========================
+the network: EOF, a reset, a heartbeat timeout, a       starts over (a good
+failed write; or 320 CONNECTION_FORCED (an operator,    connection was lost: come
+a broker shutting down)                                 back at once)
+the broker broke the protocol                           goes on growing (a broken
+(:func:`broke_the_protocol`)                            broker does it every time)
+the broker closed it with a hard error                  goes on growing, unless the
+(:func:`hard_close_code`: 503, 504, 530, 541, ...)      connection had been up for
+                                                        ``reconnect_max_delay``
+=====================================================  ===========================
+
+So a broker that sends garbage, or closes every connection with an error, at
+once, after a while or on the first command, is retried with growing waits,
+never faster than one attempt per backoff delay; and a client that lost a
 good connection to the network or an operator comes back (on the next
-endpoint) after ``reconnect_initial_delay``.  ``failures`` (for
-``max_reconnect_attempts``) counts failed attempts since the last successful one.
+endpoint) after ``reconnect_initial_delay``, so that sever storms of a few
+hundred milliseconds are ridden out at once.
+
+Giving up: ``failures`` (for ``max_reconnect_attempts``) counts failed
+attempts since the last successful one; ``fatal_failures`` (for
+``max_fatal_attempts``) the fatal ones; and ``broker_closes`` (for
+``Config.max_broker_closes``) the connections in a row that the broker
+closed with the same hard error (``broker_close_code``), in the handshake,
+the topology recovery or afterwards.  A connection that ends any other way,
+or had been up for ``reconnect_max_delay``, starts that count over; an
+attempt that never reached the broker leaves it as it is.
 """
 
 from __future__ import annotations
@@ -46,8 +68,20 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Final
 
-from .._exceptions import AMQPConnectionError, ConnectionClosedByBroker, ConnectionLost
-from .._sansio._errors import ACCESS_REFUSED, NOT_ALLOWED, RemoteProtocolError
+from .._exceptions import (
+    AMQPConnectionError,
+    CommandRefused,
+    ConnectionClosedByBroker,
+    ConnectionLost,
+)
+from .._sansio._errors import (
+    ACCESS_REFUSED,
+    CONNECTION_FORCED,
+    NOT_ALLOWED,
+    REPLY_SUCCESS,
+    RemoteProtocolError,
+    reply_name,
+)
 from ._config import Config
 
 
@@ -85,6 +119,20 @@ def broke_the_protocol(error: BaseException) -> bool:
     ``__cause__`` is a :class:`~trio_lavin.RemoteProtocolError`, e.g. 501
     FRAME_ERROR or 505 UNEXPECTED_FRAME)?"""
     return isinstance(error.__cause__, RemoteProtocolError)
+
+
+def hard_close_code(error: BaseException) -> int | None:
+    """The reply code when the broker closed the connection on purpose with
+    an error (``Connection.Close`` with 503 COMMAND_INVALID, 530 NOT_ALLOWED,
+    541 INTERNAL_ERROR, ...; or a :class:`CommandRefused`); None for any other
+    end, including 320 CONNECTION_FORCED, which an operator or a broker
+    shutting down sends and which says nothing about the client."""
+    if not isinstance(error, (ConnectionClosedByBroker, CommandRefused)):
+        return None
+    code = error.reply_code
+    if not code or code in (REPLY_SUCCESS, CONNECTION_FORCED):
+        return None
+    return code
 
 
 def classify(error: BaseException) -> ErrorKind:
@@ -154,6 +202,7 @@ _ALLOWED: Final = {
     (ClientState.CONNECTING, ClientState.DISCONNECTED),
     (ClientState.CONNECTING, ClientState.STOPPED),
     (ClientState.CONNECTED, ClientState.DISCONNECTED),
+    (ClientState.CONNECTED, ClientState.STOPPED),
     (ClientState.DISCONNECTED, ClientState.CLOSED),
     (ClientState.CONNECTING, ClientState.CLOSED),
     (ClientState.CONNECTED, ClientState.CLOSED),
@@ -193,6 +242,10 @@ class Supervisor:
         self.failures = 0
         #: Fatal failures since the last healthy connection.
         self.fatal_failures = 0
+        #: Connections in a row that the broker closed with the hard error
+        #: ``broker_close_code`` (see the module doc).
+        self.broker_closes = 0
+        self.broker_close_code: int | None = None
         #: Successful connections, and how many of them were reconnections.
         self.connects = 0
         self.reconnects = 0
@@ -203,6 +256,8 @@ class Supervisor:
         #: When the last successful (re)connection was made; kept after a loss.
         self.last_connected_at: float | None = None
         self.stop_error: BaseException | None = None
+        #: When it gave up over ``max_broker_closes``: how many (else 0).
+        self.stopped_by_broker_closes = 0
         #: Every change, in order; the trio layer drains it.
         self.changes: list[StateChange] = []
         #: The latest delays chosen, in order (for tests and statistics; see
@@ -248,14 +303,18 @@ class Supervisor:
     def connect_failed(self, now: float, error: BaseException) -> None:
         self.last_error = error
         self.failures += 1
-        limit = self.config.max_reconnect_attempts
-        if classify(error) is ErrorKind.FATAL:
+        fatal = classify(error) is ErrorKind.FATAL
+        if fatal:
             self.fatal_failures += 1
-            if self.fatal_failures >= self.config.max_fatal_attempts:
-                self._stop(now, error)
-                return
-        if limit is not None and self.failures >= limit:
-            self._stop(now, error)
+        code = hard_close_code(error)
+        too_many_closes = code is not None and self._count_broker_close(code, fresh=False)
+        limit = self.config.max_reconnect_attempts
+        if (
+            too_many_closes
+            or (fatal and self.fatal_failures >= self.config.max_fatal_attempts)
+            or (limit is not None and self.failures >= limit)
+        ):
+            self._stop(now, error, broker_closes=too_many_closes)
             return
         self.round_failures += 1
         if self.round_failures >= len(self.endpoints):
@@ -268,11 +327,35 @@ class Supervisor:
         """The connection died after it was established."""
         self.last_error = error
         self.detections[detected_by] += 1
-        if not broke_the_protocol(error):
-            self.backoff = self.backoff.reset()  # it was a healthy connection
+        code = hard_close_code(error)
+        if code is None:
+            self.broker_closes = 0
+            if not broke_the_protocol(error):
+                self.backoff = self.backoff.reset()  # a good connection was lost
+        else:
+            since = self.connected_since
+            # Up for the longest wait: not part of a storm, whatever ended it.
+            lasted = since is not None and now - since >= self.config.reconnect_max_delay
+            if lasted:
+                self.backoff = self.backoff.reset()
+            if self._count_broker_close(code, fresh=lasted):
+                self.connected_since = None
+                self._stop(now, error, broker_closes=True)
+                return
         self.connected_since = None
         self._schedule(now)
         self._move(ClientState.DISCONNECTED, now, error)
+
+    def _count_broker_close(self, code: int, *, fresh: bool) -> bool:
+        """Count a connection the broker closed with ``code`` (``fresh``: it
+        had been up long enough to start the count over); True when that
+        makes ``Config.max_broker_closes`` in a row."""
+        if fresh or code != self.broker_close_code:
+            self.broker_closes = 0
+        self.broker_close_code = code
+        self.broker_closes += 1
+        limit = self.config.max_broker_closes
+        return limit is not None and self.broker_closes >= limit
 
     def close(self, now: float) -> None:
         if self.state in (ClientState.CLOSED, ClientState.STOPPED):
@@ -289,16 +372,34 @@ class Supervisor:
         self.backoff = self.backoff.next()
         self.retry_at = now + delay
 
-    def _stop(self, now: float, error: BaseException) -> None:
+    def final_error(self) -> ConnectionLost:
+        """The error to raise out of the client once it gave up (STOPPED)."""
+        assert self.stop_error is not None
+        return describe_stop(self.stop_error, self.attempts, self.stopped_by_broker_closes)
+
+    def _stop(self, now: float, error: BaseException, *, broker_closes: bool = False) -> None:
         self.stop_error = error
+        self.stopped_by_broker_closes = self.broker_closes if broker_closes else 0
         self.retry_at = math.inf
         self._move(ClientState.STOPPED, now, error)
 
 
-def describe_stop(error: BaseException, attempts: int) -> ConnectionLost:
-    """The error raised out of the client when the supervisor gives up."""
-    if isinstance(error, ConnectionClosedByBroker):
+def describe_stop(error: BaseException, attempts: int, broker_closes: int = 0) -> ConnectionLost:
+    """The error raised out of the client when the supervisor gives up
+    (``broker_closes``: after that many connections in a row closed by the
+    broker with ``error``'s reply code)."""
+    code = hard_close_code(error)
+    if code is not None and broker_closes:
+        assert isinstance(error, (ConnectionClosedByBroker, CommandRefused))
         final: ConnectionLost = ConnectionClosedByBroker(
+            f"gave up: the broker closed {broker_closes} connections in a row with "
+            f"{code} {reply_name(code)} (max_broker_closes), the last one: {error.reply_text}",
+            code,
+            error.class_id,
+            error.method_id,
+        )
+    elif isinstance(error, ConnectionClosedByBroker):
+        final = ConnectionClosedByBroker(
             f"gave up after {attempts} attempts: {error.reply_text}", error.reply_code or 0
         )
     elif isinstance(error, AMQPConnectionError):

@@ -157,6 +157,11 @@ class Topology:
             and not (isinstance(e, ExchangeBinding) and exchange in (e.source, e.destination))
         ]
 
+    def discard(self, entry: Entry) -> None:
+        """Forget one entry (the broker refused to declare it again); other
+        entries that refer to it stay, and are tried on their own."""
+        self.entries = [e for e in self.entries if e is not entry]
+
     def handle_of(self, queue: str) -> str:
         """The stable name of a queue the user refers to as ``queue`` (which
         may be the current name of a server-named queue)."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pamqp import commands
+
 # Reply codes from the AMQP 0-9-1 specification (section 1.9, "Constants").
 REPLY_SUCCESS = 200
 CONTENT_TOO_LARGE = 311
@@ -66,6 +68,17 @@ REPLY_NAMES: dict[int, str] = {
 def reply_name(code: int) -> str:
     """The specification's name for a reply code, or ``"UNKNOWN_<code>"``."""
     return REPLY_NAMES.get(code, f"UNKNOWN_{code}")
+
+
+def command_name(class_id: int, method_id: int) -> str | None:
+    """The name of an AMQP method, e.g. ``"exchange.declare"`` for (40, 10);
+    None for (0, 0), which a ``Connection.Close`` sends when it names no
+    command, and for numbers that name no method."""
+    if not class_id:
+        return None
+    method = commands.INDEX_MAPPING.get((class_id << 16) | method_id)
+    name: str | None = getattr(method, "name", None)
+    return None if name is None else name.lower()
 
 
 class ProtocolError(Exception):

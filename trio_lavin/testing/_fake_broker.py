@@ -390,6 +390,10 @@ class FakeBroker:
         self._names = itertools.count(1)
         self._nacks_left = 0
         self._blocked: str | None = None
+        #: ``(reply_code, reply_text)``: close every connection with it right
+        #: after its ``Connection.OpenOk`` (a broker that refuses clients
+        #: once they are in, e.g. 541 INTERNAL_ERROR); None: do not.
+        self.close_after_open: tuple[int, str] | None = None
 
     # -- connections ----------------------------------------------------------------------
 
@@ -891,6 +895,8 @@ class BrokerConnection:
         self._send(0, commands.Connection.OpenOk())
         self.state = ConnectionState.OPEN
         self._notify_blocked()
+        if self._broker.close_after_open is not None:
+            self._server_close(*self._broker.close_after_open)
 
     # -- channel class --------------------------------------------------------------------
 
