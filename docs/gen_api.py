@@ -240,7 +240,24 @@ def _blocks(lines: list[str]) -> Iterator[str]:
 
 
 def _own_members(cls: type) -> Iterator[tuple[str, Any]]:
-    """Public methods and properties defined by ``cls`` itself, in source order."""
+    """Public methods and properties defined by ``cls`` itself, in source
+    order, then those it inherits from private base classes of trio_lavin
+    (which the reader never sees, e.g. the client's ``Declarations``)."""
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is not cls and not (
+            klass.__name__.startswith("_") or klass.__module__.startswith("trio_lavin._")
+        ):
+            continue
+        if klass is not cls and klass.__name__ in trio_lavin.__all__:
+            continue  # a public base class has its own section
+        for name, value in _members_of(klass):
+            if name not in seen:
+                seen.add(name)
+                yield name, value
+
+
+def _members_of(cls: type) -> Iterator[tuple[str, Any]]:
     for name, value in vars(cls).items():
         if name.startswith("_") and name not in ("__aenter__", "__aiter__"):
             continue

@@ -50,70 +50,70 @@ from ._sansio._events import MessageReturned as ReturnedMessage
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from ._client._channel import BasicProperties as BasicProperties
     from ._client._channel import Channel as Channel
-    from ._client._channel import Confirmation as Confirmation
-    from ._client._channel import Consumer as Consumer
-    from ._client._channel import Delivery as Delivery
     from ._client._channel import QueueDeclareOk as QueueDeclareOk
     from ._client._connection import Connection as Connection
     from ._client._connection import open_connection as open_connection
+    from ._client._consumer import Consumer as Consumer
+    from ._client._delivery import BasicProperties as BasicProperties
+    from ._client._delivery import Confirmation as Confirmation
+    from ._client._delivery import Delivery as Delivery
     from ._robust._backoff import Backoff as Backoff
     from ._robust._client import Client as Client
-    from ._robust._client import ClientStatistics as ClientStatistics
-    from ._robust._client import QueueRenamed as QueueRenamed
-    from ._robust._client import RecoveryFailed as RecoveryFailed
     from ._robust._client import open_client as open_client
     from ._robust._config import Config as Config
     from ._robust._consumer import ConsumerStatistics as ConsumerStatistics
     from ._robust._consumer import RecoveringConsumer as RecoveringConsumer
-    from ._robust._producer import BufferFull as BufferFull
-    from ._robust._producer import BufferPolicy as BufferPolicy
-    from ._robust._producer import DropReason as DropReason
-    from ._robust._producer import Message as Message
-    from ._robust._producer import MessageTooLarge as MessageTooLarge
+    from ._robust._events import QueueRenamed as QueueRenamed
+    from ._robust._events import RecoveryFailed as RecoveryFailed
+    from ._robust._message import BufferFull as BufferFull
+    from ._robust._message import BufferPolicy as BufferPolicy
+    from ._robust._message import DropReason as DropReason
+    from ._robust._message import Message as Message
+    from ._robust._message import MessageTooLarge as MessageTooLarge
+    from ._robust._message import ProducerClosed as ProducerClosed
+    from ._robust._message import ProducerStatistics as ProducerStatistics
+    from ._robust._message import PublishMode as PublishMode
+    from ._robust._message import PublishTimeout as PublishTimeout
     from ._robust._producer import Producer as Producer
-    from ._robust._producer import ProducerClosed as ProducerClosed
-    from ._robust._producer import ProducerStatistics as ProducerStatistics
-    from ._robust._producer import PublishMode as PublishMode
-    from ._robust._producer import PublishTimeout as PublishTimeout
     from ._robust._rpc import RpcError as RpcError
     from ._robust._rpc import RpcRemoteError as RpcRemoteError
     from ._robust._rpc import RpcReplyLost as RpcReplyLost
     from ._robust._rpc import RpcTimeout as RpcTimeout
     from ._robust._rpc import RpcUnroutable as RpcUnroutable
+    from ._robust._statistics import ClientStatistics as ClientStatistics
     from ._robust._supervisor import ClientState as ClientState
     from ._robust._supervisor import StateChange as StateChange
 
 #: Names loaded lazily (they import trio): name -> module.
 _LAZY = {
-    "BasicProperties": "._client._channel",
+    "BasicProperties": "._client._delivery",
     "Channel": "._client._channel",
-    "Confirmation": "._client._channel",
-    "Consumer": "._client._channel",
-    "Delivery": "._client._channel",
+    "Confirmation": "._client._delivery",
+    "Consumer": "._client._consumer",
+    "Delivery": "._client._delivery",
     "QueueDeclareOk": "._client._channel",
     "Connection": "._client._connection",
     "open_connection": "._client._connection",
     "Backoff": "._robust._backoff",
     "Client": "._robust._client",
-    "ClientStatistics": "._robust._client",
-    "QueueRenamed": "._robust._client",
-    "RecoveryFailed": "._robust._client",
+    "ClientStatistics": "._robust._statistics",
+    "QueueRenamed": "._robust._events",
+    "RecoveryFailed": "._robust._events",
     "open_client": "._robust._client",
     "Config": "._robust._config",
     "ConsumerStatistics": "._robust._consumer",
     "RecoveringConsumer": "._robust._consumer",
-    "BufferFull": "._robust._producer",
-    "BufferPolicy": "._robust._producer",
-    "DropReason": "._robust._producer",
-    "Message": "._robust._producer",
-    "MessageTooLarge": "._robust._producer",
+    "BufferFull": "._robust._message",
+    "BufferPolicy": "._robust._message",
+    "DropReason": "._robust._message",
+    "Message": "._robust._message",
+    "MessageTooLarge": "._robust._message",
     "Producer": "._robust._producer",
-    "ProducerClosed": "._robust._producer",
-    "ProducerStatistics": "._robust._producer",
-    "PublishMode": "._robust._producer",
-    "PublishTimeout": "._robust._producer",
+    "ProducerClosed": "._robust._message",
+    "ProducerStatistics": "._robust._message",
+    "PublishMode": "._robust._message",
+    "PublishTimeout": "._robust._message",
     "RpcError": "._robust._rpc",
     "RpcRemoteError": "._robust._rpc",
     "RpcReplyLost": "._robust._rpc",

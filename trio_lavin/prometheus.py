@@ -70,11 +70,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "install the extra with `pip install 'trio-lavin[prometheus]'`"
     ) from exc
 
-from ._robust._producer import DropReason
+from ._robust._message import DropReason
 from ._robust._supervisor import ClientState
 
 if TYPE_CHECKING:
-    from ._robust._client import Client, ClientStatistics
+    from ._robust._client import Client
+    from ._robust._statistics import ClientStatistics
 
 __all__ = ["ClientCollector", "serve_metrics"]
 

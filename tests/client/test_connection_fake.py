@@ -15,7 +15,7 @@ from pamqp import commands
 from pamqp import frame as pamqp_frame
 
 import trio_lavin as tl
-from trio_lavin._client._channel import YIELD_EVERY
+from trio_lavin._client._consumer import YIELD_EVERY
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 import trio_lavin as tl
-from trio_lavin._robust._client import ClientEvent
+from trio_lavin._robust._events import ClientEvent
 from trio_lavin.testing import FakeBrokerServer, _fake_broker
 
 FAST = tl.Config(heartbeat=10, reconnect_jitter=0.0)

@@ -16,8 +16,8 @@ from typing import Any, Final, TextIO
 
 import trio
 
-from .._client._channel import Consumer
 from .._client._connection import CLOSE_TIMEOUT, Connection, open_connection
+from .._client._consumer import Consumer
 from .._exceptions import AMQPConnectionError, AMQPError
 from .._params import Parameters
 

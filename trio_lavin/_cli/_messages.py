@@ -20,7 +20,8 @@ from typing import Any, Final, cast
 
 import trio
 
-from .._client._channel import BasicProperties, Channel, Confirmation, Delivery
+from .._client._channel import Channel
+from .._client._delivery import BasicProperties, Confirmation, Delivery
 from .._exceptions import PublishError
 from .._params import Parameters
 from ._common import (

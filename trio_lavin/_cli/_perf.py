@@ -27,7 +27,9 @@ from typing import Any, Final, TextIO
 
 import trio
 
-from .._client._channel import BasicProperties, Channel, Confirmation, Consumer
+from .._client._channel import Channel
+from .._client._consumer import Consumer
+from .._client._delivery import BasicProperties, Confirmation
 from .._exceptions import ChannelClosed, MessageNacked
 from .._params import Parameters
 from .._sansio._errors import PRECONDITION_FAILED

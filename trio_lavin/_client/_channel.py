@@ -21,31 +21,25 @@ import trio
 from pamqp import base, commands
 
 from .._exceptions import (
-    AMQPConnectionError,
     ChannelClosed,
     CommandRefused,
     ConnectionClosedByBroker,
     ConsumerCancelled,
-    DeliveryAlreadySettled,
     MessageNacked,
     MessageReturned,
 )
 from .._sansio import _events as ev
 from .._sansio._channel_state import ChannelState
+from ._consumer import DEFAULT_CONSUMER_BUFFER, Consumer
 from ._counters import DeliveryCounters
+from ._delivery import BasicProperties, Confirmation, Delivery
 
 if TYPE_CHECKING:
     from ._connection import Connection
 
 logger = logging.getLogger("trio_lavin.channel")
 
-BasicProperties = commands.Basic.Properties
 FieldTable = dict[str, Any]
-
-#: Deliveries buffered per consumer when no prefetch is set.  With a prefetch
-#: the buffer holds ``prefetch_count`` deliveries, which is all the broker can
-#: send before an ack, so the reader never waits for a slow consumer.
-DEFAULT_CONSUMER_BUFFER: Final = 1_000
 
 #: How long closing a channel or cancelling a consumer waits for the broker.
 CLOSE_TIMEOUT: Final = 5.0
@@ -53,10 +47,6 @@ CLOSE_TIMEOUT: Final = 5.0
 #: Publishers wait while this many bytes are queued on a connection and not
 #: yet taken by its writer, which bounds the memory a fast publisher can fill.
 SEND_HIGH_WATER: Final = 4 * 1024 * 1024
-
-#: A consumer whose buffer is never empty still yields to the scheduler once
-#: per this many deliveries, so a fast broker cannot starve the other tasks.
-YIELD_EVERY: Final = 64
 
 _tag_counter = itertools.count(1)
 
@@ -68,183 +58,6 @@ class QueueDeclareOk:
     queue: str
     message_count: int
     consumer_count: int
-
-
-class Delivery:
-    """A message received by a consumer or ``basic_get``.
-
-    ``ack``/``nack``/``reject`` return False, and send nothing, when the channel
-    the message came on is no longer open: its delivery tag means nothing on
-    any other channel, and sending it would make the broker close that
-    channel with 406 PRECONDITION_FAILED.  The broker redelivers such a
-    message (with ``redelivered=True``) by itself.  Settling a delivery a
-    second time (or one already settled by a ``multiple`` ack of a later one)
-    raises :class:`DeliveryAlreadySettled` and sends nothing, for the same
-    reason.
-
-    Attributes (treat them as read-only; the class is not a frozen dataclass
-    because one is made per message, and a frozen one takes several times
-    longer to make):
-
-    - ``body``: the message body, whole.
-    - ``delivery_tag``: the broker's number for it on ``channel``.
-    - ``redelivered``: the broker delivered it before (to us or another consumer).
-    - ``exchange``, ``routing_key``: where it was published.
-    - ``channel``: the :class:`Channel` it came on (acks go there).
-    - ``consumer_tag``: the consumer it was delivered to (None for ``basic_get``).
-    - ``message_count``: for ``basic_get``, messages left in the queue.
-    """
-
-    __slots__ = (
-        "_properties",
-        "_settled",
-        "body",
-        "channel",
-        "consumer_tag",
-        "delivery_tag",
-        "exchange",
-        "message_count",
-        "redelivered",
-        "routing_key",
-    )
-
-    def __init__(
-        self,
-        body: bytes,
-        properties: BasicProperties | None,
-        delivery_tag: int,
-        redelivered: bool,
-        exchange: str,
-        routing_key: str,
-        channel: Channel,
-        consumer_tag: str | None = None,
-        message_count: int | None = None,
-        settled: bool = False,
-    ) -> None:
-        self.body = body
-        self._properties = properties
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.channel = channel
-        self.consumer_tag = consumer_tag
-        self.message_count = message_count
-        #: Settled already: acked, nacked or rejected, or taken with no_ack.
-        self._settled = settled
-
-    @property
-    def properties(self) -> BasicProperties:
-        """The message's properties; for a message that has none, an empty
-        :class:`BasicProperties` made on first access."""
-        properties = self._properties
-        if properties is None:
-            properties = self._properties = BasicProperties()
-        return properties
-
-    def __repr__(self) -> str:
-        return (
-            f"<Delivery {self.delivery_tag} on channel {self.channel.number} from "
-            f"exchange {self.exchange!r} with routing key {self.routing_key!r}, "
-            f"{len(self.body)} bytes{', redelivered' if self.redelivered else ''}>"
-        )
-
-    async def ack(self, *, multiple: bool = False) -> bool:
-        """Acknowledge (``multiple``: and every earlier unacked delivery on
-        the channel).  False if the channel is gone; see the class doc.
-
-        Raises:
-            DeliveryAlreadySettled: it was acked, nacked or rejected before
-                (and its channel is still open).
-        """
-        self._settle()
-        return await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
-
-    async def nack(self, *, requeue: bool = True, multiple: bool = False) -> bool:
-        """Reject, with ``requeue`` (default) or dead-lettering/discarding.
-        Returns and raises as :meth:`ack`."""
-        self._settle()
-        return await self.channel.basic_nack(self.delivery_tag, requeue=requeue, multiple=multiple)
-
-    async def reject(self, *, requeue: bool = True) -> bool:
-        """Reject this one delivery.  Returns and raises as :meth:`ack`."""
-        self._settle()
-        return await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
-
-    @property
-    def settled(self) -> bool:
-        """True once it was acked, nacked or rejected (by itself, or by a
-        ``multiple`` ack or nack of a later delivery on its channel), and for
-        a message received with ``no_ack`` (the broker counts it acked)."""
-        return self._settled or self.delivery_tag <= self.channel.settled_up_to
-
-    def _settle(self) -> None:
-        channel = self.channel
-        if not (channel.is_open and channel.connection.is_open):
-            return  # nothing will be sent: the ack returns False
-        if self.settled:
-            raise DeliveryAlreadySettled(self.delivery_tag, channel.number)
-        self._settled = True
-
-
-class Confirmation:
-    """The broker's verdict on one message published in confirm mode.
-
-    ``await confirmation.wait()`` returns when the broker acked the message and
-    raises :class:`MessageNacked`, :class:`MessageReturned` (a ``mandatory``
-    message nobody could take) or the error that closed the channel or
-    connection first (then the outcome is unknown).
-    """
-
-    __slots__ = (
-        "_error",
-        "_event",
-        "body",
-        "callback",
-        "delivery_tag",
-        "exchange",
-        "mandatory",
-        "returned",
-        "routing_key",
-    )
-
-    def __init__(
-        self, delivery_tag: int, exchange: str, routing_key: str, body: bytes, mandatory: bool
-    ) -> None:
-        self.delivery_tag = delivery_tag
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.body = body
-        self.mandatory = mandatory
-        self.returned: MessageReturned | None = None
-        #: Called once with the outcome (None for an ack, else the error)
-        #: when the verdict arrives; it must not block or raise.
-        self.callback: Callable[[BaseException | None], None] | None = None
-        self._event = trio.Event()
-        self._error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    @property
-    def acked(self) -> bool:
-        """True once the broker acked the message (and it was not returned)."""
-        return self._event.is_set() and self._error is None
-
-    def _resolve(self, error: BaseException | None) -> None:
-        if not self._event.is_set():
-            self._error = error
-            self._event.set()
-            if self.callback is not None:
-                self.callback(error)
-
-    async def wait(self) -> None:
-        """Wait for the broker's verdict; see the class doc.  Cancelling the
-        wait changes nothing about the message."""
-        await self._event.wait()
-        if self._error is not None:
-            raise self._error
 
 
 class _Waiter:
@@ -268,163 +81,6 @@ class _Waiter:
         self.event.set()
         if self.abandoned and error is None and self.on_late_reply is not None:
             self.on_late_reply(value)
-
-
-class Consumer:
-    """Deliveries of one ``basic.consume``, as an async iterator.
-
-    Iteration ends normally after :meth:`cancel` (once the deliveries already
-    received are consumed) and raises :class:`ConsumerCancelled` when the
-    broker cancelled the consumer, or the channel's/connection's error when
-    those closed.  As an async context manager it cancels itself on exit;
-    deliveries still buffered then are rejected with ``requeue=True``, so the
-    broker hands them to another consumer.
-
-    Taking the next delivery is a cancellation point.  While deliveries are
-    waiting in the buffer it yields to the scheduler only once every
-    :data:`YIELD_EVERY` deliveries (a trio schedule point per message would
-    cost more than decoding it); when the buffer is empty it waits as usual.
-    """
-
-    def __init__(
-        self, channel: Channel, queue: str, consumer_tag: str, capacity: int, no_ack: bool
-    ) -> None:
-        self.channel = channel
-        self.queue = queue
-        self.consumer_tag = consumer_tag
-        self.no_ack = no_ack
-        self._capacity = capacity
-        self._buffer: deque[Delivery] = deque()
-        #: Tasks iterating, waiting for a delivery.
-        self._readable = trio.lowlevel.ParkingLot()
-        #: The connection's reader, waiting for room in a full buffer.
-        self._writable = trio.lowlevel.ParkingLot()
-        self._error: BaseException | None = None
-        #: No more deliveries will come (cancelled, or the channel closed).
-        self._finished = False
-        #: Iteration was closed on our side: deliveries are refused.
-        self._closed = False
-        #: The connection is closing: deliveries are dropped (the broker
-        #: requeues them when the connection ends); iteration goes on.
-        self._discarding = False
-        self._taken_without_yield = 0
-
-    def __repr__(self) -> str:
-        return f"<Consumer {self.consumer_tag!r} on queue {self.queue!r}>"
-
-    @property
-    def buffered(self) -> int:
-        """Deliveries received and waiting to be iterated."""
-        return len(self._buffer)
-
-    @property
-    def _accepting(self) -> bool:
-        return not (self._finished or self._closed or self._discarding)
-
-    def _put(self, delivery: Delivery) -> bool:
-        """Buffer a delivery, even beyond the buffer's capacity (the
-        connection then reads no more until there is room); False if the
-        consumer takes no more deliveries."""
-        if self._finished or self._closed or self._discarding:
-            return False
-        self._buffer.append(delivery)
-        if self._readable:
-            self._readable.unpark()
-        return True
-
-    def _has_news(self) -> bool:
-        """Iterating would not wait."""
-        return bool(self._buffer) or self._finished or self._closed
-
-    def _finish(self, error: BaseException | None) -> None:
-        if not self._finished:
-            self._finished = True
-            self._error = error
-            self._readable.unpark_all()
-            self._writable.unpark_all()
-            self.channel.connection._interrupt_taker()
-
-    def __aiter__(self) -> Consumer:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        while True:
-            if self._buffer and not self._closed:
-                self._taken_without_yield += 1
-                if self._taken_without_yield >= YIELD_EVERY:
-                    self._taken_without_yield = 0
-                    await trio.lowlevel.checkpoint()
-                    continue  # another task may have taken or closed meanwhile
-                await trio.lowlevel.checkpoint_if_cancelled()
-                delivery = self._buffer.popleft()
-                if self._writable:
-                    self._writable.unpark()
-                return delivery
-            if self._finished or self._closed:
-                await trio.lowlevel.checkpoint()
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._taken_without_yield = 0
-            connection = self.channel.connection
-            await connection._flush_before_waiting()
-            if not self._buffer:
-                await connection._wait_once(self._has_news, self._readable.park)
-
-    async def cancel(self) -> None:
-        """Stop the broker sending more (``basic.cancel``).  Deliveries that
-        arrived before the broker confirmed can still be iterated and acked.
-        Does nothing if the consumer or its channel is already gone."""
-        if self._finished:
-            await trio.lowlevel.checkpoint()
-            return
-        if self.channel.is_open:
-            await self.channel.basic_cancel(self.consumer_tag)
-        self._finish(None)
-
-    async def __aenter__(self) -> Consumer:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Refuse deliveries first: a connection reader waiting for room in our
-        # full buffer must go on, or it would never read the CancelOk.
-        self._refuse()
-        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-            scope.shield = True
-            try:
-                await self.cancel()
-            except (ChannelClosed, ConsumerCancelled, AMQPConnectionError):
-                pass
-        self._give_back()
-
-    def _refuse(self) -> None:
-        """Take no more deliveries (the connection gives them back to the
-        broker) and release a reader waiting for room."""
-        self._closed = True
-        self._readable.unpark_all()
-        self._writable.unpark_all()
-        self.channel.connection._interrupt_taker()
-
-    def _discard(self) -> None:
-        """The connection is closing: drop further deliveries, and release a
-        reader waiting for room so that it reads the ``CloseOk``."""
-        self._discarding = True
-        self._writable.unpark_all()
-
-    def _give_back(self) -> None:
-        """Reject the buffered deliveries with requeue, so the broker hands
-        them to another consumer."""
-        left, self._buffer = self._buffer, deque()
-        if not self.no_ack:
-            for delivery in left:
-                self.channel._send_nowait(
-                    commands.Basic.Reject(delivery_tag=delivery.delivery_tag, requeue=True)
-                )
 
 
 class Channel:

@@ -53,7 +53,8 @@ from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
-from ._channel import SEND_HIGH_WATER, Channel, Consumer
+from ._channel import SEND_HIGH_WATER, Channel, _Waiter
+from ._consumer import Consumer
 from ._framelog import frame_log_for
 
 logger = logging.getLogger("trio_lavin.connection")
@@ -208,7 +209,6 @@ class Connection:
         channel = Channel(self, number)
         self._channels[number] = channel
         self._kick()
-        from ._channel import _Waiter
 
         def close_orphan(_value: Any) -> None:
             # The caller was cancelled after the broker opened the channel.

@@ -18,16 +18,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from .._client._channel import Channel, Delivery, QueueDeclareOk
+from .._client._channel import Channel
 from .._client._connection import Connection, open_connection
 from .._client._counters import DeliveryCounters
+from .._client._delivery import Delivery
 from .._exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -38,37 +38,28 @@ from .._exceptions import (
 )
 from .._io._transport import StreamFactory
 from .._params import Parameters, parse_url
-from .._queues import QueueType, check_queue_type
 from .._sansio._errors import ProtocolError
 from .._util import unwrap_single_exception
 from ._config import Config
-from ._consumer import ConsumerStatistics, RecoveringConsumer
-from ._producer import (
+from ._consumer import RecoveringConsumer
+from ._declarations import Declarations
+from ._events import ClientEvent, RecoveryFailed
+from ._message import (
     DEFAULT_CONFIRM_WINDOW,
     DEFAULT_MAX_MESSAGE_SIZE,
     BufferPolicy,
-    DropReason,
-    Producer,
-    ProducerStatistics,
     PublishMode,
 )
+from ._producer import Producer
 from ._rpc import DEFAULT_RPC_PREFETCH, DEFAULT_RPC_TIMEOUT, RpcCaller, serve_rpc
+from ._statistics import ClientStatistics, consumer_statistics, summarize
 from ._supervisor import (
     ClientState,
     Connect,
     Detection,
-    StateChange,
     Stop,
     Supervisor,
     Wait,
-)
-from ._topology import (
-    Entry,
-    ExchangeBinding,
-    ExchangeDeclaration,
-    QueueBinding,
-    QueueDeclaration,
-    Topology,
 )
 
 logger = logging.getLogger("trio_lavin.client")
@@ -83,86 +74,7 @@ CONNECT_ERRORS = (AMQPError, ProtocolError, OSError, TimeoutError, trio.BrokenRe
 EVENT_BUFFER = 1_000
 
 
-@dataclass(frozen=True)
-class QueueRenamed:
-    """A server-named queue got a new name after a reconnect."""
-
-    old: str
-    new: str
-    at: float
-
-
-@dataclass(frozen=True)
-class RecoveryFailed:
-    """An entity could not be declared again after a reconnect."""
-
-    entity: str
-    error: BaseException
-    at: float
-
-
-ClientEvent = StateChange | QueueRenamed | RecoveryFailed
-
-
-@dataclass(frozen=True, slots=True)
-class ClientStatistics:
-    """A snapshot of :meth:`Client.statistics`.
-
-    Times (``connected_since``, ``last_connected_at``) are on the trio clock
-    (:func:`trio.current_time`).  Counts only grow over the client's life;
-    ``buffered``, ``in_flight`` and the state fields are gauges.  The producer
-    and consumer counts are sums over the client's producers and consumers;
-    ``producers`` and ``consumers`` have them one by one.
-    """
-
-    #: The connection state.
-    state: ClientState
-    #: True while a recovered connection is up.
-    connected: bool
-    #: The endpoint (no credentials) of the current or last attempt.
-    endpoint: str | None
-    #: When the current connection was made (None while disconnected).
-    connected_since: float | None
-    #: When the last successful (re)connection was made (kept after a loss).
-    last_connected_at: float | None
-    #: Seconds since ``last_connected_at`` when the snapshot was taken.
-    seconds_since_connect: float | None
-    #: Successful connections, and how many of those were reconnections.
-    connects: int
-    reconnects: int
-    connect_attempts: int
-    failed_attempts: int
-    last_error: str | None
-    #: Connection losses found by the event path (EOF, reset, Close) and by
-    #: the health poll (what the event path missed).
-    detections_by_event: int
-    detections_by_poll: int
-    recovery_failures: int
-    events_dropped: int
-    #: Bytes written to and read from the broker, over all connections.
-    bytes_sent: int
-    bytes_received: int
-    #: Producer counts (see :class:`ProducerStatistics`), summed.
-    published: int
-    republished: int
-    confirmed: int
-    nacked: int
-    retries: int
-    returned: int
-    dropped: Mapping[DropReason, int]
-    buffered: int
-    in_flight: int
-    #: Consumer counts (see :class:`ConsumerStatistics`), summed.
-    consumed: int
-    redelivered: int
-    acked: int
-    #: One snapshot per producer, in creation order.
-    producers: tuple[ProducerStatistics, ...]
-    #: One snapshot per consumed queue, in order of first use.
-    consumers: tuple[ConsumerStatistics, ...]
-
-
-class Client:
+class Client(Declarations):
     """A self-healing AMQP client.  Made by :func:`open_client`.
 
     Declarations made through the client (``declare_queue``,
@@ -187,9 +99,7 @@ class Client:
         )
         self._connection: Connection | None = None
         self._connected = trio.Event()
-        self._topology = Topology()
-        self._control: Channel | None = None
-        self._control_lock = trio.Lock()
+        super().__init__()
         self._subscribers: list[trio.MemorySendChannel[ClientEvent]] = []
         self._consumers: set[RecoveringConsumer] = set()
         self._producers: list[Producer] = []
@@ -273,8 +183,7 @@ class Client:
         values are then each exact, but a message moving on meanwhile may be
         counted in two places (or none) of one snapshot.
         """
-        sup = self._supervisor
-        last_connected_at = sup.last_connected_at
+        last_connected_at = self._supervisor.last_connected_at
         since: float | None = None
         if last_connected_at is not None:
             if self._in_own_run():
@@ -285,44 +194,16 @@ class Client:
         if connection is not None:
             sent += connection.bytes_sent
             received += connection.bytes_received
-        producers = tuple(producer.statistics() for producer in tuple(self._producers))
-        consumers = self._consumer_statistics()
-        dropped = dict.fromkeys(DropReason, 0)
-        for stats in producers:
-            for reason, count in stats.dropped.items():
-                dropped[reason] += count
-        return ClientStatistics(
-            state=sup.state,
+        return summarize(
+            self._supervisor,
             connected=self.connected,
-            endpoint=sup.endpoints[sup.endpoint] if sup.attempts else None,
-            connected_since=sup.connected_since,
-            last_connected_at=last_connected_at,
             seconds_since_connect=since,
-            connects=sup.connects,
-            reconnects=sup.reconnects,
-            connect_attempts=sup.attempts,
-            failed_attempts=sup.attempts - sup.connects,
-            last_error=None if sup.last_error is None else str(sup.last_error),
-            detections_by_event=sup.detections[Detection.EVENT],
-            detections_by_poll=sup.detections[Detection.POLL],
-            recovery_failures=self._recovery_failures,
-            events_dropped=self._events_dropped,
             bytes_sent=sent,
             bytes_received=received,
-            published=sum(p.published for p in producers),
-            republished=sum(p.republished for p in producers),
-            confirmed=sum(p.confirmed for p in producers),
-            nacked=sum(p.nacked for p in producers),
-            retries=sum(p.retries for p in producers),
-            returned=sum(p.returned for p in producers),
-            dropped=dropped,
-            buffered=sum(p.buffered for p in producers),
-            in_flight=sum(p.in_flight for p in producers),
-            consumed=sum(c.consumed for c in consumers),
-            redelivered=sum(c.redelivered for c in consumers),
-            acked=sum(c.acked for c in consumers),
-            producers=producers,
-            consumers=consumers,
+            recovery_failures=self._recovery_failures,
+            events_dropped=self._events_dropped,
+            producers=tuple(producer.statistics() for producer in tuple(self._producers)),
+            consumers=consumer_statistics(self._delivery_counters, tuple(self._consumers)),
         )
 
     def _in_own_run(self) -> bool:
@@ -330,27 +211,6 @@ class Client:
             return trio.lowlevel.current_trio_token() is self._trio_token
         except RuntimeError:
             return False
-
-    def _consumer_statistics(self) -> tuple[ConsumerStatistics, ...]:
-        live = tuple(self._consumers)
-        result = []
-        for queue, counters in tuple(self._delivery_counters.items()):
-            mine = [consumer for consumer in live if consumer._counters is counters]
-            result.append(
-                ConsumerStatistics(
-                    queue=queue,
-                    consumers=len(mine),
-                    subscriptions=counters.subscriptions,
-                    consumed=counters.consumed,
-                    redelivered=counters.redelivered,
-                    acked=counters.acked,
-                    nacked=counters.nacked,
-                    rejected=counters.rejected,
-                    stale_acks=counters.stale_acks,
-                    buffered=sum(consumer.buffered for consumer in mine),
-                )
-            )
-        return tuple(result)
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[trio.MemoryReceiveChannel[ClientEvent]]:
@@ -556,20 +416,7 @@ class Client:
 
     async def _recover(self, connection: Connection) -> None:
         """Declare the recorded topology again, then re-subscribe consumers."""
-        channel = await self.open_channel(connection)
-        for entry in list(self._topology.entries):
-            try:
-                await self._apply(channel, entry)
-            except ChannelClosed as exc:
-                # Refused (404, 406, ... or a hard error that closed the
-                # connection): asking again after every reconnect would be
-                # refused again, so it is forgotten; the rest goes on.
-                self._topology.discard(entry)
-                self._recovery_failed(entry.describe(), exc, "forgotten")
-                if isinstance(exc, CommandRefused):
-                    raise  # the connection is gone: the next one recovers the rest
-                channel = await self.open_channel(connection)
-        self._control = channel
+        await self._replay_topology(connection)
         for consumer in list(self._consumers):
             try:
                 await consumer._subscribe(connection)
@@ -588,237 +435,6 @@ class Client:
         self._recovery_failures += 1
         logger.warning("could not recover %s: %s; %s", what, error, then)
         self._emit(RecoveryFailed(what, error, trio.current_time()))
-
-    async def _apply(self, channel: Channel, entry: Entry) -> None:
-        topology = self._topology
-        if isinstance(entry, ExchangeDeclaration):
-            await channel.exchange_declare(
-                entry.name,
-                entry.exchange_type,
-                durable=entry.durable,
-                auto_delete=entry.auto_delete,
-                internal=entry.internal,
-                arguments=entry.arguments,
-            )
-        elif isinstance(entry, QueueDeclaration):
-            ok = await channel.queue_declare(
-                entry.name,
-                durable=entry.durable,
-                exclusive=entry.exclusive,
-                auto_delete=entry.auto_delete,
-                arguments=entry.arguments,
-            )
-            if not entry.name:
-                old = topology.current(entry.handle)
-                if ok.queue != old:
-                    topology.renamed(entry.handle, ok.queue)
-                    logger.info("server-named queue %r is now %r", old, ok.queue)
-                    self._emit(QueueRenamed(old, ok.queue, trio.current_time()))
-        elif isinstance(entry, QueueBinding):
-            await channel.queue_bind(
-                topology.current(entry.queue),
-                entry.exchange,
-                entry.routing_key,
-                arguments=entry.arguments,
-            )
-        else:
-            await channel.exchange_bind(
-                entry.destination, entry.source, entry.routing_key, arguments=entry.arguments
-            )
-
-    # -- declarations (recorded) -------------------------------------------------------
-
-    async def _control_call(self, call: Callable[[Channel], Awaitable[T]]) -> T:
-        """Run ``call`` on the client's control channel, on the live
-        connection; a lost connection is waited out and the call repeated
-        (declarations are idempotent).  A refusal is raised, never repeated:
-        :class:`ChannelClosed` (404, 406, ...) or, when the broker closed the
-        whole connection over the call, :class:`CommandRefused`."""
-        while True:
-            connection = await self.wait_connected()
-            async with self._control_lock:
-                try:
-                    if self._control is None or not self._control.is_open:
-                        self._control = await self.open_channel(connection)
-                    return await call(self._control)
-                except AMQPConnectionError:
-                    if self._connection is connection and connection.is_open:
-                        raise
-                    continue  # the connection died under us: try on the next one
-
-    async def declare_exchange(
-        self,
-        name: str,
-        exchange_type: str = "direct",
-        *,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        """Declare an exchange and remember it for reconnects.
-
-        Raises:
-            ChannelClosed: the broker refused (e.g. 406: it exists with other
-                settings); nothing is remembered.
-            CommandRefused: the broker refused it with a hard error, closing
-                the connection (e.g. 503 for an exchange type it does not
-                know); nothing is remembered, and the client reconnects.
-        """
-        declaration = ExchangeDeclaration(
-            name, exchange_type, durable, auto_delete, internal, arguments
-        )
-        await self._control_call(lambda channel: self._apply(channel, declaration))
-        self._topology.add_exchange(declaration)
-
-    async def declare_queue(
-        self,
-        name: str = "",
-        *,
-        durable: bool = False,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: dict[str, Any] | None = None,
-        queue_type: QueueType | None = None,
-    ) -> QueueDeclareOk:
-        """Declare a queue and remember it for reconnects.
-
-        An empty ``name`` makes a server-named queue: use the returned name;
-        after a reconnect the queue is declared again under a new name
-        (reported as a :class:`QueueRenamed` event), and the client keeps
-        translating the first name to the current one in its own calls.
-        Exclusive and auto-delete queues are declared again too, since they
-        disappear with the connection.
-
-        ``queue_type`` asks for a classic, quorum or stream queue (it sets
-        ``x-queue-type``; :func:`~trio_lavin.queue_arguments` builds the
-        type's other arguments).  In a cluster use QUORUM: a quorum queue
-        keeps its messages when a node goes down.
-
-        Raises:
-            ValueError: a quorum or stream queue that is not durable, or is
-                exclusive or auto-delete; ``queue_type`` disagreeing with
-                ``arguments["x-queue-type"]`` (nothing is sent).
-            ChannelClosed: the broker refused (e.g. 406: it exists with other
-                settings); nothing is remembered.  :class:`CommandRefused` (a
-                subclass) when it closed the connection over it.
-        """
-        arguments = check_queue_type(
-            name,
-            queue_type,
-            durable=durable,
-            exclusive=exclusive,
-            auto_delete=auto_delete,
-            arguments=arguments,
-        )
-
-        async def declare(channel: Channel) -> QueueDeclareOk:
-            return await channel.queue_declare(
-                name,
-                durable=durable,
-                exclusive=exclusive,
-                auto_delete=auto_delete,
-                arguments=arguments,
-            )
-
-        ok = await self._control_call(declare)
-        self._topology.add_queue(
-            QueueDeclaration(
-                name, durable, exclusive, auto_delete, arguments, handle="" if name else ok.queue
-            )
-        )
-        return ok
-
-    async def bind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        *,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        """Bind a queue to an exchange and remember it for reconnects."""
-        topology = self._topology
-        binding = QueueBinding(topology.handle_of(queue), exchange, routing_key, arguments)
-        await self._control_call(lambda channel: self._apply(channel, binding))
-        topology.add_binding(binding)
-
-    async def unbind_queue(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        *,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        topology = self._topology
-        binding = QueueBinding(topology.handle_of(queue), exchange, routing_key, arguments)
-        await self._control_call(
-            lambda channel: channel.queue_unbind(
-                topology.current(binding.queue), exchange, routing_key, arguments=arguments
-            )
-        )
-        topology.remove_binding(binding)
-
-    async def bind_exchange(
-        self,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        *,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        """Bind an exchange to another and remember it for reconnects."""
-        binding = ExchangeBinding(destination, source, routing_key, arguments)
-        await self._control_call(lambda channel: self._apply(channel, binding))
-        self._topology.add_binding(binding)
-
-    async def unbind_exchange(
-        self,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        *,
-        arguments: dict[str, Any] | None = None,
-    ) -> None:
-        binding = ExchangeBinding(destination, source, routing_key, arguments)
-        await self._control_call(
-            lambda channel: channel.exchange_unbind(
-                destination, source, routing_key, arguments=arguments
-            )
-        )
-        self._topology.remove_binding(binding)
-
-    async def delete_queue(
-        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
-    ) -> int:
-        """Delete a queue and forget it; returns the messages deleted."""
-        topology = self._topology
-        count = await self._control_call(
-            lambda channel: channel.queue_delete(
-                topology.current(queue), if_unused=if_unused, if_empty=if_empty
-            )
-        )
-        topology.remove_queue(queue)
-        return count
-
-    async def delete_exchange(self, exchange: str, *, if_unused: bool = False) -> None:
-        """Delete an exchange and forget it and its bindings."""
-        await self._control_call(
-            lambda channel: channel.exchange_delete(exchange, if_unused=if_unused)
-        )
-        self._topology.remove_exchange(exchange)
-
-    async def purge_queue(self, queue: str) -> int:
-        """Remove the ready messages of a queue; returns how many."""
-        topology = self._topology
-        return await self._control_call(
-            lambda channel: channel.queue_purge(topology.current(queue))
-        )
-
-    def current_queue_name(self, queue: str) -> str:
-        """The name a server-named queue has on the current connection."""
-        return self._topology.current(queue)
 
     # -- producing -----------------------------------------------------------------
 

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._client._channel import Channel, Consumer, Delivery
+from .._client._channel import Channel
 from .._client._connection import Connection
+from .._client._consumer import Consumer
 from .._client._counters import DeliveryCounters
+from .._client._delivery import Delivery
 from .._exceptions import AMQPConnectionError, ChannelClosed, CommandRefused, ConsumerCancelled
 from .._sansio._errors import CONTENT_TOO_LARGE
 from ._backoff import Backoff
@@ -105,6 +107,11 @@ class RecoveringConsumer:
 
     def __repr__(self) -> str:
         return f"<RecoveringConsumer of queue {self.queue!r}>"
+
+    @property
+    def counters(self) -> DeliveryCounters:
+        """The counters it adds to (shared by the client's consumers of its queue)."""
+        return self._counters
 
     @property
     def channel(self) -> Channel | None:

@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import trio
 
-from .._client._channel import BasicProperties, Channel, Consumer, Delivery
+from .._client._channel import Channel
+from .._client._consumer import Consumer
+from .._client._delivery import BasicProperties, Delivery
 from .._exceptions import (
     AMQPConnectionError,
     AMQPError,

@@ -1,0 +1,139 @@
+"""What a producer takes and what can become of it: publish modes, buffer
+policies, drop reasons, the :class:`Message` handed to ``on_drop``, the
+producer's statistics and the errors its calls raise."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from .._client._delivery import BasicProperties
+from .._exceptions import PublishError
+
+#: The largest body a producer accepts, by default: RabbitMQ's own
+#: max_message_size default.  Larger messages are refused at once.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 128 * 1024 * 1024
+
+#: Messages published but not yet confirmed, at most (CONFIRM mode).
+DEFAULT_CONFIRM_WINDOW: Final = 1_000
+
+
+class PublishMode(enum.Enum):
+    #: Done once handed to the connection: fastest, at-most-once.
+    FIRE_AND_FORGET = "FIRE_AND_FORGET"
+    #: Done once the broker confirmed: at-least-once.
+    CONFIRM = "CONFIRM"
+
+
+class BufferPolicy(enum.Enum):
+    #: When full, evict the oldest buffered message (reported as EVICTED).
+    DROP_OLDEST = "DROP_OLDEST"
+    #: When full, refuse the new message (reported as BUFFER_FULL).
+    DROP_NEWEST = "DROP_NEWEST"
+    #: When full, raise :class:`BufferFull`.
+    RAISE = "RAISE"
+    #: When full, ``publish()`` waits for room; ``publish_nowait()`` raises
+    #: :class:`trio.WouldBlock`.
+    BLOCK = "BLOCK"
+
+
+class DropReason(enum.Enum):
+    #: Pushed out of a full buffer by a newer message (DROP_OLDEST).
+    EVICTED = "EVICTED"
+    #: Refused because the buffer was full (DROP_NEWEST).
+    BUFFER_FULL = "BUFFER_FULL"
+    #: The broker answered basic.nack.
+    NACKED = "NACKED"
+    #: ``mandatory`` and no queue was bound for it (basic.return).
+    RETURNED = "RETURNED"
+    #: Larger than the producer's ``max_message_size``.
+    TOO_LARGE = "TOO_LARGE"
+    #: The broker closed the publishing channel on it (e.g. 404: no such
+    #: exchange) every time, ``Config.publish_retries`` times over.
+    REJECTED = "REJECTED"
+    #: Still buffered or unconfirmed when the producer or client closed.
+    CLOSED = "CLOSED"
+
+
+class BufferFull(PublishError):
+    """The producer's buffer is full (BufferPolicy.RAISE)."""
+
+    def __init__(self, queue: str, size: int) -> None:
+        super().__init__(f"the producer buffer for {queue!r} is full ({size} messages)")
+
+
+class MessageTooLarge(PublishError):
+    """The body is larger than the producer's ``max_message_size``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message body of {size} bytes exceeds max_message_size {limit}")
+
+
+class PublishTimeout(PublishError):
+    """``publish()`` got no verdict in time (the message, if taken, stays in
+    the producer and still gets its outcome)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"no confirm from the broker within {seconds} s")
+
+
+class ProducerClosed(PublishError):
+    """The producer (or its client) is closed; the message was not taken."""
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """A message handed to a producer, as passed to ``on_drop``."""
+
+    body: bytes
+    properties: BasicProperties | None
+    exchange: str
+    routing_key: str
+    mandatory: bool
+    #: Position in the producer's order (1, 2, ...).
+    sequence: int
+    #: Publications so far (more than 1 after a re-publish).
+    attempts: int = 0
+    #: basic.nacks received for it (each one retried, up to
+    #: ``Config.nack_retries``).
+    nacks: int = 0
+    #: Times the broker closed the publishing channel while it was in flight
+    #: (each one retried, up to ``Config.publish_retries``).
+    rejections: int = 0
+    _waiter: trio.Event | None = None
+    _error: BaseException | None = None
+
+
+DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerStatistics:
+    """A snapshot of :meth:`Producer.statistics`; the counts only grow.
+
+    ``buffered`` and ``in_flight`` are the messages waiting and published but
+    not confirmed.  ``returned`` counts unroutable ``mandatory`` messages: in
+    CONFIRM mode they are also dropped (reason RETURNED); in FIRE_AND_FORGET
+    mode they were already done, so only this count tells.
+    """
+
+    #: The producer's :attr:`Producer.target`.
+    target: str
+    buffered: int
+    in_flight: int
+    published: int
+    republished: int
+    confirmed: int
+    #: Messages dropped because the broker nacked them (after the retries).
+    nacked: int
+    #: basic.nacks answered by publishing the message again.
+    retries: int
+    returned: int
+    dropped: dict[DropReason, int]
