@@ -51,8 +51,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import trio_lavin as tl
 from trio_lavin._robust._client import Client
-from trio_lavin._robust._events import ClientEvent
 from trio_lavin._robust._consumer import RecoveringConsumer
+from trio_lavin._robust._events import ClientEvent
 from trio_lavin._robust._supervisor import broke_the_protocol
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 

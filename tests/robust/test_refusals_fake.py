@@ -16,7 +16,7 @@ import trio.testing
 
 import trio_lavin as tl
 from trio_lavin._robust._events import ClientEvent
-from trio_lavin.testing import FakeBrokerServer, _fake_broker
+from trio_lavin.testing import FakeBrokerServer
 
 FAST = tl.Config(heartbeat=10, reconnect_jitter=0.0)
 
@@ -105,16 +105,12 @@ async def test_recovery_forgets_an_entity_the_broker_now_refuses_and_recovers_th
 
 
 async def test_recovery_forgets_an_entity_refused_with_a_hard_error_and_recovers_the_rest(
-    broker: FakeBrokerServer,
-    autojump_clock: trio.testing.MockClock,
-    monkeypatch: pytest.MonkeyPatch,
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
 ) -> None:
     """An exchange whose type the broker no longer knows (its plugin was
     disabled) closes the connection when declared again: it is reported and
     forgotten, and the next connection recovers everything else."""
-    monkeypatch.setattr(
-        _fake_broker, "_EXCHANGE_TYPES", _fake_broker._EXCHANGE_TYPES | {"x-plugin"}
-    )
+    broker.exchange_types.add("x-plugin")
     async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
         await client.wait_connected()
         # Exclusive: gone with the connection, so only the recovery brings them back.
@@ -122,9 +118,7 @@ async def test_recovery_forgets_an_entity_refused_with_a_hard_error_and_recovers
         await client.declare_exchange("plugged", "x-plugin")
         await client.declare_queue("after", exclusive=True)
         await client.bind_queue("after", "amq.direct", "k")
-        monkeypatch.setattr(
-            _fake_broker, "_EXCHANGE_TYPES", _fake_broker._EXCHANGE_TYPES - {"x-plugin"}
-        )
+        broker.exchange_types.discard("x-plugin")
         async with client.events() as events:
             broker.sever_all()
             await trio.sleep(2)

@@ -16,11 +16,11 @@ behaviour where a client can see it, not a broker: it never replaces tests
 against a real RabbitMQ or LavinMQ, which catch what a double cannot.
 """
 
-from ._fake_broker import BrokerConnection as BrokerConnection
-from ._fake_broker import ConnectionState as ConnectionState
 from ._fake_broker import FakeBroker as FakeBroker
-from ._fake_broker import Message as Message
-from ._fake_broker import QueueInfo as QueueInfo
+from ._fake_connection import BrokerConnection as BrokerConnection
+from ._fake_model import ConnectionState as ConnectionState
+from ._fake_model import Message as Message
+from ._fake_model import QueueInfo as QueueInfo
 from ._fake_server import FakeBrokerServer as FakeBrokerServer
 from ._fake_server import open_fake_broker as open_fake_broker
 from ._fault_proxy import FaultProxy as FaultProxy

@@ -11,13 +11,9 @@ from typing import Final, Literal, TypeAlias
 import trio
 import trio.testing
 
-from ._fake_broker import (
-    DEFAULT_CHANNEL_MAX,
-    DEFAULT_FRAME_MAX,
-    DEFAULT_HEARTBEAT,
-    BrokerConnection,
-    FakeBroker,
-)
+from ._fake_broker import FakeBroker
+from ._fake_connection import BrokerConnection
+from ._fake_model import DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, DEFAULT_HEARTBEAT
 
 #: How much the server reads from a client stream at once.
 _RECEIVE_SIZE: Final = 65_536
