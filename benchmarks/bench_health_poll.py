@@ -51,7 +51,7 @@ class PollMeter:
                 if connection is not None and connection.is_open:
                     now = trio.current_time()
                     quiet = now - connection.last_received >= interval
-                    if quiet or connection._write_started is not None:
+                    if quiet or connection.sending.write_started is not None:
                         connection.health_problem(now, client.config.write_timeout)
                 meter.cpu += time.thread_time() - start
                 meter.wakeups += 1

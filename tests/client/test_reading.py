@@ -20,6 +20,7 @@ import trio.testing
 
 import trio_lavin as tl
 from trio_lavin._client._connection import RECEIVE_SIZE, Connection
+from trio_lavin._client._reading import ReaderState
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 
@@ -131,7 +132,10 @@ async def test_a_task_waiting_on_a_silent_socket_learns_at_once_that_its_channel
         async with trio.open_nursery() as nursery:
             nursery.start_soon(iterate)
             await trio.sleep(1)
-            assert conn._taker is not None  # the iterating task reads for itself
+            reading = conn._reading
+            assert reading is not None
+            # The iterating task reads for itself.
+            assert reading.state is ReaderState.HANDED_OVER
             broker.blackhole_all()
             started = trio.current_time()
             nursery.start_soon(channel.aclose)  # no CloseOk will come
@@ -185,7 +189,7 @@ async def test_a_consumer_whose_connection_dies_while_it_flushes_ends_instead_of
 
         async def sever_soon() -> None:
             await trio.sleep(0.2)
-            assert conn._send_lock.locked()  # the consumer's task is sending
+            assert conn.sending.writing  # the consumer's task is sending
             broker.sever_all()
 
         async with trio.open_nursery() as nursery:

@@ -113,7 +113,7 @@ async def test_health_poll_catches_a_dead_reader(
         first = await client.wait_connected()
         # Simulate the event path failing silently: the reader task is gone
         # but nobody was told.
-        first._running.discard("_reader")
+        first._running.discard("reader")
         start = trio.current_time()
         await first.wait_closed()
         assert trio.current_time() - start <= 0.1 + 1e-9
@@ -128,7 +128,7 @@ async def test_health_poll_catches_a_hanging_write(
     config = tl.Config(heartbeat=0, write_timeout=2.0, reconnect_jitter=0.0)
     async with tl.open_client(config=config, stream_factory=broker.connect) as client:
         first = await client.wait_connected()
-        first._write_started = trio.current_time()  # a write that never finishes
+        first.sending.write_started = trio.current_time()  # a write that never finishes
         await first.wait_closed()
         assert first.failed_by_poll
         assert "has not finished" in str(first.error)

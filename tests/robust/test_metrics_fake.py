@@ -55,7 +55,7 @@ async def test_poll_and_event_detections_are_told_apart_in_the_losses_metric(
 ) -> None:
     async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
         first = await client.wait_connected()
-        first._running.discard("_reader")  # a dead reader nobody was told about
+        first._running.discard("reader")  # a dead reader nobody was told about
         await first.wait_closed()
         second = await client.wait_connected()
         broker.sever_all()  # seen at once by the reader: an event

@@ -33,6 +33,7 @@ from .._sansio._channel_state import ChannelState
 from ._consumer import DEFAULT_CONSUMER_BUFFER, Consumer
 from ._counters import DeliveryCounters
 from ._delivery import BasicProperties, Confirmation, Delivery
+from ._reading import Signal
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -43,10 +44,6 @@ FieldTable = dict[str, Any]
 
 #: How long closing a channel or cancelling a consumer waits for the broker.
 CLOSE_TIMEOUT: Final = 5.0
-
-#: Publishers wait while this many bytes are queued on a connection and not
-#: yet taken by its writer, which bounds the memory a fast publisher can fill.
-SEND_HIGH_WATER: Final = 4 * 1024 * 1024
 
 _tag_counter = itertools.count(1)
 
@@ -65,11 +62,11 @@ class _Waiter:
     ``request`` is the request's method index (pamqp's ``index``: class id
     << 16 | method id), to tell which call a broker's hard error names."""
 
-    __slots__ = ("abandoned", "error", "event", "on_late_reply", "request", "value")
+    __slots__ = ("abandoned", "error", "on_late_reply", "request", "signal", "value")
 
     def __init__(self, request: int, on_late_reply: Callable[[Any], None] | None = None) -> None:
         self.request = request
-        self.event = trio.Event()
+        self.signal = Signal()
         self.value: Any = None
         self.error: BaseException | None = None
         self.abandoned = False
@@ -78,7 +75,7 @@ class _Waiter:
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value = value
         self.error = error
-        self.event.set()
+        self.signal.set()
         if self.abandoned and error is None and self.on_late_reply is not None:
             self.on_late_reply(value)
 
@@ -104,6 +101,8 @@ class Channel:
     def __init__(self, connection: Connection, number: int) -> None:
         self.connection = connection
         self.number = number
+        #: The connection's sending side (see :mod:`._sending`).
+        self.sending = connection.sending
         self._amqp = connection._amqp
         self._waiters: deque[_Waiter] = deque()
         self._error: BaseException | None = None
@@ -151,7 +150,6 @@ class Channel:
             return
         self._error = error
         self._closed.set()
-        self.connection._interrupt_taker()
         waiters, self._waiters = self._waiters, deque()
         if waiters and _names_request(error, waiters[0].request):
             # The broker refused our oldest request outright: that call gets
@@ -188,7 +186,7 @@ class Channel:
             return
         if self.connection.is_open and self._amqp.channel_state(self.number) is ChannelState.OPEN:
             self._amqp.close_channel(self.number)
-            self.connection._kick()
+            self.sending.kick()
         self._set_closed(ChannelClosed(f"channel {self.number} was closed by this side"))
         with trio.move_on_after(CLOSE_TIMEOUT) as scope:
             scope.shield = True
@@ -200,23 +198,23 @@ class Channel:
         self, method: base.Frame, on_late_reply: Callable[[Any], None] | None = None
     ) -> Any:
         self._check_open()
-        self.connection._check_open()
+        self.connection.check_open()
         expects_reply = self._amqp.send_method(self.number, method)
         if not expects_reply:
-            self.connection._kick()
+            self.sending.kick()
             return None
         waiter = _Waiter(method.index, on_late_reply)
         self._waiters.append(waiter)
         # Sends the request from this task (or wakes the writer to send it).
-        await self.connection._flush_before_waiting()
+        await self.sending.flush()
         return await self._wait(waiter)
 
     async def _wait(self, waiter: _Waiter) -> Any:
         try:
-            await self.connection._wait_event(waiter.event)
+            await self.connection.wait_for(waiter.signal)
         except BaseException:
             waiter.abandoned = True
-            if waiter.event.is_set() and waiter.error is None and waiter.on_late_reply:
+            if waiter.signal.is_set() and waiter.error is None and waiter.on_late_reply:
                 waiter.on_late_reply(waiter.value)
             raise
         if waiter.error is not None:
@@ -228,7 +226,7 @@ class Channel:
         if self._error is not None or not self.connection.is_open:
             return False
         self._amqp.send_method(self.number, method)
-        self.connection._kick()
+        self.sending.kick()
         return True
 
     # exchanges
@@ -418,7 +416,7 @@ class Channel:
                 property that cannot be encoded.
         """
         self._check_open()
-        await self.connection._wait_writable()
+        await self.sending.wait_for_room(self.connection.check_open)
         return self._publish_nowait(body, exchange, routing_key, properties, mandatory, kick=True)
 
     def basic_publish_nowait(
@@ -450,15 +448,16 @@ class Channel:
         kick: bool,
     ) -> Confirmation | None:
         """Queue a message; wake the writer to send it if ``kick``, else the
-        caller sends it (``_flush_before_waiting``)."""
+        caller sends it (``Sending.flush``)."""
         if not isinstance(body, bytes):
             if not isinstance(body, (bytearray, memoryview)):
                 raise TypeError(f"body must be bytes, not {type(body).__name__}")
             body = bytes(body)
         self._check_open()
         connection = self.connection
-        connection._check_open()
-        if connection._unsent > SEND_HIGH_WATER:
+        connection.check_open()
+        sending = connection.sending
+        if sending.full:
             raise trio.WouldBlock
         tag = self._amqp.publish(
             self.number,
@@ -468,12 +467,12 @@ class Channel:
             properties=properties,
             mandatory=mandatory,
         )
-        connection._unsent += len(body) + 64
+        sending.spend(len(body))
         if kick:
-            connection._kick()
+            sending.kick()
         if not tag:
             return None
-        confirmation = Confirmation(tag, exchange, routing_key, body, mandatory)
+        confirmation = Confirmation(tag, exchange, routing_key, body, mandatory, connection)
         self._unconfirmed[tag] = confirmation
         self._unconfirmed_order.append(tag)
         if mandatory:
@@ -499,17 +498,15 @@ class Channel:
         """
         self._check_open()
         connection = self.connection
-        await connection._wait_writable()
+        await connection.sending.wait_for_room(connection.check_open)
         confirmation = self._publish_nowait(
             body, exchange, routing_key, properties, mandatory, kick=False
         )
         # Sends the message from this task (or wakes the writer to send it):
         # the writer need not wake up only to find nothing left to send.
-        await connection._flush_before_waiting()
+        await connection.sending.flush()
         if confirmation is not None:
-            await connection._wait_event(confirmation._event)
-            if confirmation._error is not None:
-                raise confirmation._error
+            await confirmation.wait()
 
     async def wait_for_confirms(self) -> None:
         """Wait until every message published so far has its verdict (acks,
@@ -519,7 +516,7 @@ class Channel:
             last = self._unconfirmed.get(self._unconfirmed_order[-1])
             if last is None:
                 break
-            await last._event.wait()
+            await last.wait_settled()
         self._check_open()
 
     def on_return(self, handler: Callable[[ev.MessageReturned], None] | None) -> None:
@@ -615,7 +612,7 @@ class Channel:
             self._counters.stale_acks += 1
             return False
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple)
-        self.connection._kick()
+        self.sending.kick()
         self._counters.acked += 1
         return True
 
@@ -631,7 +628,7 @@ class Channel:
             self._counters.stale_acks += 1
             return False
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple, requeue=requeue)
-        self.connection._kick()
+        self.sending.kick()
         self._counters.nacked += 1
         return True
 

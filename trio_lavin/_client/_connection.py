@@ -6,7 +6,8 @@
   and dispatches its events to channels; on a TCP socket a task about to
   wait for the broker takes the reading over while the reader is idle, so
   that its answer reaches it without a hop through the reader (see
-  ``Connection._wait_once``);
+  :mod:`._reading`; every wait for the broker goes through
+  :meth:`Connection.wait_for`);
 * the **writer** sends everything the machine has queued, one ``send_all``
   per batch, so many small frames cost one system call (it is the main path
   that writes; the reader only writes the final ``Close``/``CloseOk`` under
@@ -53,9 +54,11 @@ from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
-from ._channel import SEND_HIGH_WATER, Channel, _Waiter
+from ._channel import Channel, _Waiter
 from ._consumer import Consumer
 from ._framelog import frame_log_for
+from ._reading import Notice, Reading, Signal
+from ._sending import Sending
 
 logger = logging.getLogger("trio_lavin.connection")
 
@@ -100,27 +103,18 @@ class Connection:
         self._stopped = trio.Event()
         #: The socket under a plain TCP stream, for writes that need no wait.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
-        self._send_lock = trio.StrictFIFOLock()
-        self._writer_lot = trio.lowlevel.ParkingLot()
-        self._writable_lot = trio.lowlevel.ParkingLot()
         self._released_lot = trio.lowlevel.ParkingLot()
         self._unblocked = trio.Event()
         self._unblocked.set()
-        self._unsent = 0
         #: The reader waits for room in a consumer's buffer.
         self._reader_paused = False
-        #: The reader has dispatched everything and waits for bytes (for the
-        #: socket, or for a waiting task that took the reading over).
-        self._reader_idle = False
-        #: Cancelled to stop the reader waiting for the socket.
-        self._reader_scope: trio.CancelScope | None = None
-        #: The reader waits for the socket and cannot be stopped.
-        self._reader_busy = False
-        self._reader_lot = trio.lowlevel.ParkingLot()
-        #: The task that took the reading over (see ``_wait_once``).
-        self._taker: _Taker | None = None
-        #: Tasks in ``_wait_once``.
-        self._waiting = 0
+        #: Who reads a TCP socket: the reader, or a task waiting for its
+        #: answer (see :mod:`._reading`); None for other streams.
+        self._reading = (
+            None
+            if self._socket is None
+            else Reading(self._socket, self._read_and_dispatch, self._can_take)
+        )
         #: Consumers given deliveries beyond their buffer: no reading until
         #: they have room.
         self._overfull: set[Consumer] = set()
@@ -128,14 +122,16 @@ class Connection:
         self._heartbeat = HeartbeatTimer(0, now, now)
         self._tasks: trio.Nursery | None = None
         self._running: set[str] = set()
-        #: When the write in progress started (None: no write in progress).
-        self._write_started: float | None = None
         #: True when the health poll (not the event path) found it dead.
         self.failed_by_poll = False
-        self.bytes_sent = 0
         self.bytes_received = 0
         #: DEBUG frame logging (None unless ``trio_lavin.frames`` is at DEBUG).
         self._frame_log = frame_log_for(params.endpoint)
+        #: The sending side, shared with channels and producers: the writer,
+        #: the flush of a task about to wait, the send budget.
+        self.sending = Sending(
+            stream, amqp, params.endpoint, self._frame_log, self._data_sent, self._write_failed
+        )
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -175,6 +171,11 @@ class Connection:
         return self._amqp.blocked
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the broker so far."""
+        return self.sending.bytes_sent
+
+    @property
     def last_received(self) -> float:
         """``trio.current_time()`` when bytes last arrived from the broker."""
         return self._heartbeat.last_received
@@ -189,7 +190,10 @@ class Connection:
         assert self._error is not None
         return self._error
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise why the connection ended (:class:`ConnectionLost`,
+        :class:`ConnectionClosed`), or :class:`ConnectionClosed` while it
+        closes; return while it is open."""
         if self._error is not None:
             raise self._error
         if self._amqp.state is not ConnectionState.OPEN:
@@ -204,17 +208,17 @@ class Connection:
             ConnectionLost, ConnectionClosed: the connection ended.
             ChannelClosed: the broker refused the channel.
         """
-        self._check_open()
+        self.check_open()
         number = self._amqp.open_channel()
         channel = Channel(self, number)
         self._channels[number] = channel
-        self._kick()
+        self.sending.kick()
 
         def close_orphan(_value: Any) -> None:
             # The caller was cancelled after the broker opened the channel.
             if channel.is_open and self.is_open:
                 self._amqp.close_channel(number)
-                self._kick()
+                self.sending.kick()
                 channel._set_closed(ChannelClosed("channel open was cancelled"))
 
         waiter = _Waiter(commands.Channel.Open.index, close_orphan)
@@ -228,135 +232,14 @@ class Connection:
         while self.is_open and self._amqp.channel_state(number) is ChannelState.CLOSING:
             await self._released_lot.park()
 
-    # -- writing ------------------------------------------------------------------
-
-    def _kick(self) -> None:
-        """Wake the writer: the machine has data to send."""
-        if self._writer_lot:
-            self._writer_lot.unpark_all()
-
-    async def _wait_writable(self) -> None:
-        """Backpressure for publishers: wait while too much is queued."""
-        while self._unsent > SEND_HIGH_WATER:
-            self._check_open()
-            await self._writable_lot.park()
-        await trio.lowlevel.checkpoint_if_cancelled()
-
-    async def _writer(self) -> None:
-        while True:
-            data = self._take_data()
-            if not data:
-                await self._writer_lot.park()
-                continue
-            try:
-                self._send_lock.acquire_nowait()
-            except trio.WouldBlock:
-                await self._send_lock.acquire()
-            try:
-                if not await self._write(data):
-                    return
-            finally:
-                self._send_lock.release()
-
-    def _take_data(self) -> bytes:
-        """Everything the machine has queued, and room again for publishers."""
-        data = self._amqp.data_to_send()
-        if data:
-            self._unsent = 0
-            if self._writable_lot:
-                self._writable_lot.unpark_all()
-        return data
-
-    async def _write(self, data: bytes, *, shield: bool = False) -> bool:
-        """Send ``data`` (the caller holds the send lock); False if that
-        failed, and then the connection has failed.
-
-        On a plain TCP socket the bytes are written straight to it when it
-        takes them (``os.write``), without the scheduler round trips that
-        ``send_all`` makes even then, and without a checkpoint; ``send_all``
-        sends what is left, shielded from cancellation if ``shield`` (a send
-        cut short would leave half a frame on the wire).
-        """
-        self._write_started = trio.current_time()
-        try:
-            sent = self._send_directly(data)
-            if sent < len(data):
-                with trio.CancelScope(shield=shield):
-                    await self._stream.send_all(memoryview(data)[sent:])
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(ConnectionLost(f"writing to {self.params.endpoint} failed: {exc}"))
-            return False
-        self._write_started = None
-        self.bytes_sent += len(data)
-        if self._frame_log is not None:
-            self._frame_log.sent(data)
-        self._heartbeat.data_sent(trio.current_time())
-        return True
-
-    def _send_directly(self, data: bytes) -> int:
-        """Write as much of ``data`` as a plain TCP socket takes right now;
-        the number of bytes written (0 for other streams).
-
-        Raises:
-            OSError: the socket failed (e.g. reset by the broker).
-        """
-        socket = self._socket
-        # fileno() is -1 once the socket is closed: never write to a reused number.
-        fd = -1 if socket is None else socket.fileno()
-        if fd < 0:
-            return 0
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:
-            return 0
-
-    async def _flush_before_waiting(self) -> None:
-        """Called by a task about to wait for the broker's answer: send what
-        is queued from this task when the writer is idle, which saves a hop
-        through the writer task on the way to the wire (the answer cannot
-        come before the request has left); else wake the writer to send it.
-        Shielded, like every send of queued frames: a send cut short would
-        leave half a frame on the wire."""
-        if self._error is not None or not self._amqp.has_data_to_send:
-            return
-        try:
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            # Another task is sending; the writer sends what is queued next.
-            self._kick()
-            return
-        try:
-            await self._write(self._take_data(), shield=True)
-        finally:
-            self._send_lock.release()
-
-    async def _flush_final(self) -> None:
-        """Send what is queued (a final Close or CloseOk) from outside the
-        writer, bounded in time, even if the caller is being cancelled."""
-        data = self._amqp.data_to_send()
-        if not data:
-            return
-        with trio.move_on_after(FLUSH_TIMEOUT) as scope:
-            scope.shield = True
-            try:
-                async with self._send_lock:
-                    await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return
-            self.bytes_sent += len(data)
-            if self._frame_log is not None:
-                self._frame_log.sent(data)
-
     # -- reading ------------------------------------------------------------------
     #
-    # The reader task reads and dispatches.  A task about to wait for the
-    # broker (a confirm, a reply, a delivery) may take the reading over while
-    # the reader is idle (``_wait_once``): it waits for the socket itself, and
-    # reads and dispatches what comes from its own task, so its answer costs no
-    # hop through the reader.  A dispatch never waits half-way (a delivery
-    # beyond a consumer's buffer is kept, and the reader waits for room before
-    # it reads again), so dispatches never interleave and frames are handled
-    # in the order they came, whichever task read them.
+    # The reader task reads and dispatches; on a TCP socket a waiting task may
+    # read in its place (:mod:`._reading` says who may read when).  A dispatch
+    # never waits half-way (a delivery beyond a consumer's buffer is kept, and
+    # the reader waits for room before it reads again), so dispatches never
+    # interleave and frames are handled in the order they came, whichever
+    # task read them.
 
     async def _reader(self) -> None:
         # Bytes that came with the handshake's last frame are dispatched first.
@@ -382,36 +265,12 @@ class Connection:
         from it.  ``receive_some`` first tries a read that fails when the
         reader has just dispatched everything (the usual case when a caller
         waits for one reply), a wasted system call on the way to that reply.
-        Waiting always yields to the scheduler once per read, so a broker
-        that sends without pause cannot starve the other tasks.
         """
-        socket = self._socket
-        if socket is None:
+        reading = self._reading
+        if reading is None:
             return await self._stream.receive_some(RECEIVE_SIZE)
-        self._reader_idle = True
-        try:
-            if self._taker is not None:
-                # A waiting task reads for now; it wakes us when it is done.
-                await self._reader_lot.park()
-                return None
-            if self._waiting > 1:
-                # Several tasks wait, so none will take the reading over (see
-                # _wait_once): no cancel scope needed (they cost 3 us).  With
-                # one waiting, it may want to when it waits next.
-                self._reader_busy = True
-                try:
-                    await trio.lowlevel.wait_readable(socket)
-                finally:
-                    self._reader_busy = False
-            else:
-                scope = self._reader_scope = trio.CancelScope()
-                with scope:
-                    await trio.lowlevel.wait_readable(socket)
-                self._reader_scope = None
-                if scope.cancelled_caught:
-                    return None  # a waiting task took the reading over
-        finally:
-            self._reader_idle = False
+        if not await reading.reader_wait():
+            return None
         return self._read_now()
 
     def _read_now(self) -> bytes | None:
@@ -465,24 +324,21 @@ class Connection:
                 error.__cause__ = exc
                 # Fail first, so nothing races the final Close; then send it.
                 self._fail(error)
-                await self._flush_final()
+                await self.sending.send_final()
                 return False
             if event is None:
                 break
             if type(event) is ev.DeliveryReceived:
                 self._deliver(event)
             elif not self._handle(event):
-                await self._flush_final()
+                await self.sending.send_final()
                 return False
         if amqp.buffered < unparsed:
             # A whole frame arrived: the broker is alive.  Bytes alone do
             # not count, or a broker trickling a frame forever would be.
             self._heartbeat.data_received(trio.current_time())
         if amqp.has_data_to_send:
-            self._kick()
-        taker = self._taker
-        if taker is not None and taker.done():
-            taker.scope.cancel()  # it waits for bytes that we have read
+            self.sending.kick()
         return True
 
     def _deliver(self, event: ev.DeliveryReceived) -> None:
@@ -519,96 +375,43 @@ class Connection:
             self._reader_paused = False
             self._heartbeat.data_received(trio.current_time())
 
-    async def _wait_once(
-        self, done: Callable[[], bool], wait: Callable[[], Awaitable[Any]]
-    ) -> None:
-        """For a task waiting for the broker, until ``done()``: wait once,
-        either with ``wait()`` (woken by whoever dispatches its answer) or,
-        when it is the only task waiting and the reader is idle on a TCP
-        socket, by taking the reading over: wait for the socket, then read
-        and dispatch from this task.  The answer then reaches the task
-        without a hop through the reader (a scheduler pass, about a tenth of
-        a confirm's latency).  With several tasks waiting, the reader reads
-        for them all: handing the reading from task to task would cost more
-        than the hop.  Callers check ``done()`` again afterwards.
+    async def wait_for(self, signal: Signal | Notice) -> None:
+        """Wait until ``signal`` is set: the one way for a task to wait for
+        the broker's answer (a reply, a confirm, a delivery).  On a TCP
+        socket the task may read the answer itself (see :mod:`._reading`).
 
-        Cancellation: a checkpoint; the reading goes back to the reader.
+        Cancellation: a checkpoint; nothing is lost.
         """
-        if done():
-            # It happened while the caller was on its way here (e.g. while
-            # it sent what was queued): no waking up is coming.
+        reading = self._reading
+        if reading is not None:
+            await reading.wait_for(signal)
+            return
+        if signal.is_set():
             await trio.lowlevel.checkpoint()
             return
-        socket = self._socket
-        take = not (
-            socket is None
-            or self._waiting  # others wait too: one read by the reader wakes them all
-            or not self._reader_idle
-            or self._reader_busy
-            or self._overfull
-            or self._error is not None
-        )
-        self._waiting += 1
+        while not signal.is_set():
+            await signal.wait()
+
+    def _can_take(self) -> bool:
+        """May a waiting task read now (see :class:`._reading.Reading`)?"""
+        return not self._overfull and self._error is None
+
+    async def _read_and_dispatch(self) -> None:
+        """For a task that took the reading over: read what the socket
+        holds and dispatch it.  A bug in the dispatch ends the connection,
+        as one in the reader does, and the application goes on."""
         try:
-            if take and socket is not None:
-                await self._take_reading(socket, done)
-            else:
-                await wait()
-        finally:
-            self._waiting -= 1
-
-    async def _take_reading(
-        self, socket: trio.socket.SocketType, done: Callable[[], bool]
-    ) -> None:
-        """``_wait_once`` as the task that reads: wait for the socket in
-        place of the reader, then read and dispatch what came."""
-        taker = self._taker = _Taker(done)
+            data = self._read_now()
+        except (trio.ClosedResourceError, OSError) as exc:
+            self._read_failed(exc)
+            return
+        if data is None or not self._received(data):
+            return
         try:
-            reader = self._reader_scope
-            if reader is not None:
-                # The reader waits for the socket: stop it (at once, so the
-                # socket has no reader left when we wait for it).
-                reader.cancel()
-            with taker.scope:
-                await trio.lowlevel.wait_readable(socket)
-            # Nothing to interrupt from here on (cancelling a scope is not
-            # free): what is read is dispatched below without a pause.
-            self._taker = None
-            if taker.scope.cancelled_caught or done():
-                return
-            try:
-                data = self._read_now()
-            except (trio.ClosedResourceError, OSError) as exc:
-                self._read_failed(exc)
-                return
-            if data is None or not self._received(data):
-                return
-            try:
-                await self._dispatch()
-            except Exception as exc:
-                # A bug, like one in the reader: the connection ends, the
-                # application goes on (and sees the connection's error).
-                logger.exception("internal error dispatching frames on %s", self)
-                self._fail(ConnectionLost(f"internal error in the reader: {exc!r}"))
-        except trio.ClosedResourceError:
-            return  # the connection ended
-        finally:
-            self._taker = None
-            self._reader_lot.unpark_all()
-
-    async def _wait_event(self, event: trio.Event) -> None:
-        """Wait until ``event`` is set, reading for ourselves when we can
-        (see ``_wait_once``)."""
-        while not event.is_set():
-            await self._wait_once(event.is_set, event.wait)
-
-    def _interrupt_taker(self) -> None:
-        """Something a waiting task may be waiting for happened without
-        bytes from the broker (e.g. a channel closed on our side): wake the
-        task if it is waiting for the socket, so that it looks again."""
-        taker = self._taker
-        if taker is not None:
-            taker.scope.cancel()
+            await self._dispatch()
+        except Exception as exc:
+            logger.exception("internal error dispatching frames on %s", self)
+            self._fail(ConnectionLost(f"internal error in the reader: {exc!r}"))
 
     def _handle(self, event: ev.Event) -> bool:
         """Dispatch one event; False when the connection ended (then a final
@@ -641,7 +444,7 @@ class Connection:
                 )
                 self._channels.pop(event.channel, None)
                 channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
-                self._kick()
+                self.sending.kick()
             elif isinstance(event, ev.ContentTooLarge):
                 # The machine is closing the channel; it stays registered
                 # until the broker's CloseOk releases its number.
@@ -649,7 +452,7 @@ class Connection:
                     "refused a message on channel %d: %s", event.channel, event.reply_text
                 )
                 channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
-                self._kick()
+                self.sending.kick()
             elif isinstance(event, ev.ChannelCloseOk):
                 self._channels.pop(event.channel, None)
                 channel._set_closed(ChannelClosed(f"channel {event.channel} was closed"))
@@ -702,7 +505,7 @@ class Connection:
             if heartbeat.should_send(now) and amqp.state is ConnectionState.OPEN:
                 amqp.send_heartbeat()
                 heartbeat.data_sent(now)
-                self._kick()
+                self.sending.kick()
             # Heartbeats are only sent while OPEN: closing, the send deadline
             # stays in the past and must not be slept until (a busy loop).
             send_deadline = (
@@ -724,10 +527,7 @@ class Connection:
         while True:
             try:
                 if out := amqp.data_to_send():
-                    await self._stream.send_all(out)
-                    self.bytes_sent += len(out)
-                    if self._frame_log is not None:
-                        self._frame_log.sent(out)
+                    await self.sending.send(out, report=False)
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise ConnectionLost(
@@ -751,12 +551,12 @@ class Connection:
                     if isinstance(event, ev.ConnectionClosedByBroker):
                         # The broker may hang up right after its Close (RabbitMQ
                         # does on bad credentials): the CloseOk is best effort.
-                        await self._flush_final()
+                        await self.sending.send_final()
                         raise ConnectionClosedByBroker(
                             event.reply_text, event.reply_code, event.class_id, event.method_id
                         )
             except RemoteProtocolError as exc:
-                await self._flush_final()
+                await self.sending.send_final()
                 raise ConnectionLost(
                     f"protocol error from {self.params.endpoint} during the handshake: "
                     f"{exc.reply_text}",
@@ -766,16 +566,17 @@ class Connection:
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._tasks = nursery
-            nursery.start_soon(self._guard, self._reader, name=f"{self!r} reader")
-            nursery.start_soon(self._guard, self._writer, name=f"{self!r} writer")
+            nursery.start_soon(self._guard, "reader", self._reader, name=f"{self!r} reader")
+            nursery.start_soon(self._guard, "writer", self.sending.writer, name=f"{self!r} writer")
             if self._heartbeat.interval:
-                nursery.start_soon(self._guard, self._heartbeats, name=f"{self!r} heartbeats")
+                nursery.start_soon(
+                    self._guard, "heartbeat", self._heartbeats, name=f"{self!r} heartbeats"
+                )
             task_status.started()
 
-    async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
+    async def _guard(self, name: str, task: Callable[[], Awaitable[None]]) -> None:
         """Run one of the connection's tasks: a bug in it ends the
         connection (reported as lost) instead of crashing the application."""
-        name = task.__name__
         self._running.add(name)
         try:
             await task()
@@ -791,7 +592,7 @@ class Connection:
         from outside (the health poll), or None when nothing is."""
         if self._error is not None:
             return None
-        missing = {"_reader", "_writer"} - self._running
+        missing = {"reader", "writer"} - self._running
         if missing:
             return f"the {', '.join(sorted(missing))} task of the connection is not running"
         heartbeat = self._heartbeat
@@ -800,12 +601,19 @@ class Connection:
                 f"no data from {self.params.endpoint} for {now - heartbeat.last_received:.1f} s "
                 f"(heartbeat timeout, interval {heartbeat.interval} s)"
             )
-        if self._write_started is not None and now - self._write_started > write_timeout:
+        started = self.sending.write_started
+        if started is not None and now - started > write_timeout:
             return (
                 f"a write to {self.params.endpoint} has not finished for "
-                f"{now - self._write_started:.1f} s (the broker stopped reading)"
+                f"{now - started:.1f} s (the broker stopped reading)"
             )
         return None
+
+    def _data_sent(self, now: float) -> None:
+        self._heartbeat.data_sent(now)
+
+    def _write_failed(self, reason: str) -> None:
+        self._fail(ConnectionLost(reason))
 
     def _fail(self, error: AMQPConnectionError, *, by_poll: bool = False) -> None:
         """The connection ended: record why, fail every channel and waiter,
@@ -818,14 +626,15 @@ class Connection:
             # str(): a record that a handler keeps must not keep the error, and
             # through its traceback this connection, alive.
             logger.debug("connection %s ended: %s", self.params.endpoint, str(error))
-        self._interrupt_taker()
+        if self._reading is not None:
+            self._reading.interrupt()
         for channel in list(self._channels.values()):
             channel._set_closed(error)
         self._channels.clear()
         self._closed.set()
         self._stopped.set()
         self._unblocked.set()
-        self._writable_lot.unpark_all()
+        self.sending.stop()
         self._released_lot.unpark_all()
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
@@ -843,27 +652,16 @@ class Connection:
                 for consumer in channel._consumers.values():
                     consumer._discard()
             self._amqp.close()
-            self._kick()
+            self.sending.kick()
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 scope.shield = True
                 # Wait for the CloseOk, unless a task of ours has stopped (when
                 # the block around the connection was cancelled): then nobody
                 # would read it, and the writer may not even send the Close.
-                if self._running >= {"_reader", "_writer"}:
+                if self._running >= {"reader", "writer"}:
                     await self._stopped.wait()
-                await self._flush_final()
+                await self.sending.send_final()
         self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
-
-
-class _Taker:
-    """A task that took the reading over while it waits for ``done()``."""
-
-    __slots__ = ("done", "scope")
-
-    def __init__(self, done: Callable[[], bool]) -> None:
-        self.done = done
-        #: Cancelled to make it look again (its answer came another way).
-        self.scope = trio.CancelScope()
 
 
 def _connection_options(

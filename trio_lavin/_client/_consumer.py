@@ -12,6 +12,7 @@ from pamqp import commands
 
 from .._exceptions import AMQPConnectionError, ChannelClosed, ConsumerCancelled
 from ._delivery import Delivery
+from ._reading import Notice
 
 if TYPE_CHECKING:
     from ._channel import Channel
@@ -54,8 +55,8 @@ class Consumer:
         self.no_ack = no_ack
         self._capacity = capacity
         self._buffer: deque[Delivery] = deque()
-        #: Tasks iterating, waiting for a delivery.
-        self._readable = trio.lowlevel.ParkingLot()
+        #: Tasks iterating wait for this: a delivery, or the end.
+        self._news = Notice(self._has_news)
         #: The connection's reader, waiting for room in a full buffer.
         self._writable = trio.lowlevel.ParkingLot()
         self._error: BaseException | None = None
@@ -87,8 +88,7 @@ class Consumer:
         if self._finished or self._closed or self._discarding:
             return False
         self._buffer.append(delivery)
-        if self._readable:
-            self._readable.unpark()
+        self._news.notify_one()
         return True
 
     def _has_news(self) -> bool:
@@ -99,9 +99,8 @@ class Consumer:
         if not self._finished:
             self._finished = True
             self._error = error
-            self._readable.unpark_all()
+            self._news.notify()
             self._writable.unpark_all()
-            self.channel.connection._interrupt_taker()
 
     def __aiter__(self) -> Consumer:
         return self
@@ -126,9 +125,9 @@ class Consumer:
                 raise StopAsyncIteration
             self._taken_without_yield = 0
             connection = self.channel.connection
-            await connection._flush_before_waiting()
+            await connection.sending.flush()
             if not self._buffer:
-                await connection._wait_once(self._has_news, self._readable.park)
+                await connection.wait_for(self._news)
 
     async def cancel(self) -> None:
         """Stop the broker sending more (``basic.cancel``).  Deliveries that
@@ -165,9 +164,8 @@ class Consumer:
         """Take no more deliveries (the connection gives them back to the
         broker) and release a reader waiting for room."""
         self._closed = True
-        self._readable.unpark_all()
+        self._news.notify()
         self._writable.unpark_all()
-        self.channel.connection._interrupt_taker()
 
     def _discard(self) -> None:
         """The connection is closing: drop further deliveries, and release a

@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import trio
 from pamqp import commands
 
 from .._exceptions import DeliveryAlreadySettled, MessageReturned
+from ._reading import Signal
 
 if TYPE_CHECKING:
     from ._channel import Channel
+    from ._connection import Connection
 
 BasicProperties = commands.Basic.Properties
 
@@ -145,8 +146,9 @@ class Confirmation:
     """
 
     __slots__ = (
+        "_connection",
         "_error",
-        "_event",
+        "_signal",
         "body",
         "callback",
         "delivery_tag",
@@ -157,7 +159,13 @@ class Confirmation:
     )
 
     def __init__(
-        self, delivery_tag: int, exchange: str, routing_key: str, body: bytes, mandatory: bool
+        self,
+        delivery_tag: int,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        mandatory: bool,
+        connection: Connection | None = None,
     ) -> None:
         self.delivery_tag = delivery_tag
         self.exchange = exchange
@@ -168,28 +176,39 @@ class Confirmation:
         #: Called once with the outcome (None for an ack, else the error)
         #: when the verdict arrives; it must not block or raise.
         self.callback: Callable[[BaseException | None], None] | None = None
-        self._event = trio.Event()
+        self._signal = Signal()
         self._error: BaseException | None = None
+        #: The connection the verdict comes on (None once it came).
+        self._connection = connection
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._signal.is_set()
 
     @property
     def acked(self) -> bool:
         """True once the broker acked the message (and it was not returned)."""
-        return self._event.is_set() and self._error is None
+        return self._signal.is_set() and self._error is None
 
     def _resolve(self, error: BaseException | None) -> None:
-        if not self._event.is_set():
+        if not self._signal.is_set():
             self._error = error
-            self._event.set()
+            self._connection = None
+            self._signal.set()
             if self.callback is not None:
                 self.callback(error)
+
+    async def wait_settled(self) -> None:
+        """Wait for the verdict without raising it."""
+        await self._signal.wait()
 
     async def wait(self) -> None:
         """Wait for the broker's verdict; see the class doc.  Cancelling the
         wait changes nothing about the message."""
-        await self._event.wait()
+        connection = self._connection
+        if connection is None:
+            await self._signal.wait()
+        else:
+            await connection.wait_for(self._signal)
         if self._error is not None:
             raise self._error

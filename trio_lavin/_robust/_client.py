@@ -388,7 +388,10 @@ class Client(Declarations):
             if connection is None or not connection.is_open:
                 continue
             now = trio.current_time()
-            if now - connection.last_received < interval and connection._write_started is None:
+            if (
+                now - connection.last_received < interval
+                and connection.sending.write_started is None
+            ):
                 continue  # traffic proves liveness
             problem = connection.health_problem(now, write_timeout)
             if problem is not None:

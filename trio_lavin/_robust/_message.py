@@ -9,9 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-import trio
-
 from .._client._delivery import BasicProperties
+from .._client._reading import Signal
 from .._exceptions import PublishError
 
 #: The largest body a producer accepts, by default: RabbitMQ's own
@@ -107,7 +106,7 @@ class Message:
     #: Times the broker closed the publishing channel while it was in flight
     #: (each one retried, up to ``Config.publish_retries``).
     rejections: int = 0
-    _waiter: trio.Event | None = None
+    _waiter: Signal | None = None
     _error: BaseException | None = None
 
 

@@ -61,6 +61,7 @@ import trio
 
 from .._client._channel import Channel
 from .._client._delivery import BasicProperties, Confirmation
+from .._client._reading import Signal
 from .._exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -331,10 +332,10 @@ class Producer:
         await trio.lowlevel.checkpoint_if_cancelled()
         message = self._message(body, properties, routing_key, headers)
         if self.mode is PublishMode.CONFIRM:
-            message._waiter = trio.Event()
+            message._waiter = Signal()
         channel = self._channel
         if channel is not None and self._publish_directly(channel, message, kick=False):
-            await channel.connection._flush_before_waiting()
+            await channel.sending.flush()
         else:
             if self.buffer_policy is BufferPolicy.BLOCK:
                 try:
@@ -355,13 +356,11 @@ class Producer:
                 self._wakeup.unpark_all()
         waiter = message._waiter
         if waiter is not None:
-            while not waiter.is_set():
-                channel = self._channel
-                if channel is None:
-                    await waiter.wait()
-                else:
-                    # Reads the confirm from this task when it can.
-                    await channel.connection._wait_once(waiter.is_set, waiter.wait)
+            channel = self._channel
+            if channel is None:
+                await waiter.wait()
+            else:
+                await channel.connection.wait_for(waiter)  # may read the confirm itself
             if message._error is not None:
                 raise message._error
         else:
@@ -464,13 +463,7 @@ class Producer:
         self._dropped[reason] += 1
         if message._waiter is not None and message._error is None:
             message._error = error or _drop_error(message, reason)
-            message._waiter.set()
-            channel = self._channel
-            if channel is not None:
-                # Its publisher may be waiting for the socket, reading for
-                # itself (Connection._wait_once), and no byte is coming for
-                # this outcome: make it look again.
-                channel.connection._interrupt_taker()
+            message._waiter.set()  # wakes its publisher, also one reading for itself
         for callback in self._callbacks:
             try:
                 result = callback(message, self.target, reason)
@@ -635,23 +628,23 @@ class Producer:
                         confirmation = _queue_on(channel, message, kick=False)
                     except BaseException:
                         self._retry.appendleft(message)  # not published: first in line
-                        connection._kick()
+                        connection.sending.kick()
                         raise
                     published += 1
                     self._account(message, confirmation)
             except trio.WouldBlock:
-                connection._kick()
-                await connection._wait_writable()
+                connection.sending.kick()
+                await connection.sending.wait_for_room(connection.check_open)
                 continue
             except (ChannelClosed, AMQPConnectionError):
-                connection._kick()
+                connection.sending.kick()
                 # The next _open_channel() pauses if the broker meant "low disk".
                 await trio.lowlevel.checkpoint()
                 continue
             if published:
                 # Send them from here when the writer is idle (else it is
                 # woken): one task hop less.
-                await connection._flush_before_waiting()
+                await connection.sending.flush()
                 if self._has_queued():
                     await trio.lowlevel.checkpoint()
                     continue
