@@ -6,10 +6,12 @@ Deliberately uses only plain sockets and pamqp, not trio_lavin.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
 import urllib.parse
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -17,7 +19,7 @@ from pamqp import body, commands, frame, header, heartbeat
 from pamqp.base import Frame
 
 from tests._broker import BrokerNode, RabbitNode
-from tests._lavinmq import LavinNode
+from tests._lavinmq import LavinNode, LavinNotFound, find_lavinmq
 
 F = TypeVar("F", bound=Frame)
 
@@ -220,3 +222,24 @@ def test_kill_and_restart_keeps_port_durable_queue_and_persistent_message(
         conn.send(1, commands.Queue.Delete(queue=queue))
         deleted = conn.expect(commands.Queue.DeleteOk)
         assert deleted.message_count == 1
+
+
+def test_find_lavinmq_takes_the_lavinmq_variable_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = tmp_path / "my-lavinmq"
+    monkeypatch.setenv("LAVINMQ", str(fake))
+    assert find_lavinmq() == fake  # even when it names nothing: LavinNode then says so
+
+
+def test_a_lavinmq_variable_naming_no_executable_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    not_a_binary = tmp_path / "lavinmq.txt"
+    not_a_binary.write_text("")
+    monkeypatch.setenv("LAVINMQ", str(not_a_binary))
+    with pytest.raises(LavinNotFound, match=re.escape(str(not_a_binary))):
+        LavinNode()
+    monkeypatch.setenv("LAVINMQ", str(tmp_path / "missing"))
+    with pytest.raises(LavinNotFound, match="LAVINMQ=/path/to/lavinmq"):
+        LavinNode()
