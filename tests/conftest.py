@@ -70,8 +70,9 @@ _BROKER_FIXTURES = frozenset(
     }
 )
 
-#: The ``broker`` fixture's parameters.
-BROKER_KINDS = ("rabbitmq", "lavinmq")
+#: The ``broker`` fixture's parameters, and the session fixture behind each.
+BROKER_FIXTURE = {"rabbitmq": "rabbit_broker", "lavinmq": "lavinmq_broker"}
+BROKER_KINDS = tuple(BROKER_FIXTURE)
 
 
 def _child_processes() -> list[str]:
@@ -201,7 +202,7 @@ def lavinmq_broker() -> Iterator[Broker]:
 def broker(request: pytest.FixtureRequest) -> Broker:
     """Parametrized by :func:`pytest_generate_tests` (``rabbitmq``, ``lavinmq``)."""
     kind: str = getattr(request, "param", "rabbitmq")
-    value: Broker = request.getfixturevalue(f"{'rabbit' if kind == 'rabbitmq' else kind}_broker")
+    value: Broker = request.getfixturevalue(BROKER_FIXTURE[kind])
     return value
 
 
