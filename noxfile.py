@@ -3,6 +3,10 @@
 ``tests`` and ``demo`` need a real broker: with ``AMQP_URL`` set that one is used; otherwise a
 throwaway RabbitMQ node is started on free loopback ports (see ``tests/_broker.py``), and
 Debian's ``rabbitmq-server`` is installed with apt first if it is missing and we are root.
+``tests`` also runs every broker test on a throwaway LavinMQ node when there is a LavinMQ
+binary (``LAVINMQ``, ``lavinmq`` on PATH, or ``../shared/lavinmq/lavinmq``; see
+``tests/_lavinmq.py``), installing its runtime libraries with apt when they are missing and
+we are root; without a binary those runs are deselected, except in CI (``CI`` set).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -28,6 +33,8 @@ TEST_DEPS = [
     "trio-websocket",  # an independent WebSocket server for the transport tests
 ]
 APT_GET = Path("/usr/bin/apt-get")
+#: What the LavinMQ build in ../shared/lavinmq needs at run time (its README).
+LAVINMQ_LIBS = ["libgc1", "libpcre3", "libevent-2.1-7", "libevent-pthreads-2.1-7"]
 
 
 def _rabbitmq_installed() -> bool:
@@ -78,10 +85,66 @@ def ensure_broker(session: nox.Session) -> None:
         session.error("apt-get installed rabbitmq-server but its scripts were not found")
 
 
+def _lavinmq_binary() -> Path | None:
+    """The LavinMQ binary the tests will use (the same lookup as ``tests/_lavinmq.py``)."""
+    if os.environ.get("LAVINMQ"):
+        return Path(os.environ["LAVINMQ"])
+    if on_path := shutil.which("lavinmq"):
+        return Path(on_path)
+    shared = Path(__file__).resolve().parent.parent / "shared" / "lavinmq" / "lavinmq"
+    return shared if shared.is_file() else None
+
+
+def _missing_debian_packages(names: list[str]) -> list[str]:
+    if shutil.which("dpkg-query") is None:
+        return []  # not Debian: nothing we can check or install
+    missing = []
+    for name in names:
+        try:
+            result = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Status}", name],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        if "ok installed" not in result.stdout:
+            missing.append(name)
+    return missing
+
+
+def ensure_lavinmq_libraries(session: nox.Session) -> None:
+    """Where there is a LavinMQ binary, make sure its runtime libraries are installed."""
+    if _lavinmq_binary() is None:
+        return
+    missing = _missing_debian_packages(LAVINMQ_LIBS)
+    if not missing:
+        return
+    if os.geteuid() != 0 or not APT_GET.exists():
+        session.warn(
+            f"LavinMQ's runtime libraries are missing ({' '.join(missing)}): its test runs "
+            f"will fail; run `apt-get install {' '.join(missing)}` as root"
+        )
+        return
+    session.log(f"installing LavinMQ's runtime libraries: {' '.join(missing)}")
+    session.run("apt-get", "update", external=True)
+    session.run(
+        "apt-get",
+        "install",
+        "-y",
+        *missing,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+        external=True,
+    )
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, against a real broker."""
+    """The test suite, against the real brokers (RabbitMQ, and LavinMQ where there is one)."""
     ensure_broker(session)
+    ensure_lavinmq_libraries(session)
     session.install("-e", ".[ws,prometheus]", *TEST_DEPS)
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
 

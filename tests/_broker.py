@@ -38,11 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 __all__ = [
     "Broker",
     "BrokerError",
+    "BrokerNode",
     "RabbitNode",
     "RabbitNotInstalled",
     "find_rabbitmq_sbin",
@@ -71,12 +72,46 @@ class RabbitNotInstalled(BrokerError):
     """No ``rabbitmq-server`` scripts were found on this machine."""
 
 
+class BrokerNode(Protocol):
+    """What every throwaway node of the harness can do (:class:`RabbitNode`, and
+    ``tests._lavinmq.LavinNode``): the tests that crash and restart a broker, or close its
+    connections as an operator would, use only this, so they run on both brokers."""
+
+    #: "rabbitmq" or "lavinmq".
+    kind: str
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def amqp_port(self) -> int: ...
+
+    def is_running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close_all_connections(self, reason: str = ...) -> int: ...
+
+    def add_user(self, user: str, password: str) -> None: ...
+
+    def delete_user(self, user: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class Broker:
-    """What the ``broker`` fixture gives: a URL and, if the harness started it, the node."""
+    """What the ``broker`` fixture gives: which broker, a URL and, if the harness started
+    it, the node (None for the broker at ``AMQP_URL``)."""
 
     url: str
-    node: RabbitNode | None = None
+    node: BrokerNode | None = None
+    #: "rabbitmq" or "lavinmq" (the ``broker`` fixture's parameter).
+    kind: str = "rabbitmq"
 
 
 def find_rabbitmq_sbin() -> Path | None:
@@ -186,6 +221,8 @@ class RabbitNode:
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
+
+    kind = "rabbitmq"
 
     def __init__(
         self,
@@ -317,6 +354,14 @@ class RabbitNode:
             self.rabbitmqctl("close_connection", pid, reason)
         return len(pids)
 
+    def add_user(self, user: str, password: str) -> None:
+        """Add a user with every permission on the vhost ``/``."""
+        self.rabbitmqctl("add_user", user, password)
+        self.rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+
+    def delete_user(self, user: str) -> None:
+        self.rabbitmqctl("delete_user", user)
+
     def __enter__(self) -> RabbitNode:
         try:
             self.start()
@@ -436,9 +481,9 @@ class RabbitNode:
             time.sleep(0.1)
 
 
-def _remove_stale_basedirs() -> None:
+def _remove_stale_basedirs(prefix: str = _BASEDIR_PREFIX) -> None:
     """Remove the files of nodes whose owner was killed before it could clean up."""
-    for path in Path(tempfile.gettempdir()).glob(_BASEDIR_PREFIX + "*"):
+    for path in Path(tempfile.gettempdir()).glob(prefix + "*"):
         try:
             owner = int((path / "owner.pid").read_text())
             os.kill(owner, 0)
@@ -457,14 +502,24 @@ def _can_connect(port: int) -> bool:
 
 
 def _answers_amqp(port: int) -> bool:
-    """Whether a broker on ``port`` answers the protocol header with a method frame."""
+    """Whether a broker on ``port`` answers the protocol header with Connection.Start (a
+    method frame on channel 0 with class 10, method 10)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
             sock.sendall(_AMQP_HEADER)
-            first = sock.recv(1)
+            data = b""
+            # type (1) + channel (2) + size (4) + class id (2) + method id (2); at most
+            # 11 reads, each bounded by the socket's timeout.
+            for _ in range(11):
+                if len(data) >= 11:
+                    break
+                chunk = sock.recv(11 - len(data))
+                if not chunk:
+                    break
+                data += chunk
     except OSError:
         return False
-    return first == b"\x01"
+    return data[:3] == b"\x01\x00\x00" and data[7:11] == b"\x00\x0a\x00\x0a"
 
 
 # -- command line -----------------------------------------------------------------------------

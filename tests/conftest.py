@@ -1,21 +1,38 @@
-"""Test-wide fixtures: a real AMQP broker.
+"""Test-wide fixtures: real AMQP brokers, RabbitMQ and LavinMQ.
 
 Tests that talk to a broker are marked ``@pytest.mark.broker`` and use one of:
 
-``broker``       (session) a :class:`tests._broker.Broker`: ``.url`` and ``.node``, the
-                 :class:`tests._broker.RabbitNode` the harness started (None with AMQP_URL).
-``amqp_url``     (session) the broker's URL, a str.
-``rabbit_node``  (function) the harness's RabbitNode, for tests that kill, restart or close
-                 connections on the node; fails when AMQP_URL points at an outside broker.
-                 The node is running when the test starts and is started again afterwards if
-                 the test left it down.
+``broker``       (session, parametrized: ``rabbitmq`` and ``lavinmq``) a
+                 :class:`tests._broker.Broker`: ``.kind``, ``.url`` and ``.node``, the
+                 node the harness started (a :class:`tests._broker.RabbitNode` or a
+                 :class:`tests._lavinmq.LavinNode`; None for the broker at AMQP_URL).  A
+                 test that uses it runs once on each broker; the LavinMQ runs get the
+                 ``lavinmq`` marker.
+``amqp_url``     (session, parametrized with ``broker``) the broker's URL, a str.
+``node``         (function, parametrized with ``broker``) the harness's node, for tests that
+                 kill and restart the broker or close its connections as an operator
+                 would (:class:`tests._broker.BrokerNode`: ``kill``, ``start``,
+                 ``close_all_connections``); fails when AMQP_URL points at an outside
+                 broker.  The node is running when the test starts and is started again
+                 afterwards if the test left it down.
+``rabbit_node``  (function) the harness's RabbitNode, for tests of RabbitMQ itself
+                 (``rabbitmqctl``); like ``node`` otherwise.  A test that uses it runs on
+                 RabbitMQ only, whatever other broker fixture it uses.
+``lavinmq_node`` (function) the harness's LavinNode, for tests of LavinMQ's own behaviour
+                 (its HTTP API, its WebSocket endpoint); like ``node`` otherwise.  Such a test
+                 runs on LavinMQ only and gets the ``lavinmq`` marker.
 ``rabbit_cluster`` (function) a :class:`tests._cluster.RabbitCluster`: three throwaway nodes
                  joined into one cluster, started once per session (also with AMQP_URL set);
                  ``.urls``, ``.kill(i)``, ``.start(i)``.  Every node is running when a test
                  starts.  Tests that use it get the ``cluster`` and ``broker`` markers.
 
-With ``AMQP_URL`` set, that broker is used; otherwise a throwaway RabbitMQ node is started
-once per session (needs ``apt-get install rabbitmq-server``; never skipped, it fails).
+With ``AMQP_URL`` set, that broker is used for the ``rabbitmq`` runs; otherwise a throwaway
+RabbitMQ node is started once per session (needs ``apt-get install rabbitmq-server``; never
+skipped, it fails).  The ``lavinmq`` runs get a throwaway LavinMQ node, started once per
+session (the binary: ``LAVINMQ``, else ``lavinmq`` on PATH, else ``../shared/lavinmq/lavinmq``
+beside the repository; see tests/_lavinmq.py).  Where there is no LavinMQ binary, the
+``lavinmq`` runs are deselected (not skipped) with one line saying how to get them, except
+in CI (``CI`` set), where they run and fail: CI never passes without LavinMQ.
 """
 
 from __future__ import annotations
@@ -23,15 +40,39 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests._broker import INSTALL_HINT, Broker, BrokerError, RabbitNode, find_rabbitmq_sbin
+from tests._broker import (
+    INSTALL_HINT,
+    Broker,
+    BrokerError,
+    BrokerNode,
+    RabbitNode,
+    find_rabbitmq_sbin,
+)
 from tests._cluster import RabbitCluster
+from tests._lavinmq import LAVINMQ_HINT, LavinNode, find_lavinmq
 
-_BROKER_FIXTURES = frozenset({"broker", "amqp_url", "rabbit_node", "rabbit_cluster"})
+_BROKER_FIXTURES = frozenset(
+    {
+        "broker",
+        "amqp_url",
+        "node",
+        "rabbit_node",
+        "lavinmq_node",
+        "rabbit_broker",
+        "lavinmq_broker",
+        "rabbit_cluster",
+    }
+)
+
+#: The ``broker`` fixture's parameters, and the session fixture behind each.
+BROKER_FIXTURE = {"rabbitmq": "rabbit_broker", "lavinmq": "lavinmq_broker"}
+BROKER_KINDS = tuple(BROKER_FIXTURE)
 
 
 def _child_processes() -> list[str]:
@@ -114,10 +155,11 @@ def nothing_left_behind() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[Broker]:
+def rabbit_broker() -> Iterator[Broker]:
+    """The session's RabbitMQ: the broker at AMQP_URL, or a throwaway node."""
     url = os.environ.get("AMQP_URL")
     if url:
-        yield Broker(url=url, node=None)
+        yield Broker(url=url, node=None, kind="rabbitmq")
         return
     if find_rabbitmq_sbin() is None:
         pytest.fail(INSTALL_HINT, pytrace=False)
@@ -131,9 +173,37 @@ def broker() -> Iterator[Broker]:
     if error is not None:
         pytest.fail(f"could not start the test broker: {error}", pytrace=False)
     try:
-        yield Broker(url=node.url, node=node)
+        yield Broker(url=node.url, node=node, kind="rabbitmq")
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def lavinmq_broker() -> Iterator[Broker]:
+    """The session's throwaway LavinMQ node (one per session: it binds a fixed socket)."""
+    error: BrokerError | None = None
+    node: LavinNode | None = None
+    try:
+        node = LavinNode()
+        node.start()
+    except BrokerError as exc:  # reported outside the handler, without exception chaining
+        if node is not None:
+            node.stop()
+        error = exc
+    if error is not None or node is None:
+        pytest.fail(f"could not start the test LavinMQ: {error}", pytrace=False)
+    try:
+        yield Broker(url=node.url, node=node, kind="lavinmq")
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """Parametrized by :func:`pytest_generate_tests` (``rabbitmq``, ``lavinmq``)."""
+    kind: str = getattr(request, "param", "rabbitmq")
+    value: Broker = request.getfixturevalue(BROKER_FIXTURE[kind])
+    return value
 
 
 @pytest.fixture(scope="session")
@@ -141,13 +211,12 @@ def amqp_url(broker: Broker) -> str:
     return broker.url
 
 
-@pytest.fixture
-def rabbit_node(broker: Broker) -> Iterator[RabbitNode]:
+def _running(broker: Broker) -> Iterator[BrokerNode]:
     node = broker.node
     if node is None:
         pytest.fail(
             "this test kills/restarts/controls the broker, so it needs the harness's own "
-            "RabbitMQ node: unset AMQP_URL (and install rabbitmq-server)",
+            "node: unset AMQP_URL (and install rabbitmq-server)",
             pytrace=False,
         )
     if not node.is_running():
@@ -155,6 +224,25 @@ def rabbit_node(broker: Broker) -> Iterator[RabbitNode]:
     yield node
     if not node.is_running():  # leave a running broker for the tests that follow
         node.start()
+
+
+@pytest.fixture
+def node(broker: Broker) -> Iterator[BrokerNode]:
+    yield from _running(broker)
+
+
+@pytest.fixture
+def rabbit_node(rabbit_broker: Broker) -> Iterator[RabbitNode]:
+    for node in _running(rabbit_broker):
+        assert isinstance(node, RabbitNode)
+        yield node
+
+
+@pytest.fixture
+def lavinmq_node(lavinmq_broker: Broker) -> Iterator[LavinNode]:
+    for node in _running(lavinmq_broker):
+        assert isinstance(node, LavinNode)
+        yield node
 
 
 @pytest.fixture(scope="session")
@@ -195,21 +283,71 @@ def _uses_real_broker(item: pytest.Item) -> bool:
     A test module may define its own fixture with one of these names (say, a fake ``broker``);
     that one does not count.
     """
-    names = _BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-    info = getattr(item, "_fixtureinfo", None)
-    defs = getattr(info, "name2fixturedefs", None)
-    if not names or defs is None:
-        return bool(names)
-    for name in names:
-        chain = defs.get(name) or ()
-        if chain and getattr(chain[-1].func, "__module__", __name__) == __name__:
+    return any(_is_ours(item, name) for name in _BROKER_FIXTURES)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses ``broker`` (directly or through ``amqp_url``, ``node``, a proxy...)
+    runs once per broker in :data:`BROKER_KINDS`, unless it is a test of one broker's own
+    behaviour: ``rabbit_node`` (``rabbitmqctl``) pins it to RabbitMQ, ``lavinmq_node`` to
+    LavinMQ.  A test may also parametrize ``broker`` itself (indirectly) to choose."""
+    if not _ours(metafunc.fixturenames, metafunc._arg2fixturedefs, "broker"):
+        return
+    if _parametrizes(metafunc, "broker"):
+        return
+    names = metafunc.fixturenames
+    pinned = [kind for kind, fixture in _PINNING if fixture in names]
+    if len(pinned) > 1:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid} uses rabbit_node and lavinmq_node")
+    metafunc.parametrize("broker", pinned or BROKER_KINDS, indirect=True, scope="session")
+
+
+_PINNING = (("rabbitmq", "rabbit_node"), ("lavinmq", "lavinmq_node"))
+
+
+def _parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the test's own ``parametrize`` marks name ``name``."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argnames = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = [part.strip() for part in argnames.split(",")]
+        if name in argnames:
             return True
     return False
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _is_ours(item: pytest.Item, name: str) -> bool:
+    """Whether ``item`` uses the fixture ``name`` of this module (not a test module's own
+    fixture of the same name, such as a fake ``broker``)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return _ours(getattr(item, "fixturenames", ()), getattr(info, "name2fixturedefs", None), name)
+
+
+def _ours(names: Sequence[str], defs: Mapping[str, Sequence[Any]] | None, name: str) -> bool:
+    if name not in names:
+        return False
+    if defs is None:
+        return True
+    chain = defs.get(name) or ()
+    return bool(chain) and getattr(chain[-1].func, "__module__", __name__) == __name__
+
+
+def _runs_on_lavinmq(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("broker") == "lavinmq":
+        return True
+    return _is_ours(item, "lavinmq_node") or _is_ours(item, "lavinmq_broker")
+
+
+#: Set by pytest_collection_modifyitems when it deselected the LavinMQ runs.
+_deselected_lavinmq: list[int] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that use the broker fixtures get the ``broker`` marker (so ``-m "not broker"``
-    deselects them) even if they forgot it; those that use the cluster get ``cluster`` too."""
+    deselects them) even if they forgot it; those that use the cluster get ``cluster`` too,
+    and the runs on LavinMQ get ``lavinmq``.  Without a LavinMQ binary, outside CI, the
+    LavinMQ runs are deselected (in CI they stay, and fail)."""
     for item in items:
         if item.get_closest_marker("broker") is None and _uses_real_broker(item):
             item.add_marker(pytest.mark.broker)
@@ -217,6 +355,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item, "fixturenames", ()
         ):
             item.add_marker(pytest.mark.cluster)
+        if item.get_closest_marker("lavinmq") is None and _runs_on_lavinmq(item):
+            item.add_marker(pytest.mark.lavinmq)
+    if find_lavinmq() is not None or os.environ.get("CI"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("lavinmq") is not None]
+    if deselected:
+        items[:] = [item for item in items if item.get_closest_marker("lavinmq") is None]
+        config.hook.pytest_deselected(items=deselected)
+        _deselected_lavinmq.append(len(deselected))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _deselected_lavinmq:
+        terminalreporter.write_line(
+            f"{sum(_deselected_lavinmq)} LavinMQ test runs deselected (no LavinMQ binary): "
+            f"to run them, {LAVINMQ_HINT}"
+        )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

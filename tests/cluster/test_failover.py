@@ -4,6 +4,8 @@ Each test streams messages through a CONFIRM producer and a consumer, kills a
 node with SIGKILL mid-stream, and checks that every message the producer
 reported confirmed reached the consumer (lost = 0; duplicates are possible
 after a failover and are counted).  The figures are printed (``-s``).
+
+RabbitMQ only: LavinMQ 1.0.1 has no clustering and no quorum queues.
 """
 
 from __future__ import annotations

@@ -40,11 +40,13 @@ class TLSBroker:
 
 
 @pytest.fixture(scope="session")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory, broker: object) -> Iterator[TLSBroker]:
+def tls_broker(
+    tmp_path_factory: pytest.TempPathFactory, rabbit_broker: Broker
+) -> Iterator[TLSBroker]:
     """A second node whose TLS listener verifies client certificates when
     presented (``verify_peer``, ``fail_if_no_peer_cert = false``): plain TLS
     and mutual TLS against one node."""
-    del broker  # depend on the harness fixture: RabbitMQ must be installed
+    del rabbit_broker  # depend on the harness fixture: RabbitMQ must be installed
     folder = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
     server = ca.issue_cert("localhost", "127.0.0.1")

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import RabbitNode
+from tests._broker import BrokerNode
 
 from ._names import unique
 
@@ -33,13 +33,13 @@ async def test_wrong_password_raises_access_refused_out_of_open_client(amqp_url:
     print(f"gave up after {trio.current_time() - start:.2f} s")
 
 
-async def test_operator_close_is_followed_by_a_reconnect(rabbit_node: RabbitNode) -> None:
+async def test_operator_close_is_followed_by_a_reconnect(node: BrokerNode) -> None:
     queue = unique()
-    async with tl.open_client(rabbit_node.url, CONFIG) as client:
+    async with tl.open_client(node.url, CONFIG) as client:
         await client.declare_queue(queue, auto_delete=True)
         first = await client.wait_connected()
         async with client.consume(queue, prefetch=10) as consumer:
-            await trio.to_thread.run_sync(rabbit_node.close_all_connections, "test")
+            await trio.to_thread.run_sync(node.close_all_connections, "test")
             error = await first.wait_closed()
             assert isinstance(error, tl.ConnectionClosedByBroker)
             assert error.reply_code == 320
@@ -57,20 +57,20 @@ async def test_operator_close_is_followed_by_a_reconnect(rabbit_node: RabbitNode
 
 
 async def test_broker_killed_and_restarted_client_reconnects_and_consumers_receive(
-    rabbit_node: RabbitNode,
+    node: BrokerNode,
 ) -> None:
     queue = unique("durable")
-    async with tl.open_client(rabbit_node.url, CONFIG) as client:
+    async with tl.open_client(node.url, CONFIG) as client:
         await client.declare_queue(queue, durable=True)
         async with client.consume(queue, prefetch=10) as consumer:
             first = await client.wait_connected()
-            await trio.to_thread.run_sync(rabbit_node.kill)
+            await trio.to_thread.run_sync(node.kill)
             with trio.fail_after(10):
                 error = await first.wait_closed()
             assert isinstance(error, tl.ConnectionLost)
             assert not client.connected
             restart_started = trio.current_time()
-            await trio.to_thread.run_sync(rabbit_node.start)
+            await trio.to_thread.run_sync(node.start)
             with trio.fail_after(30):
                 second = await client.wait_connected()
             print(f"reconnected {trio.current_time() - restart_started:.2f} s after restart")

@@ -23,6 +23,9 @@ from typing import Literal
 import pytest
 import trio
 
+from tests._broker import Broker
+from tests._lavinmq import LavinNode
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 #: Seconds one example (or the RPC pair) may take.
@@ -212,16 +215,29 @@ async def run_with_partner(
     return result, bytes(output), process.returncode
 
 
+def _cases() -> list[object]:
+    """(example, broker) pairs: every example on both brokers, but tls.py on RabbitMQ only
+    (the TLS node, ``tls_broker``, is a RabbitMQ node; the session's LavinMQ has TLS off)."""
+    cases: list[object] = []
+    for name in EXISTING:
+        expectation = EXPECTATIONS.get(name, Expectation(()))
+        if expectation.run_by is not None:
+            continue
+        for kind in ("rabbitmq",) if expectation.endpoint == "tls" else ("rabbitmq", "lavinmq"):
+            cases.append(pytest.param(name, kind, id=f"{name}-{kind}"))
+    return cases
+
+
 @pytest.mark.broker
-@pytest.mark.parametrize(
-    "name", [name for name in EXISTING if EXPECTATIONS.get(name, Expectation(())).run_by is None]
-)
+@pytest.mark.parametrize(("name", "broker"), _cases(), indirect=["broker"])
 async def test_example_runs_and_prints_what_it_should(
-    name: str, environment: dict[str, str], request: pytest.FixtureRequest
+    name: str, broker: Broker, environment: dict[str, str], request: pytest.FixtureRequest
 ) -> None:
     expectation = EXPECTATIONS[name]
     env = environment
-    if expectation.endpoint == "ws":
+    if expectation.endpoint == "ws" and isinstance(broker.node, LavinNode):
+        env["AMQP_WS_URL"] = broker.node.ws_url  # LavinMQ's own WebSocket endpoint
+    elif expectation.endpoint == "ws":
         env["AMQP_WS_URL"] = request.getfixturevalue("websocket_bridge").url
     elif expectation.endpoint == "tls":
         tls_broker = request.getfixturevalue("tls_broker")

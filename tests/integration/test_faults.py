@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import RabbitNode
+from tests._broker import BrokerNode
 from trio_lavin.testing import FaultProxy, open_fault_proxy
 
 from ._names import unique
@@ -122,19 +122,19 @@ async def test_twenty_sever_cycles_under_continuous_publishing_keep_topology(
 
 
 async def test_zero_loss_chaos_with_severs_and_a_broker_restart(
-    rabbit_node: RabbitNode,
+    node: BrokerNode,
 ) -> None:
     """50 000 messages with unique ids, in CONFIRM mode, while the connection
     is severed every 200-500 ms and the broker is killed and restarted once:
     every confirmed id arrives, and every id is confirmed or reported."""
     total = 50_000
     queue = unique("chaos")
-    params = tl.parse_url(rabbit_node.url)
+    params = tl.parse_url(node.url)
     config = tl.Config(heartbeat=5, reconnect_max_delay=1.0)
     confirmed: set[int] = set()
     dropped: dict[int, tl.DropReason] = {}
     async with open_fault_proxy(params.host, params.port) as proxy:
-        url = proxy.url_for(rabbit_node.url)
+        url = proxy.url_for(node.url)
         async with tl.open_client(url, config) as client:
             await client.declare_queue(queue, durable=True)
             producer = client.producer(queue, confirm_window=500)
@@ -168,9 +168,9 @@ async def test_zero_loss_chaos_with_severs_and_a_broker_restart(
                     await trio.sleep(random.uniform(0.2, 0.5))
                     if not killed and len(confirmed) > total // 3:
                         killed = True
-                        await trio.to_thread.run_sync(rabbit_node.kill)
+                        await trio.to_thread.run_sync(node.kill)
                         await trio.sleep(0.5)
-                        await trio.to_thread.run_sync(rabbit_node.start)
+                        await trio.to_thread.run_sync(node.start)
                         continue
                     severs += proxy.sever()
                 print(f"chaos: {severs} connections severed, broker restarted: {killed}")
@@ -184,7 +184,7 @@ async def test_zero_loss_chaos_with_severs_and_a_broker_restart(
             stats = client.statistics()
         # Read everything back over a direct connection.
         received: list[int] = []
-        async with tl.open_connection(rabbit_node.url) as conn:
+        async with tl.open_connection(node.url) as conn:
             channel = await conn.channel()
             await channel.basic_qos(1000)
             depth = (await channel.queue_declare(queue, durable=True, passive=True)).message_count

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import RabbitNode
+from tests._broker import BrokerNode
 from tests.conftest import SECRETS
 from trio_lavin.testing import open_fault_proxy
 
@@ -21,15 +21,12 @@ SECRETS.update({PASSWORD, WRONG})
 
 
 async def test_password_appears_in_no_log_record_repr_or_error(
-    rabbit_node: RabbitNode, caplog: pytest.LogCaptureFixture
+    node: BrokerNode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await trio.to_thread.run_sync(rabbit_node.rabbitmqctl, "add_user", USER, PASSWORD)
-    await trio.to_thread.run_sync(
-        rabbit_node.rabbitmqctl, "set_permissions", "-p", "/", USER, ".*", ".*", ".*"
-    )
+    await trio.to_thread.run_sync(node.add_user, USER, PASSWORD)
     caplog.set_level(logging.DEBUG, logger="trio_lavin")
     texts: list[str] = []
-    params = tl.parse_url(rabbit_node.url)
+    params = tl.parse_url(node.url)
     async with open_fault_proxy(params.host, params.port) as proxy:
         url = proxy.url_for(f"amqp://{USER}:{PASSWORD}@127.0.0.1:{params.port}/")
         config = tl.Config(heartbeat=5)
@@ -57,4 +54,4 @@ async def test_password_appears_in_no_log_record_repr_or_error(
     for text in texts + records:
         assert PASSWORD not in text, text
         assert WRONG not in text, text
-    await trio.to_thread.run_sync(rabbit_node.rabbitmqctl, "delete_user", USER)
+    await trio.to_thread.run_sync(node.delete_user, USER)

@@ -1,5 +1,11 @@
 """The same publish / consume / confirm round trips over every transport:
-plain TCP, TLS, and AMQP over WebSocket (through websockify)."""
+plain TCP, TLS, and AMQP over WebSocket, on RabbitMQ and LavinMQ.
+
+RabbitMQ has no WebSocket listener: ``ws`` goes through websockify there, and to LavinMQ's
+own endpoint (its HTTP port) on LavinMQ.  ``amqps`` runs on RabbitMQ only: the TLS node is
+a second RabbitMQ node with a TLS listener (``tls_broker``), and the session's LavinMQ node
+has its TLS listener off.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +15,35 @@ import pytest
 import trio
 
 import trio_lavin as tl
+from tests._broker import Broker
+from tests._lavinmq import LavinNode
 from tests._websockify import Websockify
 from tests.integration.conftest import TLSBroker
 
-pytestmark = pytest.mark.broker
+#: (transport, broker) pairs.
+CASES = [
+    pytest.param("amqp", "rabbitmq", id="amqp-rabbitmq"),
+    pytest.param("amqps", "rabbitmq", id="amqps-rabbitmq"),
+    pytest.param("ws", "rabbitmq", id="ws-rabbitmq"),
+    pytest.param("amqp", "lavinmq", id="amqp-lavinmq"),
+    pytest.param("ws", "lavinmq", id="ws-lavinmq"),
+]
 
-TRANSPORTS = ["amqp", "amqps", "ws"]
+pytestmark = [
+    pytest.mark.broker,
+    pytest.mark.parametrize(("transport", "broker"), CASES, indirect=["broker"]),
+]
 
 
-@pytest.fixture(params=TRANSPORTS)
-def url(request: pytest.FixtureRequest, amqp_url: str) -> str:
-    if request.param == "amqp":
-        return amqp_url
-    if request.param == "amqps":
+@pytest.fixture
+def url(request: pytest.FixtureRequest, transport: str, broker: Broker) -> str:
+    if transport == "amqp":
+        return broker.url
+    if transport == "amqps":
         tls: TLSBroker = request.getfixturevalue("tls_broker")
         return tls.url(f"cacertfile={tls.ca_file}")
+    if isinstance(broker.node, LavinNode):
+        return broker.node.ws_url
     bridge: Websockify = request.getfixturevalue("websocket_bridge")
     return bridge.url
 

@@ -1,8 +1,10 @@
-"""AMQP over WebSocket (ws:// and wss://) against the real broker, through websockify.
+"""AMQP over WebSocket (ws:// and wss://) against the real brokers: through websockify in
+front of RabbitMQ and of LavinMQ, and to LavinMQ's own endpoint on its HTTP port.
 
 websockify bridges WebSocket binary messages to the broker's AMQP port and splits and joins
-them as it likes (64 KiB reads), as LavinMQ's own WebSocket listener does; see
-tests/_websockify.py.
+them as it likes (64 KiB reads), as LavinMQ's own WebSocket listener does (1.0.1 sends its
+output in messages of at most 4096 bytes); see tests/_websockify.py.  wss:// goes through
+websockify only: the session's LavinMQ node has its HTTPS listener off.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trustme
 
 import trio_lavin as tl
 from tests._broker import Broker
+from tests._lavinmq import LavinNode
 from tests._websockify import Websockify
 from trio_lavin._io._websocket import WebSocketStream
 
@@ -32,15 +35,40 @@ def unique(prefix: str = "q") -> str:
     return f"trio-lavin-test.ws.{prefix}.{secrets.token_hex(6)}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    url: str
+
+
+#: (how, broker) pairs for the tests that use ``bridge``: websockify in front of each
+#: broker, and LavinMQ's own WebSocket endpoint.
+ENDPOINTS = [
+    pytest.param("websockify", "rabbitmq", id="websockify-rabbitmq"),
+    pytest.param("websockify", "lavinmq", id="websockify-lavinmq"),
+    pytest.param("native", "lavinmq", id="native-lavinmq"),
+]
+over_every_endpoint = pytest.mark.parametrize(("via", "broker"), ENDPOINTS, indirect=["broker"])
+
+
 @pytest.fixture(scope="module")
-def bridge(broker: Broker) -> Iterator[Websockify]:
-    """One websockify for the module's tests that leave it running."""
+def _module_bridge(broker: Broker) -> Iterator[Websockify]:
+    """One websockify per broker for the module's tests that leave it running."""
     bridge = Websockify(broker.url)
     bridge.start()
     try:
         yield bridge
     finally:
         bridge.cleanup()
+
+
+@pytest.fixture
+def bridge(request: pytest.FixtureRequest, via: str, broker: Broker) -> Websockify | Endpoint:
+    """Where to connect over ``ws://``: websockify, or LavinMQ's own endpoint."""
+    if via == "native":
+        assert isinstance(broker.node, LavinNode)
+        return Endpoint(broker.node.ws_url)
+    websockify: Websockify = request.getfixturevalue("_module_bridge")
+    return websockify
 
 
 @pytest.fixture
@@ -54,7 +82,8 @@ def own_bridge(broker: Broker) -> Iterator[Websockify]:
         bridge.cleanup()
 
 
-async def test_handshake_over_websocket(bridge: Websockify) -> None:
+@over_every_endpoint
+async def test_handshake_over_websocket(bridge: Websockify | Endpoint) -> None:
     assert bridge.url.startswith("ws://")
     async with tl.open_connection(bridge.url, heartbeat=7, connection_name="ws-test") as conn:
         assert isinstance(conn._stream, WebSocketStream)
@@ -67,7 +96,10 @@ async def test_handshake_over_websocket(bridge: Websockify) -> None:
     assert isinstance(conn.error, tl.ConnectionClosed)
 
 
-async def test_publish_and_consume_1000_with_confirms_and_acks(bridge: Websockify) -> None:
+@over_every_endpoint
+async def test_publish_and_consume_1000_with_confirms_and_acks(
+    bridge: Websockify | Endpoint,
+) -> None:
     count = 1000
     async with tl.open_connection(bridge.url) as conn:
         channel = await conn.channel()
@@ -95,7 +127,10 @@ async def test_publish_and_consume_1000_with_confirms_and_acks(bridge: Websockif
         assert (await channel.queue_declare(queue, passive=True)).message_count == 0
 
 
-async def test_one_mebibyte_body_in_4096_byte_frames_is_byte_exact(bridge: Websockify) -> None:
+@over_every_endpoint
+async def test_one_mebibyte_body_in_4096_byte_frames_is_byte_exact(
+    bridge: Websockify | Endpoint,
+) -> None:
     payload = secrets.token_bytes(1 << 20)
     async with tl.open_connection(bridge.url, frame_max=4096) as conn:
         assert conn.frame_max == 4096
@@ -108,7 +143,8 @@ async def test_one_mebibyte_body_in_4096_byte_frames_is_byte_exact(bridge: Webso
     assert hashlib.sha256(delivery.body).digest() == hashlib.sha256(payload).digest()
 
 
-async def test_basic_get(bridge: Websockify) -> None:
+@over_every_endpoint
+async def test_basic_get(bridge: Websockify | Endpoint) -> None:
     async with tl.open_connection(bridge.url) as conn:
         channel = await conn.channel()
         queue = (await channel.queue_declare(unique(), exclusive=True)).queue
@@ -183,3 +219,31 @@ async def test_wss_with_a_verified_certificate(broker: Broker, tmp_path: Path) -
                 pass
     finally:
         await trio.to_thread.run_sync(bridge.cleanup)
+
+
+# LavinMQ only: its own WebSocket endpoint goes down and comes back with the broker.
+async def test_open_client_over_lavinmq_websocket_reconnects_after_a_broker_kill(
+    lavinmq_node: LavinNode,
+) -> None:
+    queue = unique("reconnect")
+    async with tl.open_client(lavinmq_node.ws_url, CONFIG) as client:
+        await client.declare_queue(queue, durable=True)
+        async with client.consume(queue, prefetch=10) as consumer:
+            first = await client.wait_connected()
+            await trio.to_thread.run_sync(lavinmq_node.kill)
+            with trio.fail_after(10):
+                error = await first.wait_closed()
+            assert isinstance(error, tl.ConnectionLost)
+            await trio.to_thread.run_sync(lavinmq_node.start)
+            with trio.fail_after(10):
+                second = await client.wait_connected()
+            assert isinstance(second._stream, WebSocketStream)
+            channel = await second.channel()
+            await channel.confirm_select()
+            await channel.publish(b"after the broker came back", routing_key=queue)
+            with trio.fail_after(10):
+                delivery = await consumer.__anext__()
+            assert delivery.body == b"after the broker came back"
+            assert await delivery.ack()
+        assert client.statistics().reconnects == 1
+        await client.delete_queue(queue)

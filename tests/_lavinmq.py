@@ -1,0 +1,359 @@
+"""A private, throwaway LavinMQ node for tests, beside the RabbitMQ one of ``tests/_broker.py``.
+
+The binary is :envvar:`LAVINMQ` (a path), else ``lavinmq`` on ``PATH``, else
+``../shared/lavinmq/lavinmq`` relative to the repository's root (where this project's
+machines keep a LavinMQ 1.0.1 build; see its README there for the runtime libraries it
+needs).  Every :class:`LavinNode` gets two free ports on 127.0.0.1 (AMQP, and HTTP: the
+management API and AMQP over WebSocket), its own data directory and an empty config file
+(``-c``), so it reads nothing system-wide, all under a temporary directory that
+:meth:`LavinNode.stop` removes.  TLS listeners are off, and ``guest`` may only log in from
+loopback.
+
+The node is killed by the kernel (``PR_SET_PDEATHSIG``) if the process that started it dies,
+so a crashed test run leaves no broker behind.
+
+LavinMQ always binds the control socket ``/tmp/lavinmqctl.sock`` (hard-coded; a second
+LavinMQ takes it over and removes it when it stops), so run one node at a time: the test
+suite starts one per session.  Nothing here uses that socket (``lavinmqctl``); the HTTP API
+does what the tests need.
+
+Only the standard library is used::
+
+    python -m tests._lavinmq serve      # prints AMQP_URL (and the HTTP URL), runs until ^C
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests._broker import (
+    BrokerError,
+    _answers_amqp,
+    _kill_group,
+    _log,
+    _remove_stale_basedirs,
+    _sigterm_as_exit,
+    _spawn,
+    _tail,
+    free_port,
+)
+
+__all__ = [
+    "LAVINMQ_HINT",
+    "LavinNode",
+    "LavinNotFound",
+    "find_lavinmq",
+]
+
+#: Where this project's machines keep a LavinMQ build, relative to the repository's root.
+SHARED_BINARY = Path("..") / "shared" / "lavinmq" / "lavinmq"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: What to tell people who have no LavinMQ.
+LAVINMQ_HINT = (
+    "set LAVINMQ=/path/to/lavinmq (a LavinMQ binary; this project's machines have one at "
+    f"{SHARED_BINARY} beside the repository) or put `lavinmq` on PATH"
+)
+
+_BASEDIR_PREFIX = "trio-lavin-lavinmq-"
+
+#: How long a SIGTERM may take before :meth:`LavinNode.stop` uses SIGKILL (it takes well
+#: under a second here).
+STOP_TIMEOUT = 10.0
+
+
+class LavinNotFound(BrokerError):
+    """No LavinMQ binary was found (or ``LAVINMQ`` names a file that is not one)."""
+
+
+def find_lavinmq() -> Path | None:
+    """The LavinMQ binary to use, or None if there is none.
+
+    ``LAVINMQ`` wins when set, even if it names nothing: :class:`LavinNode` then fails with
+    that path in the message rather than silently using another binary.
+    """
+    env = os.environ.get("LAVINMQ")
+    if env:
+        return Path(env)
+    on_path = shutil.which("lavinmq")
+    if on_path:
+        return Path(on_path)
+    shared = (REPO_ROOT / SHARED_BINARY).resolve()
+    if shared.is_file() and os.access(shared, os.X_OK):
+        return shared
+    return None
+
+
+class LavinNode:
+    """One private LavinMQ node on 127.0.0.1.
+
+    :meth:`start` starts it (again, on the same ports and data, after :meth:`kill`),
+    :meth:`kill` is a SIGKILL (a crash: durable queues and confirmed persistent messages
+    survive it), :meth:`stop` shuts it down and removes its files.  Use it as a context
+    manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    kind = "lavinmq"
+
+    def __init__(self, *, binary: Path | None = None, start_timeout: float = 30.0) -> None:
+        found = binary or find_lavinmq()
+        if found is None:
+            raise LavinNotFound(f"no LavinMQ binary found: {LAVINMQ_HINT}")
+        if not (found.is_file() and os.access(found, os.X_OK)):
+            raise LavinNotFound(f"{found} is not an executable file: {LAVINMQ_HINT}")
+        self.binary: Path = found
+        self.start_timeout = start_timeout
+        self.amqp_port = free_port()
+        self.http_port = free_port()
+        self.basedir: Path | None = None
+        self._server: subprocess.Popen[bytes] | None = None
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+
+    @property
+    def ws_url(self) -> str:
+        """AMQP over WebSocket on the node's HTTP port (LavinMQ's own endpoint)."""
+        return f"ws://guest:guest@127.0.0.1:{self.http_port}/"
+
+    @property
+    def http_url(self) -> str:
+        """The management API's root (``GET /api/overview`` with basic auth)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log_file(self) -> Path:
+        """Everything the node printed (kept across restarts until :meth:`stop`)."""
+        return self._dir("lavinmq.out")
+
+    @property
+    def data_dir(self) -> Path:
+        return self._dir("data")
+
+    def is_running(self) -> bool:
+        """Whether the node's OS process is alive (not whether it accepts connections)."""
+        return self._server is not None and self._server.poll() is None
+
+    def start(self) -> None:
+        """Start the node (again) and wait until it answers AMQP on :attr:`amqp_port`."""
+        if self.is_running():
+            raise BrokerError(f"LavinMQ on 127.0.0.1:{self.amqp_port} is already running")
+        if self.basedir is None:
+            self._prepare()
+        self._reap_server()
+        argv = [
+            str(self.binary),
+            "-c",
+            str(self._dir("empty.ini")),
+            "-D",
+            str(self.data_dir),
+            "--amqp-bind=127.0.0.1",
+            f"--amqp-port={self.amqp_port}",
+            "--http-bind=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--amqps-port=-1",
+            "--https-port=-1",
+            "--guest-only-loopback=true",
+        ]
+        with self.log_file.open("ab") as out:
+            self._server = _spawn(
+                argv,
+                cwd=self.basedir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL the node (a crash, no clean shutdown); keep its data for :meth:`start`."""
+        self._reap_server()
+
+    def restart(self) -> None:
+        """Kill the node if it runs, then start it again on the same ports and data."""
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        """Shut the node down (SIGTERM, so it removes its control socket; SIGKILL if that
+        takes longer than :data:`STOP_TIMEOUT`) and remove all of its files.  Idempotent."""
+        try:
+            if self._server is not None and self._server.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._server.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._server.wait(STOP_TIMEOUT)
+            self._reap_server()
+        finally:
+            if self.basedir is not None:
+                shutil.rmtree(self.basedir, ignore_errors=True)
+                self.basedir = None
+
+    def api(
+        self, method: str, path: str, body: object = None, *, reason: str | None = None
+    ) -> Any:
+        """One request to the management API as guest, with ``body`` as JSON; the decoded
+        JSON answer (None if empty).  ``reason`` goes in the ``X-Reason`` header (e.g. for
+        closing a connection)."""
+        auth = base64.b64encode(b"guest:guest").decode()
+        headers = {"Authorization": f"Basic {auth}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(
+            self.http_url + path, data=data, method=method, headers=headers
+        )
+        if reason is not None:
+            request.add_header("X-Reason", reason)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read().decode()
+        except urllib.error.HTTPError as exc:
+            raise BrokerError(
+                f"LavinMQ API {method} {path}: HTTP {exc.code} {exc.read()[:200]!r}"
+            ) from None
+        except OSError as exc:
+            raise BrokerError(f"LavinMQ API {method} {path}: {exc}") from None
+        return json.loads(text) if text.strip() else None
+
+    def list_connection_names(self) -> list[str]:
+        """The names (``client address -> server address``) of the node's open connections."""
+        return [str(conn["name"]) for conn in self.api("GET", "/api/connections")]
+
+    def close_all_connections(self, reason: str = "closed by test") -> int:
+        """Close every client connection; each gets Connection.Close 320 (CONNECTION_FORCED,
+        the text is ``CONNECTION_FORCED - <reason>``), as with ``rabbitmqctl close_connection``.
+
+        Returns how many connections were closed.
+        """
+        names = self.list_connection_names()
+        for name in names:
+            quoted = urllib.parse.quote(name, safe="")
+            self.api("DELETE", f"/api/connections/{quoted}", reason=reason)
+        return len(names)
+
+    def add_user(self, user: str, password: str) -> None:
+        """Add a user with every permission on the vhost ``/``."""
+        name = urllib.parse.quote(user, safe="")
+        self.api("PUT", f"/api/users/{name}", {"password": password, "tags": ""})
+        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+        self.api("PUT", f"/api/permissions/%2F/{name}", permissions)
+
+    def delete_user(self, user: str) -> None:
+        self.api("DELETE", f"/api/users/{urllib.parse.quote(user, safe='')}")
+
+    def __enter__(self) -> LavinNode:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"<LavinNode {self.url} http={self.http_port} {state}>"
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        if self.basedir is None:
+            raise BrokerError(f"LavinMQ on 127.0.0.1:{self.amqp_port} has not been started")
+        return self.basedir / name
+
+    def _prepare(self) -> None:
+        _remove_stale_basedirs(_BASEDIR_PREFIX)
+        base = Path(tempfile.mkdtemp(prefix=_BASEDIR_PREFIX))
+        self.basedir = base
+        (base / "owner.pid").write_text(str(os.getpid()))
+        (base / "data").mkdir()
+        # An empty config file: without -c, LavinMQ reads /etc/lavinmq/lavinmq.ini.
+        (base / "empty.ini").write_text("")
+
+    def _reap_server(self) -> None:
+        if self._server is not None:
+            _kill_group(self._server, timeout=30)
+            self._server = None
+
+    def _wait_ready(self) -> None:
+        assert self._server is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if _answers_amqp(self.amqp_port):
+                return
+            status = self._server.poll()
+            if status is not None or time.monotonic() > deadline:
+                why = (
+                    f"exited with status {status}"
+                    if status is not None
+                    else f"did not answer AMQP within {self.start_timeout}s"
+                )
+                with contextlib.suppress(BrokerError):
+                    self.kill()
+                raise BrokerError(
+                    f"LavinMQ ({self.binary}) on 127.0.0.1:{self.amqp_port} {why} (its "
+                    "runtime libraries: apt-get install libgc1 libpcre3 libevent-2.1-7 "
+                    "libevent-pthreads-2.1-7).\n"
+                    f"--- {self.log_file} (tail) ---\n{_tail(self.log_file)}"
+                )
+            time.sleep(0.05)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests._lavinmq", description="Run a throwaway LavinMQ node."
+    )
+    parser.add_argument("cmd", choices=["serve"])
+    parser.parse_args(argv)
+    with _sigterm_as_exit():
+        try:
+            node = LavinNode()
+        except LavinNotFound as exc:
+            _log(str(exc))
+            return 2
+        t0 = time.monotonic()
+        with node:
+            _log(f"LavinMQ up in {time.monotonic() - t0:.1f}s at {node.url} ({node.binary})")
+            print(f"AMQP_URL={node.url}", flush=True)
+            print(f"LAVINMQ_HTTP={node.http_url}", flush=True)
+            try:
+                while node.is_running():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                return 0
+            _log("node died")
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
