@@ -263,6 +263,9 @@ def _members_of(cls: type) -> Iterator[tuple[str, Any]]:
             continue
         if name.startswith("__"):
             continue  # documented by the class: async with / async for
+        doc = inspect.getdoc(value.fget if isinstance(value, property) else value) or ""
+        if doc.startswith("Internal:"):
+            continue  # public by name for the package's own classes, not for users
         if isinstance(value, property) or inspect.isfunction(value):
             yield name, value
         elif isinstance(value, (staticmethod, classmethod)):

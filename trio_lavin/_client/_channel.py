@@ -30,6 +30,7 @@ from .._exceptions import (
 )
 from .._sansio import _events as ev
 from .._sansio._channel_state import ChannelState
+from .._sansio._connection import AMQPConnection
 from ._consumer import DEFAULT_CONSUMER_BUFFER, Consumer
 from ._counters import DeliveryCounters
 from ._delivery import BasicProperties, Confirmation, Delivery
@@ -98,12 +99,13 @@ class Channel:
     ended.
     """
 
-    def __init__(self, connection: Connection, number: int) -> None:
+    def __init__(self, connection: Connection, number: int, amqp: AMQPConnection) -> None:
+        """Made by :meth:`Connection.channel` (``amqp`` is its sans-IO machine)."""
         self.connection = connection
         self.number = number
         #: The connection's sending side (see :mod:`._sending`).
         self.sending = connection.sending
-        self._amqp = connection._amqp
+        self._amqp = amqp
         self._waiters: deque[_Waiter] = deque()
         self._error: BaseException | None = None
         self._closed = trio.Event()
@@ -119,7 +121,7 @@ class Channel:
         self._mandatory: deque[Confirmation] = deque()
         self._return_handler: Callable[[ev.MessageReturned], None] | None = None
         #: Acks/nacks/rejects sent (a recovering consumer shares its own).
-        self._counters = DeliveryCounters()
+        self.counters = DeliveryCounters()
         #: The delivery tag of the latest delivery (tags count up from 1).
         self._last_tag = 0
         #: Every delivery up to this tag was settled by a ``multiple`` ack/nack.
@@ -159,10 +161,10 @@ class Channel:
         for waiter in waiters:
             waiter.resolve(error=error)
         for consumer in list(self._consumers.values()):
-            consumer._finish(error)
+            consumer.finish(error)
         self._consumers.clear()
         for confirmation in self._unconfirmed.values():
-            confirmation._resolve(error)
+            confirmation.resolve(error)
         self._unconfirmed.clear()
         self._unconfirmed_order.clear()
         self._mandatory.clear()
@@ -190,7 +192,7 @@ class Channel:
         self._set_closed(ChannelClosed(f"channel {self.number} was closed by this side"))
         with trio.move_on_after(CLOSE_TIMEOUT) as scope:
             scope.shield = True
-            await self.connection._wait_channel_released(self.number)
+            await self.connection.wait_channel_released(self.number)
 
     # -- requests ----------------------------------------------------------------
 
@@ -568,7 +570,7 @@ class Channel:
         def cancel_orphan(_reply: Any) -> None:
             # The caller was cancelled after the broker accepted the consumer.
             self._consumers.pop(tag, None)
-            consumer._finish(None)
+            consumer.finish(None)
             self._send_nowait(commands.Basic.Cancel(consumer_tag=tag, nowait=True))
 
         try:
@@ -594,7 +596,7 @@ class Channel:
         await self._call(commands.Basic.Cancel(consumer_tag=consumer_tag))
         consumer = self._consumers.pop(consumer_tag, None)
         if consumer is not None:
-            consumer._finish(None)
+            consumer.finish(None)
 
     async def basic_ack(self, delivery_tag: int, *, multiple: bool = False) -> bool:
         """Ack a delivery of this channel; False (nothing sent) if the channel
@@ -609,11 +611,11 @@ class Channel:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_tag(delivery_tag, multiple)
         if self._error is not None or not self.connection.is_open:
-            self._counters.stale_acks += 1
+            self.counters.stale_acks += 1
             return False
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple)
         self.sending.kick()
-        self._counters.acked += 1
+        self.counters.acked += 1
         return True
 
     async def basic_nack(
@@ -625,11 +627,11 @@ class Channel:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_tag(delivery_tag, multiple)
         if self._error is not None or not self.connection.is_open:
-            self._counters.stale_acks += 1
+            self.counters.stale_acks += 1
             return False
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple, requeue=requeue)
         self.sending.kick()
-        self._counters.nacked += 1
+        self.counters.nacked += 1
         return True
 
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
@@ -653,9 +655,9 @@ class Channel:
     def _reject_nowait(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         sent = self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
         if sent:
-            self._counters.rejected += 1
+            self.counters.rejected += 1
         else:
-            self._counters.stale_acks += 1
+            self.counters.stale_acks += 1
         return sent
 
     async def basic_recover(self, *, requeue: bool = True) -> None:
@@ -674,6 +676,119 @@ class Channel:
         await self._call(commands.Tx.Rollback())
 
     # -- events from the connection's reader ------------------------------------
+
+    # -- what the connection hands over ------------------------------------------------
+
+    async def wait_opened(self) -> None:
+        """Internal: wait for the broker's ``Channel.OpenOk`` to the
+        ``Channel.Open`` the connection queued."""
+
+        def close_orphan(_value: Any) -> None:
+            # The caller was cancelled after the broker opened the channel.
+            if self.is_open and self.connection.is_open:
+                self._amqp.close_channel(self.number)
+                self.sending.kick()
+                self._set_closed(ChannelClosed("channel open was cancelled"))
+
+        waiter = _Waiter(commands.Channel.Open.index, close_orphan)
+        self._waiters.append(waiter)
+        await self._wait(waiter)
+
+    def handle_event(self, event: ev.ChannelEvent) -> bool:
+        """Internal: apply an event the connection's dispatch routed to this
+        channel (see ``_EVENT_HANDLERS``); True when the channel is gone
+        and its number free."""
+        handler = self._EVENT_HANDLERS.get(type(event))
+        return False if handler is None else handler(self, event)
+
+    def deliver(self, event: ev.DeliveryReceived) -> Consumer | None:
+        """Internal: hand a delivery to its consumer; the consumer if it is
+        now beyond its buffer (the connection then reads no more until it
+        has room).  A delivery nobody takes (its consumer was cancelled on
+        our side while the broker was still sending, or stopped iterating)
+        goes back to the broker, unless the broker counts it acked."""
+        consumer = self._consumers.get(event.consumer_tag)
+        if consumer is not None:
+            delivery = self._make_delivery(event, event.consumer_tag, no_ack=consumer.no_ack)
+            if consumer.put(delivery):
+                return consumer if consumer.overfull else None
+        if event.consumer_tag not in self._no_ack_tags:
+            self._reject_nowait(event.delivery_tag)
+        return None
+
+    def discard_deliveries(self) -> None:
+        """Internal: the connection is closing: consumers drop what comes."""
+        for consumer in self._consumers.values():
+            consumer.discard()
+
+    def end(self, error: BaseException) -> None:
+        """Internal: the connection ended with ``error``: fail everything
+        waiting on the channel."""
+        self._set_closed(error)
+
+    def _on_method_reply(self, event: ev.MethodReply | ev.ChannelOpened) -> bool:
+        self._on_reply(getattr(event, "method", None))
+        return False
+
+    def _on_get(self, event: ev.GetReceived) -> bool:
+        self._on_reply(self._make_delivery(event))
+        return False
+
+    def _on_ack(self, event: ev.PublishAcked) -> bool:
+        self._on_confirm(event.delivery_tag, event.multiple, True)
+        return False
+
+    def _on_nack(self, event: ev.PublishNacked) -> bool:
+        self._on_confirm(event.delivery_tag, event.multiple, False)
+        return False
+
+    def _on_returned(self, event: ev.MessageReturned) -> bool:
+        self._on_return(event)
+        return False
+
+    def _on_cancelled(self, event: ev.ConsumerCancelled) -> bool:
+        self._on_consumer_cancelled(event.consumer_tag)
+        return False
+
+    def _on_flow(self, event: ev.ChannelFlow) -> bool:
+        self.flow_active = event.active
+        return False
+
+    def _on_closed_by_broker(self, event: ev.ChannelClosedByBroker) -> bool:
+        # DEBUG: whoever used the channel gets the error and says so.
+        logger.debug(
+            "broker closed channel %d: %d %s", self.number, event.reply_code, event.reply_text
+        )
+        self._set_closed(ChannelClosed(event.reply_text, event.reply_code))
+        return True  # the machine queued the CloseOk: the number is free
+
+    def _on_too_large(self, event: ev.ContentTooLarge) -> bool:
+        # The machine is closing the channel; the number stays taken until
+        # the broker's CloseOk.
+        logger.warning("refused a message on channel %d: %s", self.number, event.reply_text)
+        self._set_closed(ChannelClosed(event.reply_text, event.reply_code))
+        return False
+
+    def _on_close_ok(self, event: ev.ChannelCloseOk) -> bool:
+        self._set_closed(ChannelClosed(f"channel {self.number} was closed"))
+        return True
+
+    #: What a channel does with each event the connection routes to it; the
+    #: handler returns True when the channel is gone.  Deliveries take the
+    #: faster path of :meth:`deliver`.
+    _EVENT_HANDLERS: Final[dict[type[ev.Event], Callable[[Channel, Any], bool]]] = {
+        ev.MethodReply: _on_method_reply,
+        ev.ChannelOpened: _on_method_reply,
+        ev.GetReceived: _on_get,
+        ev.PublishAcked: _on_ack,
+        ev.PublishNacked: _on_nack,
+        ev.MessageReturned: _on_returned,
+        ev.ConsumerCancelled: _on_cancelled,
+        ev.ChannelFlow: _on_flow,
+        ev.ChannelClosedByBroker: _on_closed_by_broker,
+        ev.ContentTooLarge: _on_too_large,
+        ev.ChannelCloseOk: _on_close_ok,
+    }
 
     def _on_reply(self, value: Any) -> None:
         if self._waiters:
@@ -703,7 +818,7 @@ class Channel:
     def _on_consumer_cancelled(self, consumer_tag: str) -> None:
         consumer = self._consumers.pop(consumer_tag, None)
         if consumer is not None:
-            consumer._finish(ConsumerCancelled(consumer_tag))
+            consumer.finish(ConsumerCancelled(consumer_tag))
 
     def _on_return(self, event: ev.MessageReturned) -> None:
         if self._confirming:
@@ -765,6 +880,6 @@ def _names_request(error: BaseException, request: int) -> bool:
 
 def _settle(confirmation: Confirmation, acked: bool) -> None:
     if not acked:
-        confirmation._resolve(MessageNacked(confirmation.delivery_tag))
+        confirmation.resolve(MessageNacked(confirmation.delivery_tag))
     else:
-        confirmation._resolve(confirmation.returned)
+        confirmation.resolve(confirmation.returned)

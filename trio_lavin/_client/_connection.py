@@ -30,11 +30,9 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import trio
-from pamqp import commands
 
 from .._exceptions import (
     AMQPConnectionError,
-    ChannelClosed,
     ConnectionClosed,
     ConnectionClosedByBroker,
     ConnectionLost,
@@ -54,7 +52,7 @@ from .._sansio._content import DEFAULT_MAX_BODY_SIZE
 from .._sansio._errors import RemoteProtocolError
 from .._sansio._heartbeat import HeartbeatTimer
 from .._util import unwrap_single_exception
-from ._channel import Channel, _Waiter
+from ._channel import Channel
 from ._consumer import Consumer
 from ._framelog import frame_log_for
 from ._reading import Notice, Reading, Signal
@@ -210,23 +208,13 @@ class Connection:
         """
         self.check_open()
         number = self._amqp.open_channel()
-        channel = Channel(self, number)
+        channel = Channel(self, number, self._amqp)
         self._channels[number] = channel
         self.sending.kick()
-
-        def close_orphan(_value: Any) -> None:
-            # The caller was cancelled after the broker opened the channel.
-            if channel.is_open and self.is_open:
-                self._amqp.close_channel(number)
-                self.sending.kick()
-                channel._set_closed(ChannelClosed("channel open was cancelled"))
-
-        waiter = _Waiter(commands.Channel.Open.index, close_orphan)
-        channel._waiters.append(waiter)
-        await channel._wait(waiter)
+        await channel.wait_opened()
         return channel
 
-    async def _wait_channel_released(self, number: int) -> None:
+    async def wait_channel_released(self, number: int) -> None:
         """Wait until the broker confirmed a channel's close (or the
         connection ended)."""
         while self.is_open and self._amqp.channel_state(number) is ChannelState.CLOSING:
@@ -343,21 +331,11 @@ class Connection:
 
     def _deliver(self, event: ev.DeliveryReceived) -> None:
         channel = self._channels.get(event.channel)
-        if channel is None:
-            return
-        consumer = channel._consumers.get(event.consumer_tag)
-        if consumer is not None:
-            delivery = channel._make_delivery(event, event.consumer_tag, no_ack=consumer.no_ack)
-            if consumer._put(delivery):
-                if len(consumer._buffer) > consumer._capacity:
-                    # Beyond its buffer: no more reading until it has room.
-                    self._overfull.add(consumer)
-                return
-        # Nobody listens (a consumer cancelled on our side while the broker
-        # was still sending, or one that stopped iterating): give the message
-        # back, unless the broker already considers it acked.
-        if event.consumer_tag not in channel._no_ack_tags:
-            channel._reject_nowait(event.delivery_tag)
+        if channel is not None:
+            beyond = channel.deliver(event)
+            if beyond is not None:
+                # Beyond its buffer: no more reading until it has room.
+                self._overfull.add(beyond)
 
     async def _wait_for_room(self) -> None:
         """Wait until every consumer given a delivery beyond its buffer has
@@ -367,10 +345,8 @@ class Connection:
         try:
             while self._overfull:
                 consumer = next(iter(self._overfull))
-                if consumer._accepting and len(consumer._buffer) > consumer._capacity:
-                    await consumer._writable.park()
-                else:
-                    self._overfull.discard(consumer)
+                await consumer.wait_for_room()
+                self._overfull.discard(consumer)
         finally:
             self._reader_paused = False
             self._heartbeat.data_received(trio.current_time())
@@ -415,76 +391,58 @@ class Connection:
 
     def _handle(self, event: ev.Event) -> bool:
         """Dispatch one event; False when the connection ended (then a final
-        ``CloseOk`` may be queued)."""
+        ``CloseOk`` may be queued).  A channel's event goes to its channel,
+        which applies it; the connection's own go through
+        ``_CONNECTION_HANDLERS``."""
         if isinstance(event, ev.ChannelEvent):
             channel = self._channels.get(event.channel)
-            if channel is None:
-                return True
-            if isinstance(event, (ev.MethodReply, ev.ChannelOpened)):
-                channel._on_reply(getattr(event, "method", None))
-            elif isinstance(event, ev.GetReceived):
-                channel._on_reply(channel._make_delivery(event))
-            elif isinstance(event, ev.PublishAcked):
-                channel._on_confirm(event.delivery_tag, event.multiple, True)
-            elif isinstance(event, ev.PublishNacked):
-                channel._on_confirm(event.delivery_tag, event.multiple, False)
-            elif isinstance(event, ev.MessageReturned):
-                channel._on_return(event)
-            elif isinstance(event, ev.ConsumerCancelled):
-                channel._on_consumer_cancelled(event.consumer_tag)
-            elif isinstance(event, ev.ChannelFlow):
-                channel.flow_active = event.active
-            elif isinstance(event, ev.ChannelClosedByBroker):
-                # DEBUG: whoever used the channel gets the error and says so.
-                logger.debug(
-                    "broker closed channel %d: %d %s",
-                    event.channel,
-                    event.reply_code,
-                    event.reply_text,
-                )
+            if channel is not None and channel.handle_event(event):
+                # Gone: its number is free (or will be once the broker's
+                # CloseOk comes, for a channel closed by the broker).
                 self._channels.pop(event.channel, None)
-                channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
-                self.sending.kick()
-            elif isinstance(event, ev.ContentTooLarge):
-                # The machine is closing the channel; it stays registered
-                # until the broker's CloseOk releases its number.
-                logger.warning(
-                    "refused a message on channel %d: %s", event.channel, event.reply_text
-                )
-                channel._set_closed(ChannelClosed(event.reply_text, event.reply_code))
-                self.sending.kick()
-            elif isinstance(event, ev.ChannelCloseOk):
-                self._channels.pop(event.channel, None)
-                channel._set_closed(ChannelClosed(f"channel {event.channel} was closed"))
                 self._released_lot.unpark_all()
             return True
-        if isinstance(event, ev.ConnectionBlocked):
-            logger.warning(
-                "broker blocked publishing on %s: %s", self.params.endpoint, event.reason
-            )
-            self._unblocked = trio.Event()
-        elif isinstance(event, ev.ConnectionUnblocked):
-            logger.info("broker unblocked publishing on %s", self.params.endpoint)
-            self._unblocked.set()
-        elif isinstance(event, ev.ConnectionClosedByBroker):
-            logger.debug(
-                "broker closed the connection %s: %d %s",
-                self.params.endpoint,
-                event.reply_code,
-                event.reply_text,
-            )
-            # Fail first (channels then refuse further use at once); the
-            # CloseOk the machine queued is sent next.
-            self._fail(
-                ConnectionClosedByBroker(
-                    event.reply_text, event.reply_code, event.class_id, event.method_id
-                )
-            )
-            return False
-        elif isinstance(event, ev.ConnectionCloseOk):
-            self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
-            return False
+        handler = self._CONNECTION_HANDLERS.get(type(event))
+        return True if handler is None else handler(self, event)
+
+    def _on_blocked(self, event: ev.ConnectionBlocked) -> bool:
+        logger.warning("broker blocked publishing on %s: %s", self.params.endpoint, event.reason)
+        self._unblocked = trio.Event()
         return True
+
+    def _on_unblocked(self, event: ev.ConnectionUnblocked) -> bool:
+        logger.info("broker unblocked publishing on %s", self.params.endpoint)
+        self._unblocked.set()
+        return True
+
+    def _on_closed_by_broker(self, event: ev.ConnectionClosedByBroker) -> bool:
+        logger.debug(
+            "broker closed the connection %s: %d %s",
+            self.params.endpoint,
+            event.reply_code,
+            event.reply_text,
+        )
+        # Fail first (channels then refuse further use at once); the CloseOk
+        # the machine queued is sent next.
+        self._fail(
+            ConnectionClosedByBroker(
+                event.reply_text, event.reply_code, event.class_id, event.method_id
+            )
+        )
+        return False
+
+    def _on_close_ok(self, event: ev.ConnectionCloseOk) -> bool:
+        self._fail(ConnectionClosed(f"connection to {self.params.endpoint} was closed"))
+        return False
+
+    #: What the connection does with each of its own events (a channel's go
+    #: to its channel); True: it goes on, False: it ended.
+    _CONNECTION_HANDLERS: Final[dict[type[ev.Event], Callable[[Connection, Any], bool]]] = {
+        ev.ConnectionBlocked: _on_blocked,
+        ev.ConnectionUnblocked: _on_unblocked,
+        ev.ConnectionClosedByBroker: _on_closed_by_broker,
+        ev.ConnectionCloseOk: _on_close_ok,
+    }
 
     # -- heartbeats -----------------------------------------------------------------
 
@@ -609,6 +567,11 @@ class Connection:
             )
         return None
 
+    def fail_by_poll(self, problem: str) -> None:
+        """Internal: the health poll found the connection dead (``problem``
+        says why): end it as lost."""
+        self._fail(ConnectionLost(problem), by_poll=True)
+
     def _data_sent(self, now: float) -> None:
         self._heartbeat.data_sent(now)
 
@@ -629,7 +592,7 @@ class Connection:
         if self._reading is not None:
             self._reading.interrupt()
         for channel in list(self._channels.values()):
-            channel._set_closed(error)
+            channel.end(error)
         self._channels.clear()
         self._closed.set()
         self._stopped.set()
@@ -649,8 +612,7 @@ class Connection:
             # A reader waiting for room in a full consumer buffer would never
             # read the CloseOk: consumers take no more deliveries from here on.
             for channel in self._channels.values():
-                for consumer in channel._consumers.values():
-                    consumer._discard()
+                channel.discard_deliveries()
             self._amqp.close()
             self.sending.kick()
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:

@@ -81,21 +81,38 @@ class Consumer:
     def _accepting(self) -> bool:
         return not (self._finished or self._closed or self._discarding)
 
-    def _put(self, delivery: Delivery) -> bool:
-        """Buffer a delivery, even beyond the buffer's capacity (the
-        connection then reads no more until there is room); False if the
-        consumer takes no more deliveries."""
+    def put(self, delivery: Delivery) -> bool:
+        """Internal: buffer a delivery, even beyond the buffer's capacity
+        (the connection then reads no more until there is room); False if
+        the consumer takes no more deliveries."""
         if self._finished or self._closed or self._discarding:
             return False
         self._buffer.append(delivery)
         self._news.notify_one()
         return True
 
+    @property
+    def overfull(self) -> bool:
+        """Holds more deliveries than its buffer is for."""
+        return len(self._buffer) > self._capacity
+
+    @property
+    def finished(self) -> bool:
+        """No more deliveries will come: cancelled, or its channel closed."""
+        return self._finished
+
+    async def wait_for_room(self) -> None:
+        """Internal: for the connection's reader: wait until the buffer has
+        room again, or the consumer takes no more."""
+        while self._accepting and len(self._buffer) > self._capacity:
+            await self._writable.park()
+
     def _has_news(self) -> bool:
         """Iterating would not wait."""
         return bool(self._buffer) or self._finished or self._closed
 
-    def _finish(self, error: BaseException | None) -> None:
+    def finish(self, error: BaseException | None) -> None:
+        """Internal: no more deliveries will come (``error``: why, if not a cancel)."""
         if not self._finished:
             self._finished = True
             self._error = error
@@ -138,7 +155,7 @@ class Consumer:
             return
         if self.channel.is_open:
             await self.channel.basic_cancel(self.consumer_tag)
-        self._finish(None)
+        self.finish(None)
 
     async def __aenter__(self) -> Consumer:
         return self
@@ -167,9 +184,9 @@ class Consumer:
         self._news.notify()
         self._writable.unpark_all()
 
-    def _discard(self) -> None:
-        """The connection is closing: drop further deliveries, and release a
-        reader waiting for room so that it reads the ``CloseOk``."""
+    def discard(self) -> None:
+        """Internal: the connection is closing: drop further deliveries, and
+        release a reader waiting for room so that it reads the ``CloseOk``."""
         self._discarding = True
         self._writable.unpark_all()
 

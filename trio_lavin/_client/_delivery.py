@@ -190,7 +190,8 @@ class Confirmation:
         """True once the broker acked the message (and it was not returned)."""
         return self._signal.is_set() and self._error is None
 
-    def _resolve(self, error: BaseException | None) -> None:
+    def resolve(self, error: BaseException | None) -> None:
+        """Internal: the verdict (None: acked), from the channel."""
         if not self._signal.is_set():
             self._error = error
             self._connection = None

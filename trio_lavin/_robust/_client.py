@@ -34,7 +34,6 @@ from .._exceptions import (
     ChannelClosed,
     CommandRefused,
     ConnectionClosed,
-    ConnectionLost,
 )
 from .._io._transport import StreamFactory
 from .._params import Parameters, parse_url
@@ -397,7 +396,7 @@ class Client(Declarations):
             if problem is not None:
                 # The supervisor logs the loss (detected by poll) in its one line.
                 logger.debug("health poll: %s", problem)
-                connection._fail(ConnectionLost(problem), by_poll=True)
+                connection.fail_by_poll(problem)
 
     # -- recovery -------------------------------------------------------------------
 
@@ -422,14 +421,14 @@ class Client(Declarations):
         await self._replay_topology(connection)
         for consumer in list(self._consumers):
             try:
-                await consumer._subscribe(connection)
+                await consumer.subscribe(connection)
             except CommandRefused as exc:
                 self._consumers.discard(consumer)  # not subscribed again
-                consumer._fail(exc)
+                consumer.end_with(exc)
                 self._recovery_failed(repr(consumer), exc, "it ends with that error")
                 raise
             except ChannelClosed as exc:
-                consumer._subscription_refused(exc)
+                consumer.subscription_refused(exc)
                 self._recovery_failed(repr(consumer), exc, "it tries again with backoff")
 
     def _recovery_failed(self, what: str, error: ChannelClosed, then: str) -> None:
@@ -476,12 +475,17 @@ class Client(Declarations):
             confirm_window=confirm_window,
             max_message_size=max_message_size,
             publish_timeout=publish_timeout,
+            rng=self._supervisor.rng,
         )
         self._producers.append(producer)
-        self._nursery.start_soon(producer._run, name=f"trio-lavin producer {producer.target}")
+        self._nursery.start_soon(
+            producer.run_sender, name=f"trio-lavin producer {producer.target}"
+        )
         return producer
 
-    def _spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Internal: run ``fn(*args)`` in the client's nursery (a producer's
+        async ``on_drop`` callbacks); nothing once the client closed."""
         if self._nursery is not None:
             self._nursery.start_soon(fn, *args)
 
@@ -521,14 +525,22 @@ class Client(Declarations):
         if counters is None:
             counters = self._delivery_counters[queue] = DeliveryCounters()
         consumer = RecoveringConsumer(
-            self, queue, prefetch, no_ack, exclusive, consumer_tag, arguments, counters
+            self,
+            queue,
+            prefetch,
+            no_ack,
+            exclusive,
+            consumer_tag,
+            arguments,
+            counters,
+            rng=self._supervisor.rng,
         )
         self._consumers.add(consumer)
         try:
             while True:
                 connection = await self.wait_connected()
                 try:
-                    await consumer._subscribe(connection)
+                    await consumer.subscribe(connection)
                 except (AMQPConnectionError, ChannelClosed) as exc:
                     if connection.is_open or isinstance(exc, CommandRefused):
                         raise  # refused: asking again would be refused again
@@ -546,11 +558,25 @@ class Client(Declarations):
 
     # -- life cycle ------------------------------------------------------------------
 
-    async def _close(self) -> None:
+    def start(self, nursery: trio.Nursery) -> None:
+        """Internal: run the client's tasks in ``nursery`` (:func:`open_client`'s)."""
+        self._nursery = nursery
+        nursery.start_soon(self._supervise, name="trio-lavin supervisor")
+        nursery.start_soon(self._health_poll, name="trio-lavin health poll")
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """Internal: the nursery the client's tasks run in; None once it is
+        closing (nothing new may start then)."""
+        return None if self._closing else self._nursery
+
+    async def shut_down(self) -> None:
+        """Internal: close the connection and give up on what is pending
+        (:func:`open_client`, leaving its block)."""
         self._closing = True
         self._supervisor_scope.cancel()
         for producer in self._producers:
-            producer._close()
+            producer.give_up()
         self._supervisor.close(trio.current_time())
         self._publish_changes()
         connection = self._connection
@@ -696,11 +722,9 @@ async def open_client(
     client = Client(endpoints, config, stream_factory, rng)
     with unwrap_single_exception():
         async with trio.open_nursery() as nursery:
-            client._nursery = nursery
-            nursery.start_soon(client._supervise, name="trio-lavin supervisor")
-            nursery.start_soon(client._health_poll, name="trio-lavin health poll")
+            client.start(nursery)
             try:
                 yield client
             finally:
-                await client._close()
+                await client.shut_down()
                 nursery.cancel_scope.cancel()

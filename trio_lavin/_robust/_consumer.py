@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,8 +82,11 @@ class RecoveringConsumer:
         consumer_tag: str | None,
         arguments: dict[str, Any] | None,
         counters: DeliveryCounters | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._client = client
+        #: For the jitter of its backoff (the client's).
+        self._rng = rng if rng is not None else random.Random()
         self.queue = queue
         self.prefetch = prefetch
         self.no_ack = no_ack
@@ -118,8 +122,8 @@ class RecoveringConsumer:
         """The channel of the current subscription, if any."""
         return self._channel
 
-    async def _subscribe(self, connection: Connection) -> None:
-        """Subscribe on ``connection`` (which the client just recovered, or
+    async def subscribe(self, connection: Connection) -> None:
+        """Internal: subscribe on ``connection`` (which the client just recovered, or
         which is still fine after our subscription ended)."""
         async with self._lock:
             if (
@@ -129,12 +133,12 @@ class RecoveringConsumer:
                     self._current is not None
                     and self._current.channel.connection is connection
                     and self._current.channel.is_open
-                    and not self._current._finished
+                    and not self._current.finished
                 )
             ):
                 return
             channel = await self._client.open_channel(connection)
-            channel._counters = self._counters
+            channel.counters = self._counters
             try:
                 if self.prefetch:
                     await channel.basic_qos(self.prefetch)
@@ -159,15 +163,15 @@ class RecoveringConsumer:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _fail(self, error: CommandRefused) -> None:
-        """End the consumer: the broker refused to subscribe it with a hard
+    def end_with(self, error: CommandRefused) -> None:
+        """Internal: end the consumer: the broker refused to subscribe it with a hard
         error (asking again would be refused again).  The iteration raises
         ``error``."""
         self._error = error
         self._wake()
 
-    def _subscription_refused(self, error: ChannelClosed) -> None:
-        """The client's recovery could not subscribe us again (e.g. 404: the
+    def subscription_refused(self, error: ChannelClosed) -> None:
+        """Internal: the client's recovery could not subscribe us again (e.g. 404: the
         queue is gone): the iteration tries again itself, with backoff."""
         self._refused = error
         self._wake()
@@ -219,7 +223,7 @@ class RecoveringConsumer:
                 # requeued it and sends it again: wait longer each time rather
                 # than fetch it in a loop.
                 refusals = refusals or self._client.config.backoff(jitter=False)
-                await trio.sleep(refusals.delay(self._client._supervisor.rng))
+                await trio.sleep(refusals.delay(self._rng))
                 refusals = refusals.next()
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
@@ -232,12 +236,12 @@ class RecoveringConsumer:
             await self._changed.wait()
             return backoff
         try:
-            await self._subscribe(connection)
+            await self.subscribe(connection)
         except CommandRefused as exc:
-            self._fail(exc)  # raised by the iteration
+            self.end_with(exc)  # raised by the iteration
             return backoff
         except ChannelClosed as exc:
-            delay = backoff.delay(self._client._supervisor.rng)
+            delay = backoff.delay(self._rng)
             logger.warning(
                 "re-subscribing to %r failed (%s); trying again in %.2f s", self.queue, exc, delay
             )
@@ -263,7 +267,7 @@ class RecoveringConsumer:
         current, channel = self._current, self._channel
         self._current = self._channel = None
         if current is not None:
-            current._finish(None)
+            current.finish(None)
         if channel is not None:
             await channel.aclose()
 

@@ -53,6 +53,7 @@ import inspect
 import itertools
 import logging
 import math
+import random
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -112,12 +113,15 @@ class Producer:
         confirm_window: int,
         max_message_size: int,
         publish_timeout: float | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if confirm_window < 1:
             raise ValueError(f"confirm_window must be >= 1, not {confirm_window!r}")
         if max_message_size < 0:
             raise ValueError(f"max_message_size must be >= 0, not {max_message_size!r}")
         self._client = client
+        #: For the jitter of the producer's pauses (the client's).
+        self._rng = rng if rng is not None else random.Random()
         self.exchange = exchange
         self.routing_key = routing_key
         self.mode = mode
@@ -468,7 +472,7 @@ class Producer:
             try:
                 result = callback(message, self.target, reason)
                 if inspect.isawaitable(result):
-                    self._client._spawn(_run_callback, result)
+                    self._client.spawn(_run_callback, result)
             except Exception:
                 logger.exception("on_drop callback %r raised", callback)
 
@@ -518,7 +522,7 @@ class Producer:
         """Publish ``message`` again after a pause (see the module doc)."""
         self._retries += 1
         backoff = dataclasses.replace(self._nack_backoff, attempt=message.nacks - 1)
-        delay = backoff.delay(self._client._supervisor.rng)
+        delay = backoff.delay(self._rng)
         self._paused_until = max(self._paused_until, trio.current_time() + delay)
         self._renew_channel = True
         logger.info(
@@ -568,7 +572,7 @@ class Producer:
                 if confirm_mode:
                     await channel.confirm_select()
             except ChannelClosed as exc:
-                delay = backoff.delay(self._client._supervisor.rng)
+                delay = backoff.delay(self._rng)
                 logger.warning(
                     "producer %r cannot open a channel (%s); retrying in %.2f s",
                     self.target,
@@ -591,8 +595,8 @@ class Producer:
             self._channel_opened_at = trio.current_time()
             return channel
 
-    async def _run(self) -> None:
-        """The sender task.  It takes a message out of the buffer only when
+    async def run_sender(self) -> None:
+        """Internal: the sender task.  It takes a message out of the buffer only when
         it can publish it at once, so while disconnected the buffer holds
         exactly ``buffer_size`` messages."""
         confirm = self.mode is PublishMode.CONFIRM
@@ -694,7 +698,7 @@ class Producer:
         episode = self._rejection_backoff
         if episode is None or lasted:
             episode = config.backoff()
-        delay = episode.delay(self._client._supervisor.rng)
+        delay = episode.delay(self._rng)
         if self.mode is PublishMode.FIRE_AND_FORGET:
             meaning = "messages in flight are lost (FIRE_AND_FORGET)"
         elif exc.reply_code == PRECONDITION_FAILED:
@@ -713,8 +717,8 @@ class Producer:
         self._rejection_backoff = episode.next()
         await trio.sleep(delay)
 
-    def _close(self) -> None:
-        """Give up on everything still pending (the client is closing)."""
+    def give_up(self) -> None:
+        """Internal: give up on everything still pending (the client is closing)."""
         self._closed = True
         pending = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
         self._requeued.clear()

@@ -255,8 +255,8 @@ class RpcCaller:
             client = self._client
             while True:
                 connection = await client.wait_connected()
-                nursery = client._nursery
-                if nursery is None or client._closing:
+                nursery = client.nursery
+                if nursery is None:
                     raise ConnectionClosed("the client is closed")
                 try:
                     channel = await client.open_channel(connection)

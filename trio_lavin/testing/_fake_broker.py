@@ -6,7 +6,7 @@ a :class:`BrokerConnection`, the server side of one client connection: feed it
 the client's bytes with :meth:`~BrokerConnection.receive_data` and send what
 :meth:`~BrokerConnection.data_to_send` returns.  Work that crosses connections
 (a publish on one delivering to a consumer on another) queues bytes on the
-other connection; an I/O layer learns about it through :meth:`FakeBroker._wakeup`.
+other connection; an I/O layer learns about it through :meth:`FakeBroker.wakeup`.
 
 Errors follow RabbitMQ: a reply code in :data:`_HARD_ERRORS` closes the
 connection, any other closes the channel, and reply texts look like
@@ -181,7 +181,7 @@ class FakeBroker:
         queues = vh.route(ex, routing_key, props.headers or {})
         for q in queues:
             q.messages.append(Message(body, props, exchange, routing_key))
-        self._dispatch_all()
+        self.dispatch_all()
         return len(queues)
 
     def close_connection(
@@ -196,7 +196,7 @@ class FakeBroker:
         connection mid-handshake sends the Close and finishes at once; a
         connection already closing or closed is left alone."""
         conn._server_close(reply_code, reply_text)
-        self._dispatch_all()
+        self.dispatch_all()
 
     def close_all_connections(
         self,
@@ -220,7 +220,7 @@ class FakeBroker:
         if ch is None or ch.closing:
             raise KeyError(f"connection has no open channel {channel_id!r}")
         conn._close_channel(ch, reply_code, reply_text)
-        self._dispatch_all()
+        self.dispatch_all()
 
     def cancel_consumers(self, queue_name: str, vhost: str = "/") -> int:
         """Cancel every consumer of a queue from the broker side (as when a
@@ -264,8 +264,8 @@ class FakeBroker:
 
     # -- internals shared by connections --------------------------------------------------
 
-    def _wakeup(self) -> None:
-        """Called whenever bytes are queued on any connection; the I/O layer
+    def wakeup(self) -> None:
+        """Internal: called whenever bytes are queued on any connection; the I/O layer
         overrides it to flush connections other than the one it is feeding."""
 
     def _vhost(self, name: str) -> _VHost:
@@ -274,17 +274,19 @@ class FakeBroker:
         except KeyError:
             raise KeyError(f"no vhost {name!r}") from None
 
-    def _new_name(self, prefix: str) -> str:
+    def new_name(self, prefix: str) -> str:
+        """Internal: a fresh server-chosen name starting with ``prefix``."""
         return f"{prefix}{next(self._names):06d}"
 
-    def _take_nack(self) -> bool:
+    def take_nack(self) -> bool:
+        """Internal: True (once per ``nack_next`` count) when the next publish is to be nacked."""
         if self._nacks_left:
             self._nacks_left -= 1
             return True
         return False
 
-    def _dispatch_all(self) -> None:
-        """Deliver ready messages to consumers that can take them, round-robin."""
+    def dispatch_all(self) -> None:
+        """Internal: Deliver ready messages to consumers that can take them, round-robin."""
         for vh in self._vhosts.values():
             for q in list(vh.queues.values()):
                 while q.messages:
@@ -295,7 +297,8 @@ class FakeBroker:
                     q.consumers.append(consumer)
                     consumer.channel.conn._deliver(consumer, q.messages.popleft())
 
-    def _settle(self, ch: _Channel, tags: list[int], requeue: bool) -> None:
+    def settle_deliveries(self, ch: _Channel, tags: list[int], requeue: bool) -> None:
+        """Internal: ack (or requeue) the deliveries ``tags`` of ``ch``."""
         deliveries = [ch.unacked.pop(tag) for tag in tags]
         for d in deliveries:
             if d.consumer is not None:
@@ -309,22 +312,24 @@ class FakeBroker:
             if not d.queue.deleted:
                 d.queue.messages.appendleft(replace(d.message, redelivered=True))
 
-    def _remove_consumer(self, consumer: _Consumer, *, auto_delete: bool) -> None:
+    def remove_consumer(self, consumer: _Consumer, *, auto_delete: bool) -> None:
+        """Internal: drop ``consumer`` (and an auto-delete queue left without any)."""
         consumer.channel.consumers.pop(consumer.tag, None)
         q = consumer.queue
         if consumer in q.consumers:
             q.consumers.remove(consumer)
         if auto_delete and q.auto_delete and not q.consumers and not q.deleted:
-            self._delete_queue(q)
+            self.delete_queue_object(q)
 
     def _cancel_consumer(self, consumer: _Consumer) -> None:
         """Cancel from the broker side, telling the client if it wants to know."""
-        self._remove_consumer(consumer, auto_delete=False)
+        self.remove_consumer(consumer, auto_delete=False)
         conn = consumer.channel.conn
         if conn._wants("consumer_cancel_notify") and not consumer.channel.closing:
             conn._send(consumer.channel.id, commands.Basic.Cancel(consumer.tag, nowait=True))
 
-    def _delete_queue(self, q: _Queue) -> None:
+    def delete_queue_object(self, q: _Queue) -> None:
+        """Internal: delete ``q`` and what refers to it."""
         q.deleted = True
         for vh in self._vhosts.values():
             if vh.queues.get(q.name) is q:
@@ -333,10 +338,10 @@ class FakeBroker:
         for consumer in list(q.consumers):
             self._cancel_consumer(consumer)
 
-    def _teardown_channel(self, ch: _Channel) -> None:
-        """A channel is gone: drop its consumers, requeue its unacked messages."""
+    def teardown_channel(self, ch: _Channel) -> None:
+        """Internal: A channel is gone: drop its consumers, requeue its unacked messages."""
         for consumer in list(ch.consumers.values()):
-            self._remove_consumer(consumer, auto_delete=True)
+            self.remove_consumer(consumer, auto_delete=True)
         deliveries = [ch.unacked[tag] for tag in sorted(ch.unacked)]
         ch.unacked.clear()
         self._requeue(deliveries)

@@ -111,7 +111,7 @@ class BrokerConnection:
         connection has been quiet for half the negotiated heartbeat)."""
         if self.state is ConnectionState.OPEN:
             self._out += encode_frame(0, heartbeat.Heartbeat())
-            self._broker._wakeup()
+            self._broker.wakeup()
 
     def receive_data(self, data: bytes) -> None:
         """Process bytes from the client; ``b""`` means the client went away
@@ -158,7 +158,7 @@ class BrokerConnection:
                 self._handle_frame(channel_id, value)
             except _AmqpError as exc:
                 self._server_close(exc.reply_code, exc.reply_text, value)
-            self._broker._dispatch_all()
+            self._broker.dispatch_all()
 
     # -- frame handling -------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class BrokerConnection:
             if channel_id == 0 and isinstance(value, commands.Connection.CloseOk):
                 self._finish()
             return
-        step = _HANDSHAKE.get(self.state)
+        step = self._HANDSHAKE.get(self.state)
         if step is not None:
             expected, handler = step
             if channel_id != 0 or not isinstance(value, expected):
@@ -233,7 +233,7 @@ class BrokerConnection:
             )
         if isinstance(value, commands.Channel.Open):
             raise _AmqpError(CHANNEL_ERROR, f"second 'channel.open' seen on channel {ch.id}")
-        handler = _CHANNEL_HANDLERS.get(type(value))
+        handler = self._CHANNEL_HANDLERS.get(type(value))
         if handler is None:
             raise _AmqpError(
                 COMMAND_INVALID, f"{value.name} is not a method a client sends on a channel"
@@ -327,7 +327,7 @@ class BrokerConnection:
         self._send(ch.id, commands.Channel.FlowOk(ch.active))
 
     def _channel_close(self, ch: _Channel, m: commands.Channel.Close) -> None:
-        self._broker._teardown_channel(ch)
+        self._broker.teardown_channel(ch)
         del self._channels[ch.id]
         self._send(ch.id, commands.Channel.CloseOk())
 
@@ -398,7 +398,7 @@ class BrokerConnection:
         if m.passive:
             q = self._queue(ch, m.queue)
         else:
-            name = m.queue or self._broker._new_name("amq.gen-")
+            name = m.queue or self._broker.new_name("amq.gen-")
             if m.queue.startswith("amq."):
                 raise _AmqpError(
                     ACCESS_REFUSED, f"queue name {name!r} contains reserved prefix 'amq.*'"
@@ -465,7 +465,7 @@ class BrokerConnection:
             if m.if_empty and q.messages:
                 raise _AmqpError(PRECONDITION_FAILED, f"{where} not empty")
             count = len(q.messages)
-            self._broker._delete_queue(q)
+            self._broker.delete_queue_object(q)
         if not m.nowait:
             self._send(ch.id, commands.Queue.DeleteOk(count))
 
@@ -482,7 +482,7 @@ class BrokerConnection:
 
     def _basic_consume(self, ch: _Channel, m: commands.Basic.Consume) -> None:
         q = self._queue(ch, m.queue)
-        tag = m.consumer_tag or self._broker._new_name("amq.ctag-")
+        tag = m.consumer_tag or self._broker.new_name("amq.ctag-")
         if tag in ch.consumers:
             raise _AmqpError(NOT_ALLOWED, f"attempt to reuse consumer tag {tag!r}")
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
@@ -499,7 +499,7 @@ class BrokerConnection:
         tag = m.consumer_tag or ""
         consumer = ch.consumers.get(tag)
         if consumer is not None:  # an unknown tag is not an error, as in RabbitMQ
-            self._broker._remove_consumer(consumer, auto_delete=True)
+            self._broker.remove_consumer(consumer, auto_delete=True)
         if not m.nowait:
             self._send(ch.id, commands.Basic.CancelOk(tag))
 
@@ -534,7 +534,7 @@ class BrokerConnection:
     def _basic_recover(self, ch: _Channel, m: commands.Basic.Recover) -> None:
         if not m.requeue:
             raise _AmqpError(NOT_IMPLEMENTED, "requeue=false")
-        self._broker._settle(ch, sorted(ch.unacked.keys() - ch.tx_settled), requeue=True)
+        self._broker.settle_deliveries(ch, sorted(ch.unacked.keys() - ch.tx_settled), requeue=True)
         self._send(ch.id, commands.Basic.RecoverOk())
 
     # -- confirm and tx classes -----------------------------------------------------------
@@ -583,7 +583,7 @@ class BrokerConnection:
                 ACCESS_REFUSED,
                 f"cannot publish to internal exchange {ex.name!r} in vhost {vh.name!r}",
             )
-        nack = ch.confirm and self._broker._take_nack()
+        nack = ch.confirm and self._broker.take_nack()
         message = Message(payload, properties, m.exchange, m.routing_key)
         queues = [] if nack else vh.route(ex, m.routing_key, properties.headers or {})
         for q in queues:
@@ -607,9 +607,9 @@ class BrokerConnection:
             tags = [t for t in pending if t <= tag] if multiple else [tag]
         if ch.tx:
             ch.tx_settled.update(tags)
-            ch.tx_ops.append(lambda: self._broker._settle(ch, tags, requeue))
+            ch.tx_ops.append(lambda: self._broker.settle_deliveries(ch, tags, requeue))
         else:
-            self._broker._settle(ch, tags, requeue)
+            self._broker.settle_deliveries(ch, tags, requeue)
 
     def _deliver(self, consumer: _Consumer, message: Message) -> None:
         ch = consumer.channel
@@ -696,7 +696,7 @@ class BrokerConnection:
     def _send(self, channel_id: int, method: base.Frame) -> None:
         if self.state is not ConnectionState.CLOSED:
             self._out += encode_frame(channel_id, method)
-            self._broker._wakeup()
+            self._broker.wakeup()
 
     def _send_content(self, channel_id: int, method: base.Frame, message: Message) -> None:
         if self.state is not ConnectionState.CLOSED:
@@ -704,7 +704,7 @@ class BrokerConnection:
                 channel_id, method, message.properties, message.body, self.frame_max
             )
             self._out += b"".join(frames)
-            self._broker._wakeup()
+            self._broker.wakeup()
 
     def _close_channel(
         self, ch: _Channel, reply_code: int, reply_text: str, failing: FrameValue | None = None
@@ -712,7 +712,7 @@ class BrokerConnection:
         class_id, method_id = _method_ids(failing)
         self._send(ch.id, commands.Channel.Close(reply_code, reply_text, class_id, method_id))
         ch.closing = True
-        self._broker._teardown_channel(ch)
+        self._broker.teardown_channel(ch)
 
     def _server_close(
         self, reply_code: int, reply_text: str, failing: FrameValue | None = None
@@ -733,63 +733,62 @@ class BrokerConnection:
 
     def _teardown(self) -> None:
         for ch in self._channels.values():
-            self._broker._teardown_channel(ch)
+            self._broker.teardown_channel(ch)
         self._channels.clear()
         for vh in self._broker._vhosts.values():
             for q in list(vh.queues.values()):
                 if q.owner is self:
-                    self._broker._delete_queue(q)
+                    self._broker.delete_queue_object(q)
 
     def _finish(self) -> None:
         self._teardown()
         self.state = ConnectionState.CLOSED
         if self in self._broker._connections:
             self._broker._connections.remove(self)
-        self._broker._wakeup()
+        self._broker.wakeup()
 
     def _lost(self) -> None:
         if self.state is not ConnectionState.CLOSED:
             self._finish()
-            self._broker._dispatch_all()
+            self._broker.dispatch_all()
 
+    #: The handshake, as data: in each state, the only method the client may send
+    #: (on channel 0, besides Connection.Close) and what the broker does with it.
+    _HANDSHAKE: Final[
+        dict[ConnectionState, tuple[type[base.Frame], Callable[[BrokerConnection, Any], None]]]
+    ] = {
+        ConnectionState.AWAIT_START_OK: (commands.Connection.StartOk, _start_ok),
+        ConnectionState.AWAIT_TUNE_OK: (commands.Connection.TuneOk, _tune_ok),
+        ConnectionState.AWAIT_OPEN: (commands.Connection.Open, _open),
+    }
 
-#: The handshake, as data: in each state, the only method the client may send
-#: (on channel 0, besides Connection.Close) and what the broker does with it.
-_HANDSHAKE: Final[
-    dict[ConnectionState, tuple[type[base.Frame], Callable[[BrokerConnection, Any], None]]]
-] = {
-    ConnectionState.AWAIT_START_OK: (commands.Connection.StartOk, BrokerConnection._start_ok),
-    ConnectionState.AWAIT_TUNE_OK: (commands.Connection.TuneOk, BrokerConnection._tune_ok),
-    ConnectionState.AWAIT_OPEN: (commands.Connection.Open, BrokerConnection._open),
-}
-
-#: What the broker does with each method a client may send on an open channel;
-#: any other method is 503 COMMAND_INVALID.
-_CHANNEL_HANDLERS: Final[
-    dict[type[base.Frame], Callable[[BrokerConnection, _Channel, Any], None]]
-] = {
-    commands.Channel.Flow: BrokerConnection._channel_flow,
-    commands.Channel.Close: BrokerConnection._channel_close,
-    commands.Exchange.Declare: BrokerConnection._exchange_declare,
-    commands.Exchange.Delete: BrokerConnection._exchange_delete,
-    commands.Exchange.Bind: BrokerConnection._exchange_bind,
-    commands.Exchange.Unbind: BrokerConnection._exchange_unbind,
-    commands.Queue.Declare: BrokerConnection._queue_declare,
-    commands.Queue.Bind: BrokerConnection._queue_bind,
-    commands.Queue.Unbind: BrokerConnection._queue_unbind,
-    commands.Queue.Purge: BrokerConnection._queue_purge,
-    commands.Queue.Delete: BrokerConnection._queue_delete,
-    commands.Basic.Qos: BrokerConnection._basic_qos,
-    commands.Basic.Consume: BrokerConnection._basic_consume,
-    commands.Basic.Cancel: BrokerConnection._basic_cancel,
-    commands.Basic.Publish: BrokerConnection._basic_publish,
-    commands.Basic.Get: BrokerConnection._basic_get,
-    commands.Basic.Ack: BrokerConnection._basic_ack,
-    commands.Basic.Nack: BrokerConnection._basic_nack,
-    commands.Basic.Reject: BrokerConnection._basic_reject,
-    commands.Basic.Recover: BrokerConnection._basic_recover,
-    commands.Confirm.Select: BrokerConnection._confirm_select,
-    commands.Tx.Select: BrokerConnection._tx_select,
-    commands.Tx.Commit: BrokerConnection._tx_commit,
-    commands.Tx.Rollback: BrokerConnection._tx_rollback,
-}
+    #: What the broker does with each method a client may send on an open channel;
+    #: any other method is 503 COMMAND_INVALID.
+    _CHANNEL_HANDLERS: Final[
+        dict[type[base.Frame], Callable[[BrokerConnection, _Channel, Any], None]]
+    ] = {
+        commands.Channel.Flow: _channel_flow,
+        commands.Channel.Close: _channel_close,
+        commands.Exchange.Declare: _exchange_declare,
+        commands.Exchange.Delete: _exchange_delete,
+        commands.Exchange.Bind: _exchange_bind,
+        commands.Exchange.Unbind: _exchange_unbind,
+        commands.Queue.Declare: _queue_declare,
+        commands.Queue.Bind: _queue_bind,
+        commands.Queue.Unbind: _queue_unbind,
+        commands.Queue.Purge: _queue_purge,
+        commands.Queue.Delete: _queue_delete,
+        commands.Basic.Qos: _basic_qos,
+        commands.Basic.Consume: _basic_consume,
+        commands.Basic.Cancel: _basic_cancel,
+        commands.Basic.Publish: _basic_publish,
+        commands.Basic.Get: _basic_get,
+        commands.Basic.Ack: _basic_ack,
+        commands.Basic.Nack: _basic_nack,
+        commands.Basic.Reject: _basic_reject,
+        commands.Basic.Recover: _basic_recover,
+        commands.Confirm.Select: _confirm_select,
+        commands.Tx.Select: _tx_select,
+        commands.Tx.Commit: _tx_commit,
+        commands.Tx.Rollback: _tx_rollback,
+    }

@@ -137,7 +137,8 @@ class FakeBrokerServer(FakeBroker):
             served.blackholed = True
             served.io_scope.cancel()
 
-    def _wakeup(self) -> None:
+    def wakeup(self) -> None:
+        """Internal: bytes were queued on some connection: flush them."""
         self._output.set()
         self._output = trio.Event()
 
@@ -179,7 +180,7 @@ class FakeBrokerServer(FakeBroker):
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = bytearray()
             served.conn.receive_data(bytes(data))  # b"": EOF, the connection is lost
-        self._wakeup()  # let the writer see that the connection is closed
+        self.wakeup()  # let the writer see that the connection is closed
 
     async def _write_loop(self, served: _Served, done: trio.CancelScope) -> None:
         """Send whatever the connection queues; end the connection once it is
