@@ -25,16 +25,15 @@ from .._exceptions import (
     CommandRefused,
     ConnectionClosedByBroker,
     ConsumerCancelled,
-    MessageNacked,
-    MessageReturned,
 )
 from .._sansio import _events as ev
 from .._sansio._channel_state import ChannelState
 from .._sansio._connection import AMQPConnection
+from ._confirms import Confirms
 from ._consumer import DEFAULT_CONSUMER_BUFFER, Consumer
 from ._counters import DeliveryCounters
 from ._delivery import BasicProperties, Confirmation, Delivery
-from ._reading import Signal
+from ._requests import Waiter, names_request
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -56,29 +55,6 @@ class QueueDeclareOk:
     queue: str
     message_count: int
     consumer_count: int
-
-
-class _Waiter:
-    """One request waiting for its reply; replies come in request order.
-    ``request`` is the request's method index (pamqp's ``index``: class id
-    << 16 | method id), to tell which call a broker's hard error names."""
-
-    __slots__ = ("abandoned", "error", "on_late_reply", "request", "signal", "value")
-
-    def __init__(self, request: int, on_late_reply: Callable[[Any], None] | None = None) -> None:
-        self.request = request
-        self.signal = Signal()
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.abandoned = False
-        self.on_late_reply = on_late_reply
-
-    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value = value
-        self.error = error
-        self.signal.set()
-        if self.abandoned and error is None and self.on_late_reply is not None:
-            self.on_late_reply(value)
 
 
 class Channel:
@@ -106,7 +82,7 @@ class Channel:
         #: The connection's sending side (see :mod:`._sending`).
         self.sending = connection.sending
         self._amqp = amqp
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[Waiter] = deque()
         self._error: BaseException | None = None
         self._closed = trio.Event()
         self._consumers: dict[str, Consumer] = {}
@@ -116,9 +92,7 @@ class Channel:
         #: False while the broker asked us to pause publishing (Channel.Flow).
         self.flow_active = True
         self._confirming = False
-        self._unconfirmed: dict[int, Confirmation] = {}
-        self._unconfirmed_order: deque[int] = deque()
-        self._mandatory: deque[Confirmation] = deque()
+        self._confirms = Confirms()
         self._return_handler: Callable[[ev.MessageReturned], None] | None = None
         #: Acks/nacks/rejects sent (a recovering consumer shares its own).
         self.counters = DeliveryCounters()
@@ -153,7 +127,7 @@ class Channel:
         self._error = error
         self._closed.set()
         waiters, self._waiters = self._waiters, deque()
-        if waiters and _names_request(error, waiters[0].request):
+        if waiters and names_request(error, waiters[0].request):
             # The broker refused our oldest request outright: that call gets
             # the refusal (and is not repeated); the others, the loss.
             assert isinstance(error, ConnectionClosedByBroker)
@@ -163,11 +137,7 @@ class Channel:
         for consumer in list(self._consumers.values()):
             consumer.finish(error)
         self._consumers.clear()
-        for confirmation in self._unconfirmed.values():
-            confirmation.resolve(error)
-        self._unconfirmed.clear()
-        self._unconfirmed_order.clear()
-        self._mandatory.clear()
+        self._confirms.fail_all(error)
 
     async def __aenter__(self) -> Channel:
         return self
@@ -205,13 +175,13 @@ class Channel:
         if not expects_reply:
             self.sending.kick()
             return None
-        waiter = _Waiter(method.index, on_late_reply)
+        waiter = Waiter(method.index, on_late_reply)
         self._waiters.append(waiter)
         # Sends the request from this task (or wakes the writer to send it).
         await self.sending.flush()
         return await self._wait(waiter)
 
-    async def _wait(self, waiter: _Waiter) -> Any:
+    async def _wait(self, waiter: Waiter) -> Any:
         try:
             await self.connection.wait_for(waiter.signal)
         except BaseException:
@@ -475,10 +445,7 @@ class Channel:
         if not tag:
             return None
         confirmation = Confirmation(tag, exchange, routing_key, body, mandatory, connection)
-        self._unconfirmed[tag] = confirmation
-        self._unconfirmed_order.append(tag)
-        if mandatory:
-            self._mandatory.append(confirmation)
+        self._confirms.add(confirmation)
         return confirmation
 
     async def publish(
@@ -514,10 +481,7 @@ class Channel:
         """Wait until every message published so far has its verdict (acks,
         nacks and returns are not raised here; read them from each
         :class:`Confirmation`).  Raises the channel's error if it closes."""
-        while self._unconfirmed_order:
-            last = self._unconfirmed.get(self._unconfirmed_order[-1])
-            if last is None:
-                break
+        while (last := self._confirms.last()) is not None:
             await last.wait_settled()
         self._check_open()
 
@@ -690,7 +654,7 @@ class Channel:
                 self.sending.kick()
                 self._set_closed(ChannelClosed("channel open was cancelled"))
 
-        waiter = _Waiter(commands.Channel.Open.index, close_orphan)
+        waiter = Waiter(commands.Channel.Open.index, close_orphan)
         self._waiters.append(waiter)
         await self._wait(waiter)
 
@@ -735,15 +699,27 @@ class Channel:
         return False
 
     def _on_ack(self, event: ev.PublishAcked) -> bool:
-        self._on_confirm(event.delivery_tag, event.multiple, True)
+        self._confirms.settle(event.delivery_tag, event.multiple, True)
         return False
 
     def _on_nack(self, event: ev.PublishNacked) -> bool:
-        self._on_confirm(event.delivery_tag, event.multiple, False)
+        self._confirms.settle(event.delivery_tag, event.multiple, False)
         return False
 
     def _on_returned(self, event: ev.MessageReturned) -> bool:
-        self._on_return(event)
+        if self._confirming and self._confirms.returned(event):
+            return False  # raised from the message's Confirmation
+        if self._return_handler is not None:
+            self._return_handler(event)
+        else:
+            logger.warning(
+                "channel %d: message to exchange %r with routing key %r returned: %d %s",
+                self.number,
+                event.exchange,
+                event.routing_key,
+                event.reply_code,
+                event.reply_text,
+            )
         return False
 
     def _on_cancelled(self, event: ev.ConsumerCancelled) -> bool:
@@ -819,67 +795,3 @@ class Channel:
         consumer = self._consumers.pop(consumer_tag, None)
         if consumer is not None:
             consumer.finish(ConsumerCancelled(consumer_tag))
-
-    def _on_return(self, event: ev.MessageReturned) -> None:
-        if self._confirming:
-            for confirmation in self._mandatory:
-                if (
-                    confirmation.returned is None
-                    and not confirmation.done
-                    and confirmation.exchange == event.exchange
-                    and confirmation.routing_key == event.routing_key
-                    and confirmation.body == event.body
-                ):
-                    confirmation.returned = MessageReturned(
-                        event.reply_code, event.reply_text, event.exchange, event.routing_key
-                    )
-                    return
-        if self._return_handler is not None:
-            self._return_handler(event)
-        else:
-            logger.warning(
-                "channel %d: message to exchange %r with routing key %r returned: %d %s",
-                self.number,
-                event.exchange,
-                event.routing_key,
-                event.reply_code,
-                event.reply_text,
-            )
-
-    def _on_confirm(self, delivery_tag: int, multiple: bool, acked: bool) -> None:
-        unconfirmed = self._unconfirmed
-        if multiple:
-            order = self._unconfirmed_order
-            while order and order[0] <= delivery_tag:
-                confirmation = unconfirmed.pop(order.popleft(), None)
-                if confirmation is not None:
-                    _settle(confirmation, acked)
-        else:
-            confirmation = unconfirmed.pop(delivery_tag, None)
-            if confirmation is not None:
-                _settle(confirmation, acked)
-            order = self._unconfirmed_order
-            while order and order[0] not in unconfirmed:
-                order.popleft()
-        mandatory = self._mandatory
-        while mandatory and mandatory[0].done:
-            mandatory.popleft()
-
-
-def _names_request(error: BaseException, request: int) -> bool:
-    """Is ``error`` the broker closing the connection over the command
-    ``request`` (a method index)?  A channel's replies come in request order,
-    so the command the broker refused is the oldest one still waiting on its
-    channel."""
-    return (
-        isinstance(error, ConnectionClosedByBroker)
-        and error.class_id != 0
-        and (error.class_id << 16 | error.method_id) == request
-    )
-
-
-def _settle(confirmation: Confirmation, acked: bool) -> None:
-    if not acked:
-        confirmation.resolve(MessageNacked(confirmation.delivery_tag))
-    else:
-        confirmation.resolve(confirmation.returned)

@@ -50,17 +50,14 @@ from ._errors import (
     UnexpectedFrame,
 )
 from ._framing import (
-    FRAME_BODY,
     FRAME_END,
-    FRAME_END_BYTES,
-    FRAME_HEADER,
     FRAME_METHOD,
     FRAME_MIN_SIZE,
-    FRAME_OVERHEAD,
     PROTOCOL_HEADER,
     FrameReader,
     encode_frame,
 )
+from ._publishing import PublishEncoder
 
 CI = ConnectionInput
 
@@ -81,18 +78,6 @@ DEFAULT_FRAME_MAX: Final = 131_072
 DEFAULT_CHANNEL_MAX: Final = 2_047
 DEFAULT_HEARTBEAT: Final = 60
 
-#: Distinct publish destinations (channel, exchange, routing key, flags) whose
-#: method frame is kept pre-encoded; the cache starts over when full.
-PUBLISH_CACHE_SIZE: Final = 1_024
-#: Distinct property values kept pre-encoded, likewise.
-PROPERTIES_CACHE_SIZE: Final = 256
-#: Encoded Basic.Properties with no property set: just the flag word.
-EMPTY_PROPERTIES: Final = b"\x00\x00"
-
-_PROPERTY_NAMES: Final = tuple(commands.Basic.Properties.__slots__)
-#: type, channel, size | class, weight, body size
-_CONTENT_HEADER: Final = struct.Struct(">BHIHHQ")
-_FRAME_START: Final = struct.Struct(">BHI")
 #: A whole Basic.Ack / Basic.Nack frame: header, class, method, tag, bits, end.
 _ACK: Final = struct.Struct(">BHIHHQBB")
 
@@ -253,8 +238,8 @@ class AMQPConnection:
         self._channels: dict[int, _Channel] = {}
         self._pending: deque[ev.Event] = deque()
         self._error: RemoteProtocolError | None = None
-        self._publish_methods: dict[tuple[int, str, str, bool, bool], bytes] = {}
-        self._properties_cache: dict[tuple[Any, ...], bytes] = {}
+        #: Encodes publishes, with caches of what repeats between them.
+        self._publishing = PublishEncoder()
 
     def __repr__(self) -> str:
         return (
@@ -463,66 +448,21 @@ class AMQPConnection:
             or self._state is not ConnectionState.OPEN
         ):
             record = self._sending_channel(channel)  # raises the right error
-        key = (channel, exchange, routing_key, mandatory, immediate)
-        method = self._publish_methods.get(key)
-        if method is None:
-            # Encoded (and validated) by pamqp once per destination.
-            method = encode_frame(
-                channel,
-                commands.Basic.Publish(
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    mandatory=mandatory,
-                    immediate=immediate,
-                ),
-            )
-            if len(self._publish_methods) >= PUBLISH_CACHE_SIZE:
-                self._publish_methods.clear()
-            self._publish_methods[key] = method
-        props = EMPTY_PROPERTIES if properties is None else self._encode_properties(properties)
-        size = len(body)
-        out = self._out
-        out.append(method)
-        out.append(_CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(props), 60, 0, size))
-        out.append(props)
-        out.append(FRAME_END_BYTES)
-        if size:
-            limit = self.frame_max - FRAME_OVERHEAD if self.frame_max else size
-            if size <= limit:
-                out.append(_FRAME_START.pack(FRAME_BODY, channel, size))
-                out.append(body)
-                out.append(FRAME_END_BYTES)
-            else:
-                view = memoryview(body)
-                for offset in range(0, size, limit):
-                    piece = view[offset : offset + limit]
-                    out.append(_FRAME_START.pack(FRAME_BODY, channel, len(piece)))
-                    out.append(bytes(piece))
-                    out.append(FRAME_END_BYTES)
+        self._publishing.encode(
+            self._out,
+            channel,
+            body,
+            exchange,
+            routing_key,
+            properties,
+            mandatory,
+            immediate,
+            self.frame_max,
+        )
         if record.confirming:
             record.publish_seq += 1
             return record.publish_seq
         return 0
-
-    def _encode_properties(self, properties: commands.Basic.Properties) -> bytes:
-        """Content-header properties, encoded once per distinct value (values
-        with a header table are not hashable and are encoded each time)."""
-        try:
-            key = tuple([getattr(properties, name) for name in _PROPERTY_NAMES])
-            cached = self._properties_cache.get(key)
-        except TypeError:
-            key, cached = None, None
-        if cached is not None:
-            return cached
-        try:
-            encoded: bytes = properties.marshal()
-        except (ValueError, TypeError, OverflowError, struct.error) as exc:
-            raise ValueError(f"cannot encode message properties: {exc}") from exc
-        if key is not None:
-            if len(self._properties_cache) >= PROPERTIES_CACHE_SIZE:
-                self._properties_cache.clear()
-            self._properties_cache[key] = encoded
-        return encoded
 
     # -- input -----------------------------------------------------------------
 
