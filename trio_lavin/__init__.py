@@ -46,7 +46,7 @@ from ._sansio._errors import FrameError as FrameError
 from ._sansio._errors import LocalProtocolError as LocalProtocolError
 from ._sansio._errors import ProtocolError as ProtocolError
 from ._sansio._errors import RemoteProtocolError as RemoteProtocolError
-from ._sansio._events import MessageReturned as ReturnedMessage
+from ._sansio._events import ReturnedMessage as ReturnedMessage
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:

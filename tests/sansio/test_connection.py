@@ -106,7 +106,7 @@ def test_bad_credentials_close_403_is_reported_and_close_ok_sent() -> None:
         0, commands.Connection.Close(403, "ACCESS_REFUSED - Login was refused", 0, 0)
     )
     events = feed(conn, data, "all-at-once")
-    assert events == [ev.ConnectionClosedByBroker(403, "ACCESS_REFUSED - Login was refused")]
+    assert events == [ev.BrokerClosedConnection(403, "ACCESS_REFUSED - Login was refused")]
     assert names(conn.data_to_send()) == ["Connection.StartOk", "Connection.CloseOk"]
     assert conn.state is ConnectionState.CLOSED
 
@@ -120,9 +120,7 @@ def test_missing_vhost_close_530_after_open() -> None:
         + method(0, commands.Connection.Close(530, "NOT_ALLOWED - vhost nope not found", 10, 40))
     )
     events = feed(conn, data, "byte-at-a-time")
-    assert events == [
-        ev.ConnectionClosedByBroker(530, "NOT_ALLOWED - vhost nope not found", 10, 40)
-    ]
+    assert events == [ev.BrokerClosedConnection(530, "NOT_ALLOWED - vhost nope not found", 10, 40)]
     assert conn.state is ConnectionState.CLOSED
 
 
@@ -152,7 +150,7 @@ def test_broker_close_is_answered_and_later_bytes_ignored(mode: str) -> None:
     conn = handshake()
     data = method(0, commands.Connection.Close(320, "CONNECTION_FORCED - bye", 0, 0))
     events = feed(conn, data, mode)
-    assert events == [ev.ConnectionClosedByBroker(320, "CONNECTION_FORCED - bye")]
+    assert events == [ev.BrokerClosedConnection(320, "CONNECTION_FORCED - bye")]
     assert names(conn.data_to_send()) == ["Connection.CloseOk"]
     assert conn.state is ConnectionState.CLOSED
     assert feed(conn, method(0, commands.Connection.Close(320, "again", 0, 0)), mode) == []
@@ -228,7 +226,7 @@ def test_broker_channel_close_is_answered_and_reported(mode: str) -> None:
     )
     events = feed(conn, data, mode)
     assert events == [
-        ev.ChannelClosedByBroker(number, 406, "PRECONDITION_FAILED - inequivalent arg", 50, 10)
+        ev.BrokerClosedChannel(number, 406, "PRECONDITION_FAILED - inequivalent arg", 50, 10)
     ]
     assert names(conn.data_to_send()) == ["Channel.CloseOk"]
     assert conn.channel_state(number) is ChannelState.CLOSED
@@ -309,7 +307,7 @@ def test_flow_and_server_cancel_are_answered_automatically() -> None:
     )
     assert feed(conn, data, "all-at-once") == [
         ev.ChannelFlow(number, False),
-        ev.ConsumerCancelled(number, "ctag-1"),
+        ev.BrokerCancelledConsumer(number, "ctag-1"),
     ]
     assert names(conn.data_to_send()) == ["Channel.FlowOk", "Basic.CancelOk"]
 
@@ -441,7 +439,7 @@ def test_return_carries_the_message() -> None:
     number = open_channel(conn)
     data = content(number, commands.Basic.Return(312, "NO_ROUTE", "", "nowhere"), b"lost")
     [event] = feed(conn, data, "with-trailing-bytes")
-    assert event == ev.MessageReturned(
+    assert event == ev.ReturnedMessage(
         number, 312, "NO_ROUTE", "", "nowhere", commands.Basic.Properties(), b"lost"
     )
 

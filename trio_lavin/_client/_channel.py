@@ -93,7 +93,7 @@ class Channel:
         self.flow_active = True
         self._confirming = False
         self._confirms = Confirms()
-        self._return_handler: Callable[[ev.MessageReturned], None] | None = None
+        self._return_handler: Callable[[ev.ReturnedMessage], None] | None = None
         #: Acks/nacks/rejects sent (a recovering consumer shares its own).
         self.counters = DeliveryCounters()
         #: The delivery tag of the latest delivery (tags count up from 1).
@@ -485,7 +485,7 @@ class Channel:
             await last.wait_settled()
         self._check_open()
 
-    def on_return(self, handler: Callable[[ev.MessageReturned], None] | None) -> None:
+    def on_return(self, handler: Callable[[ev.ReturnedMessage], None] | None) -> None:
         """Call ``handler(returned)`` for each unroutable ``mandatory``
         message when the channel is not in confirm mode (in confirm mode the
         return is raised from the message's :class:`Confirmation`)."""
@@ -706,7 +706,7 @@ class Channel:
         self._confirms.settle(event.delivery_tag, event.multiple, False)
         return False
 
-    def _on_returned(self, event: ev.MessageReturned) -> bool:
+    def _on_returned(self, event: ev.ReturnedMessage) -> bool:
         if self._confirming and self._confirms.returned(event):
             return False  # raised from the message's Confirmation
         if self._return_handler is not None:
@@ -722,7 +722,7 @@ class Channel:
             )
         return False
 
-    def _on_cancelled(self, event: ev.ConsumerCancelled) -> bool:
+    def _on_cancelled(self, event: ev.BrokerCancelledConsumer) -> bool:
         self._on_consumer_cancelled(event.consumer_tag)
         return False
 
@@ -730,7 +730,7 @@ class Channel:
         self.flow_active = event.active
         return False
 
-    def _on_closed_by_broker(self, event: ev.ChannelClosedByBroker) -> bool:
+    def _on_closed_by_broker(self, event: ev.BrokerClosedChannel) -> bool:
         # DEBUG: whoever used the channel gets the error and says so.
         logger.debug(
             "broker closed channel %d: %d %s", self.number, event.reply_code, event.reply_text
@@ -758,10 +758,10 @@ class Channel:
         ev.GetReceived: _on_get,
         ev.PublishAcked: _on_ack,
         ev.PublishNacked: _on_nack,
-        ev.MessageReturned: _on_returned,
-        ev.ConsumerCancelled: _on_cancelled,
+        ev.ReturnedMessage: _on_returned,
+        ev.BrokerCancelledConsumer: _on_cancelled,
         ev.ChannelFlow: _on_flow,
-        ev.ChannelClosedByBroker: _on_closed_by_broker,
+        ev.BrokerClosedChannel: _on_closed_by_broker,
         ev.ContentTooLarge: _on_too_large,
         ev.ChannelCloseOk: _on_close_ok,
     }

@@ -58,7 +58,7 @@ class Confirms:
         while mandatory and mandatory[0].done:
             mandatory.popleft()
 
-    def returned(self, event: ev.MessageReturned) -> bool:
+    def returned(self, event: ev.ReturnedMessage) -> bool:
         """A ``Basic.Return``: mark the mandatory message it names (its
         confirm, which follows, then raises :class:`MessageReturned`); False
         if it names none of ours."""

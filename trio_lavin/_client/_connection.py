@@ -415,7 +415,7 @@ class Connection:
         self._unblocked.set()
         return True
 
-    def _on_closed_by_broker(self, event: ev.ConnectionClosedByBroker) -> bool:
+    def _on_closed_by_broker(self, event: ev.BrokerClosedConnection) -> bool:
         logger.debug(
             "broker closed the connection %s: %d %s",
             self.params.endpoint,
@@ -440,7 +440,7 @@ class Connection:
     _CONNECTION_HANDLERS: Final[dict[type[ev.Event], Callable[[Connection, Any], bool]]] = {
         ev.ConnectionBlocked: _on_blocked,
         ev.ConnectionUnblocked: _on_unblocked,
-        ev.ConnectionClosedByBroker: _on_closed_by_broker,
+        ev.BrokerClosedConnection: _on_closed_by_broker,
         ev.ConnectionCloseOk: _on_close_ok,
     }
 
@@ -506,7 +506,7 @@ class Connection:
                             event.heartbeat, trio.current_time(), trio.current_time()
                         )
                         return
-                    if isinstance(event, ev.ConnectionClosedByBroker):
+                    if isinstance(event, ev.BrokerClosedConnection):
                         # The broker may hang up right after its Close (RabbitMQ
                         # does on bad credentials): the CloseOk is best effort.
                         await self.sending.send_final()

@@ -73,7 +73,7 @@ from .._exceptions import (
     PublishError,
 )
 from .._sansio._errors import PRECONDITION_FAILED
-from .._sansio._events import MessageReturned as ReturnedEvent
+from .._sansio._events import ReturnedMessage
 from ._backoff import Backoff
 from ._message import (
     BufferFull,
@@ -675,7 +675,7 @@ class Producer:
         self._in_flight += 1
         confirmation.callback = _Settle(self, message, confirmation)
 
-    def _on_return(self, returned: ReturnedEvent) -> None:
+    def _on_return(self, returned: ReturnedMessage) -> None:
         """FIRE_AND_FORGET and ``mandatory``: the broker could not route a
         message that already counted as done; count it (no log line per
         message: the counter is the signal)."""

@@ -182,7 +182,7 @@ class _ReplyChannel:
     def usable(self) -> bool:
         return self.channel.is_open and not self.finished
 
-    def _on_return(self, event: ev.MessageReturned) -> None:
+    def _on_return(self, event: ev.ReturnedMessage) -> None:
         correlation_id = event.properties.correlation_id
         call = self.pending.get(correlation_id) if correlation_id else None
         if call is None:

@@ -142,7 +142,7 @@ def default_client_properties(connection_name: str | None = None) -> dict[str, A
     return properties
 
 
-def _shortstr(text: str) -> str:
+def _truncate_shortstr(text: str) -> str:
     """Truncate to the 255 bytes a shortstr can carry, on a character boundary."""
     data = text.encode("utf-8")
     if len(data) <= 255:
@@ -306,7 +306,9 @@ class AMQPConnection:
         self._transition(CI.SEND_CLOSE)
         self._queue(
             0,
-            commands.Connection.Close(reply_code, _shortstr(reply_text), class_id, method_id),
+            commands.Connection.Close(
+                reply_code, _truncate_shortstr(reply_text), class_id, method_id
+            ),
         )
 
     # -- channel-level requests ---------------------------------------------------
@@ -340,7 +342,9 @@ class AMQPConnection:
         assert record is not None
         record.state = new_state
         record.replies.clear()
-        self._queue(channel, commands.Channel.Close(reply_code, _shortstr(reply_text), 0, 0))
+        self._queue(
+            channel, commands.Channel.Close(reply_code, _truncate_shortstr(reply_text), 0, 0)
+        )
 
     def _sending_channel(self, channel: int) -> _Channel:
         """The record of an open channel we may send on, or LocalProtocolError."""
@@ -524,7 +528,10 @@ class AMQPConnection:
         self._error = error
         if self._state in (ConnectionState.AWAIT_OPEN_OK, ConnectionState.OPEN):
             self._queue(
-                0, commands.Connection.Close(error.reply_code, _shortstr(error.reply_text), 0, 0)
+                0,
+                commands.Connection.Close(
+                    error.reply_code, _truncate_shortstr(error.reply_text), 0, 0
+                ),
             )
             self._state = ConnectionState.CLOSING
         elif self._state is not ConnectionState.CLOSING:
@@ -559,7 +566,7 @@ class AMQPConnection:
             self._transition(CI.RECV_CLOSE)
             self._queue(0, commands.Connection.CloseOk())
             self._pending.append(
-                ev.ConnectionClosedByBroker(
+                ev.BrokerClosedConnection(
                     value.reply_code or 0,
                     value.reply_text or "",
                     value.class_id or 0,
@@ -661,7 +668,7 @@ class AMQPConnection:
             if record.state is ChannelState.CLOSED:
                 record.reset()
                 self._pending.append(
-                    ev.ChannelClosedByBroker(
+                    ev.BrokerClosedChannel(
                         number,
                         value.reply_code or 0,
                         value.reply_text or "",
@@ -719,7 +726,7 @@ class AMQPConnection:
         elif isinstance(method, commands.Basic.Cancel):
             if not method.nowait:
                 self._queue(number, commands.Basic.CancelOk(method.consumer_tag))
-            pending.append(ev.ConsumerCancelled(number, method.consumer_tag or ""))
+            pending.append(ev.BrokerCancelledConsumer(number, method.consumer_tag or ""))
         elif isinstance(method, commands.Channel.Flow):
             self._queue(number, commands.Channel.FlowOk(method.active))
             pending.append(ev.ChannelFlow(number, bool(method.active)))
@@ -772,7 +779,7 @@ def _message_event(
             payload,
         )
     assert isinstance(method, commands.Basic.Return)
-    return ev.MessageReturned(
+    return ev.ReturnedMessage(
         channel,
         method.reply_code or 0,
         method.reply_text or "",

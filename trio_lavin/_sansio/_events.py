@@ -41,7 +41,7 @@ class ConnectionOpened(Event):
 
 
 @dataclass(slots=True)
-class ConnectionClosedByBroker(Event):
+class BrokerClosedConnection(Event):
     """The broker closed the connection (``Connection.Close``); the
     ``CloseOk`` is queued.  ``reply_code`` says why, e.g. 320 CONNECTION_FORCED,
     403 ACCESS_REFUSED, 530 NOT_ALLOWED."""
@@ -85,7 +85,7 @@ class ChannelOpened(ChannelEvent):
 
 
 @dataclass(slots=True)
-class ChannelClosedByBroker(ChannelEvent):
+class BrokerClosedChannel(ChannelEvent):
     """The broker closed the channel (a soft error such as 404 NOT_FOUND or
     406 PRECONDITION_FAILED); the ``CloseOk`` is queued and the channel number
     is free again."""
@@ -146,7 +146,7 @@ class MethodReply(ChannelEvent):
 
 
 @dataclass(slots=True)
-class ConsumerCancelled(ChannelEvent):
+class BrokerCancelledConsumer(ChannelEvent):
     """The broker cancelled a consumer (``Basic.Cancel`` from the server,
     e.g. its queue was deleted).  A ``CancelOk`` is queued unless the broker
     asked for no reply."""
@@ -185,7 +185,7 @@ class GetReceived(ChannelEvent):
 
 
 @dataclass(slots=True)
-class MessageReturned(ChannelEvent):
+class ReturnedMessage(ChannelEvent):
     """A ``mandatory`` message the broker could not route (``Basic.Return``
     + content).  With publisher confirms on, the return arrives before the
     ack of the same message."""

@@ -67,7 +67,7 @@ FrameValue: TypeAlias = base.Frame | header.ContentHeader | body.ContentBody | h
 Frame: TypeAlias = tuple[int, FrameValue]
 #: A whole delivery from :meth:`FrameReader.take_delivery`: channel, consumer tag, delivery
 #: tag, redelivered, exchange, routing key, properties (None: none set) and body.
-Delivery: TypeAlias = tuple[
+DeliveryFields: TypeAlias = tuple[
     int, str, int, bool, str, str, "commands.Basic.Properties | None", bytes
 ]
 
@@ -78,14 +78,14 @@ _DELIVER_ID: Final = b"\x00\x3c\x00\x3c"
 _TAG = struct.Struct(">Q")
 
 
-def _shortstr(payload: bytes, offset: int) -> tuple[str, int]:
+def _read_shortstr(payload: bytes, offset: int) -> tuple[str, int]:
     end = offset + 1 + payload[offset]
     if end > len(payload):
         raise ValueError("short string runs past the end of the frame")
     return payload[offset + 1 : end].decode("utf-8"), end
 
 
-def _shortstr_in(buf: bytearray, offset: int, limit: int) -> tuple[str, int]:
+def _read_shortstr_in(buf: bytearray, offset: int, limit: int) -> tuple[str, int]:
     """A short string at ``offset`` of ``buf`` that must end by ``limit``."""
     if offset >= limit:
         raise ValueError("short string starts past the end of the frame")
@@ -97,11 +97,11 @@ def _shortstr_in(buf: bytearray, offset: int, limit: int) -> tuple[str, int]:
 
 def _decode_deliver(payload: bytes) -> commands.Basic.Deliver:
     """Basic.Deliver without pamqp's generic decoder (the hottest frame)."""
-    consumer_tag, offset = _shortstr(payload, 4)
+    consumer_tag, offset = _read_shortstr(payload, 4)
     (delivery_tag,) = _TAG.unpack_from(payload, offset)
     redelivered = bool(payload[offset + 8] & 1)
-    exchange, offset = _shortstr(payload, offset + 9)
-    routing_key, offset = _shortstr(payload, offset)
+    exchange, offset = _read_shortstr(payload, offset + 9)
+    routing_key, offset = _read_shortstr(payload, offset)
     method = commands.Basic.Deliver.__new__(commands.Basic.Deliver)
     method.consumer_tag = consumer_tag
     method.delivery_tag = delivery_tag
@@ -224,7 +224,7 @@ class FrameReader:
         payload = bytes(buf[start + FRAME_HEADER_SIZE : end])
         return channel, self._decode(frame_type, channel, payload)
 
-    def take_delivery(self, accept: Callable[[int, int], bool]) -> Delivery | None:
+    def take_delivery(self, accept: Callable[[int, int], bool]) -> DeliveryFields | None:
         """The hot path of consuming: if the buffer starts with a complete
         ``Basic.Deliver`` + content header + (at most one) body frame, all
         well-formed and on one channel, and ``accept(channel, body_size)``
@@ -291,13 +291,15 @@ class FrameReader:
         if not accept(channel, body_size):
             return None
         try:
-            consumer_tag, offset = _shortstr_in(buf, start + FRAME_HEADER_SIZE + 4, method_end)
+            consumer_tag, offset = _read_shortstr_in(
+                buf, start + FRAME_HEADER_SIZE + 4, method_end
+            )
             if offset + 9 > method_end:
                 return None
             (delivery_tag,) = _TAG.unpack_from(buf, offset)
             redelivered = bool(buf[offset + 8] & 1)
-            exchange, offset = _shortstr_in(buf, offset + 9, method_end)
-            routing_key, offset = _shortstr_in(buf, offset, method_end)
+            exchange, offset = _read_shortstr_in(buf, offset + 9, method_end)
+            routing_key, offset = _read_shortstr_in(buf, offset, method_end)
         except ValueError:  # a string that is not UTF-8 or runs past the frame
             return None
         if header_size == 14 and buf[header_end - 2] == 0 and buf[header_end - 1] == 0:
