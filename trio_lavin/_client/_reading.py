@@ -4,8 +4,8 @@ The connection's reader task reads the socket and dispatches what comes.  On
 a plain TCP socket a task about to wait for the broker (a reply, a confirm,
 a delivery) may take the reading over while the reader is idle: it waits for
 the socket itself, then reads and dispatches from its own task, so that its
-answer reaches it without a hop through the reader (a scheduler pass, about
-a tenth of a confirm's latency).  With several tasks waiting the reader reads
+answer reaches it without a hop through the reader (a scheduler pass; see
+benchmarks/README.md for what that is worth).  With several tasks waiting the reader reads
 for them all: handing the reading from task to task would cost more than the
 hop.  A dispatch never waits half-way, so dispatches never interleave and
 frames are handled in the order they came, whichever task read them.
@@ -22,8 +22,8 @@ WAITING         waits for the socket, in a cancel    when it is the only task
                                                      and takes the reading over
 WAITING_FIXED   waits for the socket without a       waits to be woken
                 scope (two or more tasks wait, so
-                none will take over: a scope costs
-                3 us)
+                none will take over, and a cancel
+                scope is not free)
 HANDED_OVER     parked until the taker is done       when it is the only task
                                                      waiting (the taker is done):
                                                      takes the reading over next

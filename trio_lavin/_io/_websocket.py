@@ -16,16 +16,24 @@ How a URL maps (see :mod:`trio_lavin._params`)::
          always "/").
 
 Design: the WebSocket protocol is driven with the sans-IO ``wsproto`` (installed with
-``trio-lavin[ws]``) directly inside :meth:`send_all` and
-:meth:`receive_some`, over one underlying trio stream.  trio-websocket itself is not used
-at run time: its connection needs a reader task in a nursery, and :func:`open_stream` is a
-plain coroutine that returns a ready stream (the contract every ``StreamFactory`` keeps), so
-the task would have no owner that outlives the call, unless ``open_stream`` became a context
-manager and changed the whole client.  trio-websocket 0.12 also queues received messages
-ahead of the reader (backpressure lost) and leaves the socket open after a rejected handshake
-or an abnormal close.  Driving wsproto in place needs no task at all: backpressure is the
-socket's own, cancellation keeps trio's stream semantics, and closing the stream closes the
-socket.  The tests use trio-websocket's server as an independent peer.
+``trio-lavin[ws]``) directly inside :meth:`send_all` and :meth:`receive_some`, over one
+underlying trio stream, rather than through trio-websocket, because:
+
+- trio-websocket's connection needs a reader task of its own in a nursery, a second reader
+  beside the AMQP connection's: one more scheduler hop for every message received, and a
+  task with no owner that outlives :func:`open_stream`, which (as every ``StreamFactory``)
+  returns a ready stream;
+- it caps a message at 1 MiB by default (``max_message_size``), while an AMQP frame may be
+  larger, and a broker may put several frames in one message;
+- its pongs wait behind the messages queued for the application: here a ping is answered
+  by :meth:`receive_some`, which the AMQP connection's reader calls whether or not the
+  application keeps up, so a slow consumer does not look dead to the broker;
+- it leaves the underlying stream open when the server rejects the handshake
+  (python-trio/trio-websocket#165).
+
+Driving wsproto in place needs no task at all: backpressure is the socket's own,
+cancellation keeps trio's stream semantics, and closing the stream closes the socket.  The
+tests use trio-websocket's server as an independent peer.
 
 Only what an AMQP client needs: the client handshake, binary messages, ping/pong, and the
 close handshake.  No extensions (per-message deflate) are offered.
