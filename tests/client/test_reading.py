@@ -147,6 +147,45 @@ async def test_a_task_waiting_on_a_silent_socket_learns_at_once_that_its_channel
         assert isinstance(outcome[0], tl.ChannelClosed)
 
 
+async def test_two_tasks_iterating_one_consumer_learn_that_its_channel_closed(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two tasks iterate one consumer; after a delivery the idle one reads
+    the socket for itself while the other is busy.  Closing the channel on a
+    silent broker wakes the reading one at once (regression: the busy task,
+    leaving its wait, unhooked the consumer's signal from the reading, and the
+    other slept until the next frame)."""
+    async with tl.open_connection(stream_factory=broker.connect, heartbeat=10) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("jobs")
+        consumer = await channel.basic_consume("jobs")
+        ended: list[str] = []
+
+        async def iterate(name: str) -> None:
+            try:
+                async for _ in consumer:
+                    await trio.sleep(1000)  # busy with it for longer than the test
+            except tl.ChannelClosed:
+                ended.append(name)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(iterate, "a")
+            nursery.start_soon(iterate, "b")
+            await trio.sleep(1)
+            broker.publish("", "jobs", b"one")
+            await trio.sleep(1)
+            reading = conn._reading
+            assert reading is not None
+            assert reading.state is ReaderState.HANDED_OVER  # the idle one reads
+            broker.blackhole_all()
+            nursery.start_soon(channel.aclose)  # no CloseOk will come
+            with trio.fail_after(1):
+                while not ended:
+                    await trio.sleep(0.01)
+            assert len(ended) == 1
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_task_waiting_for_a_confirm_on_a_dead_connection_gets_connection_lost(
     broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
 ) -> None:

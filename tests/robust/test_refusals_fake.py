@@ -305,3 +305,71 @@ async def test_a_consumer_whose_queue_is_gone_at_recovery_tries_again_with_backo
             delivery = await consumer.__anext__()
         assert delivery.body == b"back"
         assert await delivery.ack()
+
+
+async def test_a_cancelled_ack_leaves_the_delivery_unsettled(broker: FakeBrokerServer) -> None:
+    """An ack cancelled before it was queued sent nothing: the delivery can
+    still be acked (regression: it was marked settled first, and the retry
+    raised DeliveryAlreadySettled while the message stayed unacked)."""
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("work")
+        broker.publish("", "work", b"x")
+        async with await channel.basic_consume("work") as consumer:
+            delivery = await consumer.__anext__()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await delivery.ack()
+            assert scope.cancelled_caught
+            assert not delivery.settled
+            assert await delivery.ack()
+            assert delivery.settled
+            with pytest.raises(tl.DeliveryAlreadySettled):
+                await delivery.ack()
+        assert broker.queue("work").messages_ready == 0
+        assert broker.queue("work").messages_unacknowledged == 0
+
+
+async def test_a_consumer_iterated_while_its_queue_is_gone_subscribes_once_it_is_back(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The task is already waiting for a delivery when the connection drops
+    and the queue is deleted: the recovery is refused (404) and the consumer
+    tries again with backoff until the queue is back (regression: after one
+    failed try it waited for a wake-up that never came)."""
+
+    async def on_other_connection(declare: bool) -> None:
+        async with tl.open_connection(stream_factory=broker.connect) as other:
+            channel = await other.channel()
+            if declare:
+                await channel.queue_declare("work")
+            else:
+                await channel.queue_delete("work")
+
+    await on_other_connection(declare=True)
+    got: list[bytes] = []
+    async with (
+        tl.open_client(config=FAST, stream_factory=broker.connect) as client,
+        client.consume("work") as consumer,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def iterate() -> None:
+            async for delivery in consumer:
+                got.append(delivery.body)
+                await delivery.ack()
+                return
+
+        nursery.start_soon(iterate)
+        await trio.sleep(0.01)
+        broker.sever_all()
+        await on_other_connection(declare=False)  # before the reconnect, 0.1 s later
+        await trio.sleep(5)  # refused, tried again, refused again...
+        assert client.connected
+        assert not got
+        await on_other_connection(declare=True)
+        broker.publish("", "work", b"back")
+        with trio.fail_after(60):
+            while not got:
+                await trio.sleep(0.1)
+        assert got == [b"back"]

@@ -105,20 +105,27 @@ class Delivery:
         Raises:
             DeliveryAlreadySettled: it was acked, nacked or rejected before
                 (and its channel is still open).
+
+        Cancellation: a cancelled call sent nothing, and the delivery is
+        still unsettled.
         """
-        self._settle()
-        return await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
+        self._check_unsettled()
+        return self._settled_if(await self.channel.basic_ack(self.delivery_tag, multiple=multiple))
 
     async def nack(self, *, requeue: bool = True, multiple: bool = False) -> bool:
         """Reject, with ``requeue`` (default) or dead-lettering/discarding.
         Returns and raises as :meth:`ack`."""
-        self._settle()
-        return await self.channel.basic_nack(self.delivery_tag, requeue=requeue, multiple=multiple)
+        self._check_unsettled()
+        return self._settled_if(
+            await self.channel.basic_nack(self.delivery_tag, requeue=requeue, multiple=multiple)
+        )
 
     async def reject(self, *, requeue: bool = True) -> bool:
         """Reject this one delivery.  Returns and raises as :meth:`ack`."""
-        self._settle()
-        return await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
+        self._check_unsettled()
+        return self._settled_if(
+            await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
+        )
 
     @property
     def settled(self) -> bool:
@@ -127,13 +134,18 @@ class Delivery:
         a message received with ``no_ack`` (the broker counts it acked)."""
         return self._settled or self.delivery_tag <= self.channel.settled_up_to
 
-    def _settle(self) -> None:
+    def _check_unsettled(self) -> None:
         channel = self.channel
         if not (channel.is_open and channel.connection.is_open):
             return  # nothing will be sent: the ack returns False
         if self.settled:
             raise DeliveryAlreadySettled(self.delivery_tag, channel.number)
-        self._settled = True
+
+    def _settled_if(self, sent: bool) -> bool:
+        """Mark it settled once its ack (nack, reject) was queued."""
+        if sent:
+            self._settled = True
+        return sent
 
 
 class Confirmation:

@@ -64,7 +64,7 @@ class _Wakeable:
     __slots__ = ("reading",)
 
     def __init__(self) -> None:
-        #: The reading of the connection a task waits on this through, if any.
+        #: The reading whose socket a task waits for on this one's behalf, if any.
         self.reading: Reading | None = None
 
     def is_set(self) -> bool:
@@ -212,29 +212,28 @@ class Reading:
             # it sent what was queued): no waking up is coming.
             await trio.lowlevel.checkpoint()
             return
-        signal.reading = self
-        try:
-            while not signal.is_set():
-                take = (
-                    not self.waiting  # others wait too: one read by the reader wakes them all
-                    and self.state in _TAKEABLE
-                    and self._can_take()
-                )
-                self.waiting += 1
-                try:
-                    if take:
-                        await self._take_reading(signal)
-                    else:
-                        await signal.wait()
-                finally:
-                    self.waiting -= 1
-        finally:
-            signal.reading = None
+        while not signal.is_set():
+            take = (
+                not self.waiting  # others wait too: one read by the reader wakes them all
+                and self.state in _TAKEABLE
+                and self._can_take()
+            )
+            self.waiting += 1
+            try:
+                if take:
+                    await self._take_reading(signal)
+                else:
+                    await signal.wait()
+            finally:
+                self.waiting -= 1
 
     async def _take_reading(self, signal: _Wakeable) -> None:
         """Wait for the socket in place of the reader, then read and
         dispatch what came."""
         taker = self._taker = _Taker(signal)
+        # Only the taker needs waking by the signal itself (a task that waits
+        # plainly is woken by the signal anyway), and there is one at a time.
+        signal.reading = self
         try:
             reader = self._scope
             if reader is not None:
@@ -251,6 +250,7 @@ class Reading:
         except trio.ClosedResourceError:
             return  # the connection ended
         finally:
+            signal.reading = None
             self._taker = None
             self._lot.unpark_all()
 

@@ -207,14 +207,16 @@ class RecoveringConsumer:
                 reason = exc
             except AMQPConnectionError as exc:
                 _forget_traceback(exc)
-                # The client reconnects and re-subscribes us; wait for that.
-                if self._current is current and self._refused is None:
+                if self._current is not current:
+                    continue  # subscribed again meanwhile
+                if self._refused is None:
+                    # The client reconnects and re-subscribes us (or says the
+                    # broker refused): wait for that.
                     await self._changed.wait()
-                if self._refused is None or self._current is not current:
                     continue
-                # ... but the broker refused that re-subscription.
+                # The broker refused the re-subscription: try again ourselves
+                # (until one succeeds, which clears ``_refused``).
                 reason = self._refused
-                self._refused = None
             if self._current is not current:
                 continue  # already replaced
             logger.warning("consumer of %r ended (%s); subscribing again", self.queue, str(reason))
@@ -228,19 +230,27 @@ class RecoveringConsumer:
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
     async def _resubscribe(self, backoff: Backoff) -> Backoff:
-        """Subscribe again on the live connection after our subscription
-        ended while the connection stayed up; back off while the broker
-        refuses (e.g. the queue does not exist yet)."""
-        connection = self._client.connection
-        if connection is None or not connection.is_open:
-            await self._changed.wait()
-            return backoff
+        """Subscribe again on the live connection (waiting for one) after our
+        subscription ended, or the broker refused the one the client's
+        recovery made; back off while the broker refuses (e.g. the queue
+        does not exist yet).
+
+        Raises:
+            ConnectionLost: the client gave up.
+        """
+        try:
+            connection = await self._client.wait_connected()
+        except AMQPConnectionError:
+            if self._closed:
+                return backoff
+            raise
         try:
             await self.subscribe(connection)
         except CommandRefused as exc:
             self.end_with(exc)  # raised by the iteration
             return backoff
         except ChannelClosed as exc:
+            self._refused = exc  # still to do, whatever wakes the iteration next
             delay = backoff.delay(self._rng)
             logger.warning(
                 "re-subscribing to %r failed (%s); trying again in %.2f s", self.queue, exc, delay
