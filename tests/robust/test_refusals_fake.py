@@ -373,3 +373,36 @@ async def test_a_consumer_iterated_while_its_queue_is_gone_subscribes_once_it_is
             while not got:
                 await trio.sleep(0.1)
         assert got == [b"back"]
+
+
+async def test_recovery_keeps_a_binding_refused_while_its_exchange_is_missing(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A binding to an exchange another application owns, deleted while the
+    client was disconnected (404): reported, but kept, and recovered after a
+    later reconnect once the exchange is back (regression: it was forgotten
+    for good after one transient refusal)."""
+
+    async def on_other_connection(declare: bool) -> None:
+        async with tl.open_connection(stream_factory=broker.connect) as other:
+            channel = await other.channel()
+            if declare:
+                await channel.exchange_declare("ext", "direct")
+            else:
+                await channel.exchange_delete("ext")
+
+    await on_other_connection(declare=True)
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_queue("mine", exclusive=True)  # gone with each connection
+        await client.bind_queue("mine", "ext", "k")
+        broker.sever_all()
+        await on_other_connection(declare=False)  # before the reconnect
+        await trio.sleep(1)
+        assert client.connected
+        assert client.statistics().recovery_failures == 1
+        await on_other_connection(declare=True)
+        broker.sever_all()
+        await trio.sleep(1)
+        assert client.connected
+        assert client.statistics().recovery_failures == 1  # recovered this time
+        assert broker.publish("ext", "k", b"routed") == 1

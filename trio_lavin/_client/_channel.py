@@ -120,14 +120,16 @@ class Channel:
         if self._error is not None:
             raise self._error
 
-    def _set_closed(self, error: BaseException) -> None:
-        """The channel is gone: fail everything waiting on it."""
+    def _set_closed(self, error: BaseException, *, refused: bool = False) -> None:
+        """The channel is gone: fail everything waiting on it (``refused``:
+        the broker closed the connection over our oldest request, which gets
+        a :class:`CommandRefused`)."""
         if self._error is not None:
             return
         self._error = error
         self._closed.set()
         waiters, self._waiters = self._waiters, deque()
-        if waiters and names_request(error, waiters[0].request):
+        if refused and waiters:
             # The broker refused our oldest request outright: that call gets
             # the refusal (and is not repeated); the others, the loss.
             assert isinstance(error, ConnectionClosedByBroker)
@@ -685,10 +687,16 @@ class Channel:
         for consumer in self._consumers.values():
             consumer.discard()
 
-    def end(self, error: BaseException) -> None:
+    def end(self, error: BaseException, *, refused: bool = False) -> None:
         """Internal: the connection ended with ``error``: fail everything
-        waiting on the channel."""
-        self._set_closed(error)
+        waiting on the channel (``refused``: see :meth:`waits_first_for`)."""
+        self._set_closed(error, refused=refused)
+
+    def waits_first_for(self, error: ConnectionClosedByBroker) -> bool:
+        """Internal: is the command the broker names in ``error`` (closing
+        the connection over it) our oldest request still waiting?  Replies
+        come in request order, so only that one can be it."""
+        return bool(self._waiters) and names_request(error, self._waiters[0].request)
 
     def _on_method_reply(self, event: ev.MethodReply | ev.ChannelOpened) -> bool:
         self._on_reply(getattr(event, "method", None))

@@ -591,8 +591,16 @@ class Connection:
             logger.debug("connection %s ended: %s", self.params.endpoint, str(error))
         if self._reading is not None:
             self._reading.interrupt()
-        for channel in list(self._channels.values()):
-            channel.end(error)
+        channels = list(self._channels.values())
+        # A Connection.Close names a command, not a channel: the call that sent
+        # it gets the refusal only when no other call waits for the same kind
+        # of reply (else each just sees the connection end).
+        refused = None
+        if isinstance(error, ConnectionClosedByBroker):
+            named = [channel for channel in channels if channel.waits_first_for(error)]
+            refused = named[0] if len(named) == 1 else None
+        for channel in channels:
+            channel.end(error, refused=channel is refused)
         self._channels.clear()
         self._closed.set()
         self._stopped.set()

@@ -15,6 +15,7 @@ from .._client._channel import Channel, QueueDeclareOk
 from .._client._connection import Connection
 from .._exceptions import AMQPConnectionError, ChannelClosed, CommandRefused
 from .._queues import QueueType, check_queue_type
+from .._sansio._errors import PRECONDITION_FAILED
 from ._events import ClientEvent, QueueRenamed
 from ._topology import (
     Entry,
@@ -59,11 +60,18 @@ class Declarations:
             try:
                 await self._apply(channel, entry)
             except ChannelClosed as exc:
-                # Refused (404, 406, ... or a hard error that closed the
-                # connection): asking again after every reconnect would be
-                # refused again, so it is forgotten; the rest goes on.
-                self._topology.discard(entry)
-                self._recovery_failed(entry.describe(), exc, "forgotten")
+                # Refused; the rest goes on.  What the broker will refuse
+                # whenever asked (406: it exists with other settings; a hard
+                # error) is forgotten.  Other refusals may pass (404: the
+                # exchange of a binding is being re-created; 405: the old
+                # connection still holds an exclusive queue): kept, and asked
+                # again after the next reconnect.
+                if isinstance(exc, CommandRefused) or exc.reply_code == PRECONDITION_FAILED:
+                    self._topology.discard(entry)
+                    then = "forgotten"
+                else:
+                    then = "kept: declared again after the next reconnect"
+                self._recovery_failed(entry.describe(), exc, then)
                 if isinstance(exc, CommandRefused):
                     raise  # the connection is gone: the next one recovers the rest
                 channel = await self.open_channel(connection)
