@@ -321,9 +321,11 @@ async def test_a_cancelled_ack_leaves_the_delivery_unsettled(broker: FakeBrokerS
                 scope.cancel()
                 await delivery.ack()
             assert scope.cancelled_caught
-            assert not delivery.settled
+            settled_before = delivery.settled
+            assert not settled_before
             assert await delivery.ack()
-            assert delivery.settled
+            settled_after = delivery.settled
+            assert settled_after
             with pytest.raises(tl.DeliveryAlreadySettled):
                 await delivery.ack()
         assert broker.queue("work").messages_ready == 0

@@ -13,9 +13,10 @@ written from the documented policy, not from the code:
 * a failed attempt waits only when it ends a round (one failed attempt per
   endpoint since the last wait or healthy connection); otherwise the next
   endpoint is tried at once; a lost connection always waits;
-* a connection the broker closed with a hard error (any reply code but 320)
-  does not reset ``k``, unless it had been up for ``reconnect_max_delay``; nor
-  does one lost to a protocol violation; every other loss does;
+* after a connection the broker closed with a hard error (any reply code but
+  320), ``k`` is the number of such connections in a row, less one (the
+  storm's own count, not an earlier outage's); a loss to a protocol violation
+  does not reset ``k``; every other loss does;
 * ``max_fatal_attempts`` fatal failures (403/530) since the last healthy
   connection, ``max_reconnect_attempts`` consecutive failures, or
   ``max_broker_closes`` connections in a row closed by the broker with the
@@ -37,6 +38,7 @@ import math
 import random
 import ssl
 
+import pytest
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -356,11 +358,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.losses[detected_by] += 1
         lasted = self.now - self.connected_at >= self.config.reconnect_max_delay
         if broker_hard_close(error) is not None:
-            if lasted:
-                event("closed by the broker after a long life: the backoff starts over")
-                self.waits = 0
-            else:
-                event("closed by the broker: the backoff keeps growing")
+            event("closed by the broker after a long life" if lasted else "closed by the broker")
             if self.count_broker_close(error, fresh=lasted):
                 event("stopped after max_broker_closes")
                 assert len(self.supervisor.delays) == self.delays_seen
@@ -368,6 +366,8 @@ class SupervisorMachine(RuleBasedStateMachine):
                 self.expect_change(ClientState.CONNECTED, ClientState.STOPPED, error)
                 assert self.supervisor.connected_since is None
                 return
+            # The wait grows with the storm, whatever came before it.
+            self.waits = self.broker_closes - 1
         else:
             self.broker_closes = 0
             if isinstance(error.__cause__, FrameError):
@@ -585,3 +585,34 @@ def test_connections_that_lasted_start_the_broker_close_count_over() -> None:
         assert sup.next_action(now) == Wait(now + 0.1)
         now += 0.1
     assert sup.state is ClientState.DISCONNECTED
+
+
+def test_a_hard_close_after_an_outage_waits_for_the_storm_not_the_outage() -> None:
+    """An outage grew the backoff to its maximum; soon after the client is
+    back, the broker closes the connection over one refused command: the
+    next attempt comes after the initial delay (regression: it inherited the
+    outage's 30 s, cutting every producer and consumer off for that long)."""
+    config = Config(reconnect_jitter=0.0)
+    sup = Supervisor(config, ["amqp://a/"], 0.0, random.Random(1))
+    now = 0.0
+    refused = ConnectionRefusedError(111, "Connection refused")
+    for _ in range(12):  # the outage: 0.1, 0.2, ... up to 30 s apart
+        action = sup.next_action(now)
+        if isinstance(action, Wait):
+            now = action.until
+        sup.connect_started(now, 0)
+        sup.connect_failed(now, refused)
+    now = sup.retry_at
+    sup.connect_started(now, 0)
+    sup.connected(now)
+    now += 5.0
+    sup.lost(now, ConnectionClosedByBroker("COMMAND_INVALID", 503, 40, 10), Detection.EVENT)
+    assert sup.retry_at - now == pytest.approx(0.1)
+    # And a storm of them still grows.
+    for expected in (0.2, 0.4, 0.8):
+        now = sup.retry_at
+        sup.connect_started(now, 0)
+        sup.connected(now)
+        now += 1.0
+        sup.lost(now, ConnectionClosedByBroker("COMMAND_INVALID", 503, 40, 10), Detection.EVENT)
+        assert sup.retry_at - now == pytest.approx(expected)

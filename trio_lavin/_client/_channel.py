@@ -575,10 +575,10 @@ class Channel:
                 sent.  With ``multiple``, tag 0 means every unacked delivery.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_tag(delivery_tag, multiple)
         if self._error is not None or not self.connection.is_open:
             self.counters.stale_acks += 1
             return False
+        self._check_tag(delivery_tag, multiple)
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple)
         self.sending.kick()
         self.counters.acked += 1
@@ -591,10 +591,10 @@ class Channel:
         False (nothing sent) if the channel is gone.  Raises as
         :meth:`basic_ack`."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_tag(delivery_tag, multiple)
         if self._error is not None or not self.connection.is_open:
             self.counters.stale_acks += 1
             return False
+        self._check_tag(delivery_tag, multiple)
         self._amqp.acknowledge(self.number, delivery_tag, multiple=multiple, requeue=requeue)
         self.sending.kick()
         self.counters.nacked += 1
@@ -603,7 +603,8 @@ class Channel:
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         """Reject one delivery; False (nothing sent) if the channel is gone.
         Raises as :meth:`basic_ack`."""
-        self._check_tag(delivery_tag, False)
+        if self._error is None and self.connection.is_open:
+            self._check_tag(delivery_tag, False)
         return self._reject_nowait(delivery_tag, requeue=requeue)
 
     def _check_tag(self, delivery_tag: int, multiple: bool) -> None:

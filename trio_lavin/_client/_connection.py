@@ -73,10 +73,8 @@ DEFAULT_HEARTBEAT: Final = 30
 #: Time allowed for the TCP/TLS connect plus the AMQP handshake.
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 
-#: How long closing waits for the broker's CloseOk, and flushing a final
-#: Close/CloseOk may take.
+#: How long closing waits for the broker's CloseOk.
 CLOSE_TIMEOUT: Final = 5.0
-FLUSH_TIMEOUT: Final = 1.0
 
 
 class Connection:

@@ -311,12 +311,17 @@ class Client(Declarations):
             detected = Detection.POLL if connection.failed_by_poll else Detection.EVENT
             sup.lost(trio.current_time(), error, detected)
             self._lost = (trio.current_time(), str(error))
+            then = (
+                "giving up"
+                if sup.state is ClientState.STOPPED
+                else f"reconnecting in {sup.retry_at - trio.current_time():.2f} s"
+            )
             logger.warning(
-                "lost the connection to %s (%s, detected by %s); reconnecting in %.2f s",
+                "lost the connection to %s (%s, detected by %s); %s",
                 params.endpoint,
                 str(error),  # not the error: a kept record would keep the connection
                 detected.value,
-                sup.retry_at - trio.current_time(),
+                then,
             )
 
     def _log_connected(self, connection: Connection) -> None:

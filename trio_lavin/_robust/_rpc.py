@@ -422,4 +422,5 @@ async def _handle(queue: str, handler: RpcHandler, request: Delivery) -> None:
         # The request is redelivered (its channel is gone) and handled again.
         logger.warning("could not send the RPC reply for queue %r: %s", queue, exc)
         return
-    await request.ack()
+    if not request.settled:  # the handler may have settled it itself
+        await request.ack()

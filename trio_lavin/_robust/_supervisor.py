@@ -37,9 +37,10 @@ failed write; or 320 CONNECTION_FORCED (an operator,    connection was lost: com
 a broker shutting down)                                 back at once)
 the broker broke the protocol                           goes on growing (a broken
 (:func:`broke_the_protocol`)                            broker does it every time)
-the broker closed it with a hard error                  goes on growing, unless the
-(:func:`hard_close_code`: 503, 504, 530, 541, ...)      connection had been up for
-                                                        ``reconnect_max_delay``
+the broker closed it with a hard error                  grows with the connections in
+(:func:`hard_close_code`: 503, 504, 530, 541, ...)      a row the broker closed so
+                                                        (``broker_closes``), not with
+                                                        an outage before them
 =====================================================  ===========================
 
 So a broker that sends garbage, or closes every connection with an error, at
@@ -61,6 +62,7 @@ attempt that never reached the broker leaves it as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import random
@@ -336,12 +338,15 @@ class Supervisor:
             since = self.connected_since
             # Up for the longest wait: not part of a storm, whatever ended it.
             lasted = since is not None and now - since >= self.config.reconnect_max_delay
-            if lasted:
-                self.backoff = self.backoff.reset()
             if self._count_broker_close(code, fresh=lasted):
                 self.connected_since = None
                 self._stop(now, error, broker_closes=True)
                 return
+            # The wait grows with the storm (the connections in a row the
+            # broker closed so), not with an outage that came before it.
+            self.backoff = dataclasses.replace(
+                self.backoff.reset(), attempt=self.broker_closes - 1
+            )
         self.connected_since = None
         self._schedule(now)
         self._move(ClientState.DISCONNECTED, now, error)
@@ -398,7 +403,7 @@ def describe_stop(error: BaseException, attempts: int, broker_closes: int = 0) -
             error.class_id,
             error.method_id,
         )
-    elif isinstance(error, ConnectionClosedByBroker):
+    elif isinstance(error, (ConnectionClosedByBroker, CommandRefused)):
         final = ConnectionClosedByBroker(
             f"gave up after {attempts} attempts: {error.reply_text}", error.reply_code or 0
         )
