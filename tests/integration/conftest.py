@@ -39,14 +39,19 @@ class TLSBroker:
         return f"amqps://guest:guest@localhost:{self.port}/{'?' + query if query else ''}"
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """The certificates of the TLS tests: a CA, a server and a client
+    certificate it issued, and a client certificate of a foreign CA."""
+
+    folder: Path
+
+    def __getitem__(self, name: str) -> Path:
+        return self.folder / name
+
+
 @pytest.fixture(scope="session")
-def tls_broker(
-    tmp_path_factory: pytest.TempPathFactory, rabbit_broker: Broker
-) -> Iterator[TLSBroker]:
-    """A second node whose TLS listener verifies client certificates when
-    presented (``verify_peer``, ``fail_if_no_peer_cert = false``): plain TLS
-    and mutual TLS against one node."""
-    del rabbit_broker  # depend on the harness fixture: RabbitMQ must be installed
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     folder = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
     server = ca.issue_cert("localhost", "127.0.0.1")
@@ -65,15 +70,22 @@ def tls_broker(
     }
     for name, blob in files.items():
         blob.write_to_path(str(folder / name))
+    return TLSFiles(folder)
+
+
+def _tls_node(files: TLSFiles, *, require_client_cert: bool) -> Iterator[TLSBroker]:
+    """A RabbitMQ node with a TLS listener that verifies client certificates
+    when presented, and with ``require_client_cert`` refuses clients without
+    one (``fail_if_no_peer_cert``)."""
     port = free_port()
     node = RabbitNode(
         config_lines=[
             f"listeners.ssl.default = 127.0.0.1:{port}",
-            f"ssl_options.cacertfile = {folder / 'ca.pem'}",
-            f"ssl_options.certfile = {folder / 'server.pem'}",
-            f"ssl_options.keyfile = {folder / 'server.key'}",
+            f"ssl_options.cacertfile = {files['ca.pem']}",
+            f"ssl_options.certfile = {files['server.pem']}",
+            f"ssl_options.keyfile = {files['server.key']}",
             "ssl_options.verify = verify_peer",
-            "ssl_options.fail_if_no_peer_cert = false",
+            f"ssl_options.fail_if_no_peer_cert = {str(require_client_cert).lower()}",
         ]
     )
     try:
@@ -84,15 +96,31 @@ def tls_broker(
     try:
         yield TLSBroker(
             port,
-            folder / "ca.pem",
-            folder / "client.pem",
-            folder / "client.key",
-            folder / "foreign-ca.pem",
-            folder / "foreign-client.pem",
-            folder / "foreign-client.key",
+            files["ca.pem"],
+            files["client.pem"],
+            files["client.key"],
+            files["foreign-ca.pem"],
+            files["foreign-client.pem"],
+            files["foreign-client.key"],
         )
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_broker(tls_files: TLSFiles, rabbit_broker: Broker) -> Iterator[TLSBroker]:
+    """A second node whose TLS listener verifies a client certificate when
+    one is presented (``fail_if_no_peer_cert = false``): plain TLS."""
+    del rabbit_broker  # depend on the harness fixture: RabbitMQ must be installed
+    yield from _tls_node(tls_files, require_client_cert=False)
+
+
+@pytest.fixture(scope="session")
+def mtls_broker(tls_files: TLSFiles, rabbit_broker: Broker) -> Iterator[TLSBroker]:
+    """A node whose TLS listener requires a client certificate from the
+    test CA (``fail_if_no_peer_cert = true``): mutual TLS."""
+    del rabbit_broker
+    yield from _tls_node(tls_files, require_client_cert=True)
 
 
 @pytest.fixture(scope="session")

@@ -59,10 +59,12 @@ async def test_untrusted_certificate_is_fatal_for_open_client_not_retried_foreve
     assert "CERTIFICATE_VERIFY_FAILED" in str(exc.value)
 
 
-async def test_mutual_tls_presents_the_client_certificate(tls_broker: TLSBroker) -> None:
-    url = tls_broker.url(
-        f"cacertfile={tls_broker.ca_file}&certfile={tls_broker.client_cert}"
-        f"&keyfile={tls_broker.client_key}"
+async def test_mutual_tls_presents_the_client_certificate(mtls_broker: TLSBroker) -> None:
+    """The broker requires a client certificate: with ours the connection
+    works, and (the next test) without one it is refused."""
+    url = mtls_broker.url(
+        f"cacertfile={mtls_broker.ca_file}&certfile={mtls_broker.client_cert}"
+        f"&keyfile={mtls_broker.client_key}"
     )
     async with tl.open_connection(url) as conn:
         stream = conn._stream
@@ -71,10 +73,21 @@ async def test_mutual_tls_presents_the_client_certificate(tls_broker: TLSBroker)
         await channel.queue_declare("", exclusive=True)
 
 
-async def test_client_certificate_from_a_foreign_ca_is_rejected(tls_broker: TLSBroker) -> None:
-    url = tls_broker.url(
-        f"cacertfile={tls_broker.ca_file}&certfile={tls_broker.foreign_client_cert}"
-        f"&keyfile={tls_broker.foreign_client_key}"
+async def test_a_client_without_a_certificate_is_refused_where_one_is_required(
+    mtls_broker: TLSBroker,
+) -> None:
+    url = mtls_broker.url(f"cacertfile={mtls_broker.ca_file}")
+    # With TLS 1.3 the broker's refusal arrives on the first read, i.e.
+    # during the AMQP handshake rather than the TLS one.
+    with trio.fail_after(10), pytest.raises(tl.ConnectionLost):
+        async with tl.open_connection(url):
+            pass
+
+
+async def test_client_certificate_from_a_foreign_ca_is_rejected(mtls_broker: TLSBroker) -> None:
+    url = mtls_broker.url(
+        f"cacertfile={mtls_broker.ca_file}&certfile={mtls_broker.foreign_client_cert}"
+        f"&keyfile={mtls_broker.foreign_client_key}"
     )
     # With TLS 1.3 the broker's refusal arrives on the first read, i.e.
     # during the AMQP handshake rather than the TLS one.
