@@ -707,12 +707,8 @@ class Channel:
         self._on_reply(self._make_delivery(event))
         return False
 
-    def _on_ack(self, event: ev.PublishAcked) -> bool:
-        self._confirms.settle(event.delivery_tag, event.multiple, True)
-        return False
-
-    def _on_nack(self, event: ev.PublishNacked) -> bool:
-        self._confirms.settle(event.delivery_tag, event.multiple, False)
+    def _on_confirm(self, event: ev.PublishAcked | ev.PublishNacked) -> bool:
+        self._confirms.settle(event.delivery_tag, event.multiple, type(event) is ev.PublishAcked)
         return False
 
     def _on_returned(self, event: ev.ReturnedMessage) -> bool:
@@ -732,7 +728,9 @@ class Channel:
         return False
 
     def _on_cancelled(self, event: ev.BrokerCancelledConsumer) -> bool:
-        self._on_consumer_cancelled(event.consumer_tag)
+        consumer = self._consumers.pop(event.consumer_tag, None)
+        if consumer is not None:
+            consumer.finish(ConsumerCancelled(event.consumer_tag))
         return False
 
     def _on_flow(self, event: ev.ChannelFlow) -> bool:
@@ -765,8 +763,8 @@ class Channel:
         ev.MethodReply: _on_method_reply,
         ev.ChannelOpened: _on_method_reply,
         ev.GetReceived: _on_get,
-        ev.PublishAcked: _on_ack,
-        ev.PublishNacked: _on_nack,
+        ev.PublishAcked: _on_confirm,
+        ev.PublishNacked: _on_confirm,
         ev.ReturnedMessage: _on_returned,
         ev.BrokerCancelledConsumer: _on_cancelled,
         ev.ChannelFlow: _on_flow,
@@ -799,8 +797,3 @@ class Channel:
             event.message_count if isinstance(event, ev.GetReceived) else None,
             no_ack,
         )
-
-    def _on_consumer_cancelled(self, consumer_tag: str) -> None:
-        consumer = self._consumers.pop(consumer_tag, None)
-        if consumer is not None:
-            consumer.finish(ConsumerCancelled(consumer_tag))
