@@ -73,6 +73,8 @@ DeliveryFields: TypeAlias = tuple[
 
 
 _CONTENT_HEADER_FIXED = struct.Struct(">HHQ")
+#: A message's properties when it has none set (as pamqp compares them).
+_NO_PROPERTIES: Final = commands.Basic.Properties()
 #: The class and method id that start a Basic.Deliver method payload.
 _DELIVER_ID: Final = b"\x00\x3c\x00\x3c"
 _TAG = struct.Struct(">Q")
@@ -318,6 +320,10 @@ class FrameReader:
                 return None
             assert isinstance(content_header, header.ContentHeader)
             properties = content_header.properties
+            if properties == _NO_PROPERTIES:
+                # Flags set for values pamqp reads as "none" (an empty
+                # cluster_id): none, as the frame-by-frame path has it.
+                properties = None
         self._start = after
         return (
             channel,
