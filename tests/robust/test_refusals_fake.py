@@ -21,6 +21,17 @@ from trio_lavin.testing import FakeBrokerServer
 FAST = tl.Config(heartbeat=10, reconnect_jitter=0.0)
 
 
+async def set_work_queue(broker: FakeBrokerServer, *, declared: bool) -> None:
+    """Declare or delete the queue "work" from a connection of its own (as
+    another application would)."""
+    async with tl.open_connection(stream_factory=broker.connect) as other:
+        channel = await other.channel()
+        if declared:
+            await channel.queue_declare("work")
+        else:
+            await channel.queue_delete("work")
+
+
 def received(events: trio.MemoryReceiveChannel[ClientEvent]) -> list[ClientEvent]:
     """The client events that are waiting in ``events``."""
     seen = []
@@ -280,26 +291,18 @@ async def test_a_consumer_whose_queue_is_gone_at_recovery_tries_again_with_backo
     deleted while the client was disconnected): the consumer backs off and
     subscribes once the queue is back, instead of waiting for ever."""
 
-    async def on_other_connection(declare: bool) -> None:
-        async with tl.open_connection(stream_factory=broker.connect) as other:
-            channel = await other.channel()
-            if declare:
-                await channel.queue_declare("work")
-            else:
-                await channel.queue_delete("work")
-
-    await on_other_connection(declare=True)
+    await set_work_queue(broker, declared=True)
     async with (
         tl.open_client(config=FAST, stream_factory=broker.connect) as client,
         client.consume("work") as consumer,
     ):
         broker.sever_all()
         # Gone before the client reconnects (0.1 s later).
-        await on_other_connection(declare=False)
+        await set_work_queue(broker, declared=False)
         await trio.sleep(1)
         assert client.connected
         assert client.statistics().recovery_failures == 1
-        await on_other_connection(declare=True)
+        await set_work_queue(broker, declared=True)
         broker.publish("", "work", b"back")
         with trio.fail_after(60):
             delivery = await consumer.__anext__()
@@ -340,15 +343,7 @@ async def test_a_consumer_iterated_while_its_queue_is_gone_subscribes_once_it_is
     tries again with backoff until the queue is back (regression: after one
     failed try it waited for a wake-up that never came)."""
 
-    async def on_other_connection(declare: bool) -> None:
-        async with tl.open_connection(stream_factory=broker.connect) as other:
-            channel = await other.channel()
-            if declare:
-                await channel.queue_declare("work")
-            else:
-                await channel.queue_delete("work")
-
-    await on_other_connection(declare=True)
+    await set_work_queue(broker, declared=True)
     got: list[bytes] = []
     async with (
         tl.open_client(config=FAST, stream_factory=broker.connect) as client,
@@ -365,11 +360,11 @@ async def test_a_consumer_iterated_while_its_queue_is_gone_subscribes_once_it_is
         nursery.start_soon(iterate)
         await trio.sleep(0.01)
         broker.sever_all()
-        await on_other_connection(declare=False)  # before the reconnect, 0.1 s later
+        await set_work_queue(broker, declared=False)  # before the reconnect, 0.1 s later
         await trio.sleep(5)  # refused, tried again, refused again...
         assert client.connected
         assert not got
-        await on_other_connection(declare=True)
+        await set_work_queue(broker, declared=True)
         broker.publish("", "work", b"back")
         with trio.fail_after(60):
             while not got:
