@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, Self
 
 __all__ = [
     "Broker",
@@ -209,7 +209,34 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class RabbitNode:
+class StartedNode:
+    """``with node:`` starts a node and stops it at the end (also when
+    starting fails half-way).  Subclasses define ``start`` and ``stop``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RabbitNode(StartedNode):
     """One private RabbitMQ node on 127.0.0.1.
 
     ``plugins`` are enabled at boot (e.g. ``["rabbitmq_management"]``); ``config_lines`` are
@@ -361,22 +388,6 @@ class RabbitNode:
 
     def delete_user(self, user: str) -> None:
         self.rabbitmqctl("delete_user", user)
-
-    def __enter__(self) -> RabbitNode:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"

@@ -39,11 +39,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tests._broker import (
     BrokerError,
+    StartedNode,
     _answers_amqp,
     _kill_group,
     _log,
@@ -100,7 +100,7 @@ def find_lavinmq() -> Path | None:
     return None
 
 
-class LavinNode:
+class LavinNode(StartedNode):
     """One private LavinMQ node on 127.0.0.1.
 
     :meth:`start` starts it (again, on the same ports and data, after :meth:`kill`),
@@ -261,22 +261,6 @@ class LavinNode:
 
     def delete_user(self, user: str) -> None:
         self.api("DELETE", f"/api/users/{urllib.parse.quote(user, safe='')}")
-
-    def __enter__(self) -> LavinNode:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
