@@ -90,7 +90,7 @@ SECTIONS: dict[str, list[str]] = {
 }
 
 #: Exported names whose objects come from another library: only a pointer.
-FOREIGN = {"BasicProperties": "pamqp.commands.Basic.Properties"}
+FOREIGN: dict[str, str] = {}
 
 #: Classes the library makes for you: their constructor is not shown.
 NOT_CONSTRUCTED = {

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import sys
 
-from pamqp import base, commands, header
+from pamqp import base, commands
 
 from trio_lavin._sansio import FrameError, FrameReader, ProtocolVersionMismatch
 from trio_lavin._sansio._framing import _FAST_METHODS, FRAME_METHOD, FrameValue
+from trio_lavin._sansio._properties import ContentHeader
 
 Frames = list[tuple[int, str, object]]
 
@@ -82,9 +83,7 @@ def _read(chunks: list[bytes], shortcut: bool) -> tuple[Frames, str | None]:
                         exchange,
                         key,
                     )
-                    content_header = header.ContentHeader(
-                        0, len(payload), props or commands.Basic.Properties()
-                    )
+                    content_header = ContentHeader(len(payload), props)
                     frames.append((channel, method.name, _comparable(method)))
                     frames.append((channel, content_header.name, _comparable(content_header)))
                     if payload:
@@ -107,6 +106,8 @@ def _comparable(value: object) -> object:
     body = getattr(value, "value", None)
     if isinstance(body, bytes):
         return body
+    if isinstance(value, ContentHeader):
+        return (value.class_id, value.weight, value.body_size, repr(value.properties))
     try:
         return sorted((k, repr(v)) for k, v in dict(value).items())  # type: ignore[call-overload]
     except (TypeError, ValueError):

@@ -55,7 +55,6 @@ if TYPE_CHECKING:
     from ._client._connection import Connection as Connection
     from ._client._connection import open_connection as open_connection
     from ._client._consumer import Consumer as Consumer
-    from ._client._delivery import BasicProperties as BasicProperties
     from ._client._delivery import Confirmation as Confirmation
     from ._client._delivery import Delivery as Delivery
     from ._robust._backoff import Backoff as Backoff
@@ -84,10 +83,11 @@ if TYPE_CHECKING:
     from ._robust._statistics import ClientStatistics as ClientStatistics
     from ._robust._supervisor import ClientState as ClientState
     from ._robust._supervisor import StateChange as StateChange
+    from ._sansio._properties import BasicProperties as BasicProperties
 
 #: Names loaded lazily (they import trio): name -> module.
 _LAZY = {
-    "BasicProperties": "._client._delivery",
+    "BasicProperties": "._sansio._properties",
     "Channel": "._client._channel",
     "Confirmation": "._client._delivery",
     "Consumer": "._client._consumer",

@@ -609,3 +609,31 @@ async def test_a_publisher_waiting_for_the_socket_learns_at_once_its_message_was
         assert len(outcome) == 1
         assert isinstance(outcome[0], tl.PublishError)
         assert "EVICTED" in str(outcome[0])
+
+
+async def test_what_cannot_be_sent_is_refused_by_the_call_and_the_rest_goes_on(
+    broker: FakeBrokerServer,
+) -> None:
+    # Regression: while disconnected such messages were buffered, and the
+    # sender task met the encoding error only when it published them.
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer("q")
+        assert producer.publish_nowait(b"good 1")
+        with pytest.raises(TypeError, match=r"headers\['bad'\] <object"):
+            producer.publish_nowait(b"bad", headers={"bad": object()})
+        with pytest.raises(ValueError, match="message_id 'xxx.*' is 300 bytes"):
+            producer.publish_nowait(b"bad", properties=tl.BasicProperties(message_id="x" * 300))
+        with pytest.raises(ValueError, match="routing key 'é.*' is 512 bytes"):
+            await producer.publish(b"bad", routing_key="é" * 256)
+        with pytest.raises(ValueError, match="exchange 'no!' is not a valid exchange name"):
+            client.producer(exchange="no!", routing_key="q")
+        assert producer.publish_nowait(b"good 2", headers={"n": 2})
+        assert producer.statistics().buffered == 2
+        broker.refuse_connections = False
+        with trio.fail_after(5):
+            await producer.drain()
+        messages = broker.queue("q").messages
+        assert [m.body for m in messages] == [b"good 1", b"good 2"]
+        assert messages[1].properties.headers == {"n": 2}
+        assert producer.statistics().dropped == dict.fromkeys(tl.DropReason, 0)

@@ -7,8 +7,11 @@ from collections.abc import Callable
 from pamqp import base, body, commands, header
 from pamqp import frame as pamqp_frame
 
+from trio_lavin import BasicProperties
 from trio_lavin._sansio import AMQPConnection
 from trio_lavin._sansio import _events as ev
+
+from .codec_strategies import to_pamqp
 
 #: How bytes are fed to a parser: every case is checked all three ways.
 FEED_MODES = ("all-at-once", "byte-at-a-time", "with-trailing-bytes")
@@ -25,14 +28,19 @@ def content(
     channel: int,
     value: base.Frame,
     payload: bytes,
-    properties: commands.Basic.Properties | None = None,
+    properties: BasicProperties | None = None,
     frame_size: int | None = None,
 ) -> bytes:
     """A content-bearing method, its header and its body frames."""
     frames = [
         method(channel, value),
         pamqp_frame.marshal(
-            header.ContentHeader(0, len(payload), properties or commands.Basic.Properties()),
+            # pamqp's encoder: independent of the one under test
+            header.ContentHeader(
+                0,
+                len(payload),
+                commands.Basic.Properties() if properties is None else to_pamqp(properties),
+            ),
             channel,
         ),
     ]

@@ -7,6 +7,7 @@ import math
 import pytest
 from pamqp import commands
 
+from trio_lavin import BasicProperties
 from trio_lavin._sansio import (
     AMQPConnection,
     ChannelState,
@@ -321,7 +322,7 @@ def test_delivery_is_assembled_from_header_and_body_frames(mode: str, size: int)
     conn = handshake()
     number = open_channel(conn)
     payload = bytes(i % 253 for i in range(size))
-    props = commands.Basic.Properties(message_id="m1", delivery_mode=2)
+    props = BasicProperties(message_id="m1", delivery_mode=2)
     data = content(
         number, commands.Basic.Deliver("ctag", 42, True, "ex", "rk"), payload, props, 4000
     )
@@ -378,7 +379,7 @@ def test_too_large_a_body_closes_its_channel_with_311_and_is_skipped(mode: str) 
     text = "Basic.Deliver on channel 1 carries a body of 250 bytes, more than max_body_size 100"
     assert events[0] == ev.ContentTooLarge(number, 311, text, 250)
     assert events[1:] == [
-        ev.DeliveryReceived(other, "c", 7, False, "", "q", commands.Basic.Properties(), b"fits")
+        ev.DeliveryReceived(other, "c", 7, False, "", "q", BasicProperties(), b"fits")
     ]
     [(channel, close)] = decode_all(conn.data_to_send())
     assert channel == number
@@ -428,9 +429,7 @@ def test_get_ok_and_get_empty_answer_basic_get() -> None:
         number, commands.Basic.GetEmpty()
     )
     events = feed(conn, data, "byte-at-a-time")
-    assert events[0] == ev.GetReceived(
-        number, 5, False, "", "q", 3, commands.Basic.Properties(), b"body"
-    )
+    assert events[0] == ev.GetReceived(number, 5, False, "", "q", 3, BasicProperties(), b"body")
     assert events[1] == ev.MethodReply(number, commands.Basic.GetEmpty())
 
 
@@ -440,7 +439,7 @@ def test_return_carries_the_message() -> None:
     data = content(number, commands.Basic.Return(312, "NO_ROUTE", "", "nowhere"), b"lost")
     [event] = feed(conn, data, "with-trailing-bytes")
     assert event == ev.ReturnedMessage(
-        number, 312, "NO_ROUTE", "", "nowhere", commands.Basic.Properties(), b"lost"
+        number, 312, "NO_ROUTE", "", "nowhere", BasicProperties(), b"lost"
     )
 
 

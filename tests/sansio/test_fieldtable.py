@@ -1,8 +1,10 @@
-"""The field-table decoder: pamqp's values, in linear time, with bounded nesting."""
+"""The field-table codec: faithful both ways, pamqp's values where pamqp is
+right, the wire's where it is not, in linear time, with bounded nesting."""
 
 from __future__ import annotations
 
 import datetime
+import math
 import struct
 import time
 from decimal import Decimal
@@ -11,115 +13,217 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from pamqp import base, commands, decode, encode, header
+from pamqp import base, commands, decode, encode
 
 from trio_lavin._sansio._errors import FrameError
 from trio_lavin._sansio._fieldtable import (
     MAX_FIELD_TABLE_DEPTH,
     TABLE_METHOD_DECODERS,
     FieldTableTooDeep,
-    decode_content_header,
+    array,
     decode_method,
+    encode_table,
     table,
 )
 from trio_lavin._sansio._framing import FrameReader
+from trio_lavin._sansio._properties import ContentHeader
 
+from .codec_strategies import normalized, tables
 from .helpers import method
 
-keys = st.text(max_size=8).filter(lambda key: len(key.encode()) < 256)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**63), 2**63 - 1),
-    st.floats(width=32, allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-    st.binary(max_size=20).map(bytearray),
-    st.decimals(min_value=-(10**6), max_value=10**6, places=2),
-    st.datetimes(
-        min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(2100, 1, 1)
-    ).map(lambda d: d.replace(microsecond=0, tzinfo=datetime.UTC)),
-)
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
-    max_leaves=20,
-)
-tables = st.dictionaries(keys, values, max_size=6)
+UTC = datetime.UTC
 
 
-def _outcome(decoder: Any, *args: Any) -> str:
-    """What a decoder made of the input, comparable across decoders: the repr
-    of the value, or "error" (the frame reader turns any error into 501)."""
-    try:
-        return repr(decoder(*args))
-    except (ValueError, struct.error, TypeError, OverflowError, OSError):
-        return "error"
+def _sorted(value: Any) -> Any:
+    """Tables with their keys sorted, as pamqp encodes them."""
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
 
 
-@given(tables)
+# -- against pamqp, for what pamqp gets right --------------------------------------------
+
+
+@given(tables(pamqp_safe=True))
+def test_tables_encode_to_the_bytes_pamqp_encodes(value: dict[str, Any]) -> None:
+    value = _sorted(value)
+    assert encode_table(value) == encode.field_table(value)
+
+
+@given(tables(pamqp_safe=True))
 def test_tables_decode_to_what_pamqp_decodes(value: dict[str, Any]) -> None:
     data = encode.field_table(value)
     assert table(data, 0) == decode.field_table(data)[::-1]
+
+
+@given(st.dictionaries(st.text(max_size=4), st.floats(width=32, allow_nan=False), max_size=4))
+def test_single_floats_from_pamqp_decode_to_their_values(value: dict[str, float]) -> None:
+    data = encode.field_table(dict[str, Any](value))
+    assert table(data, 0)[0] == value
+
+
+# -- faithful both ways ---------------------------------------------------------------------
+
+
+@given(tables())
+@example({"f": 0.1, "tiny": 1e-300, "huge": 1e300, "negative zero": -0.0})
+@example(
+    {
+        "empty": "",
+        "bytes": b"\x00\xff",
+        "text not UTF-8": b"\xff\xfe".decode("utf-8", "surrogateescape"),
+    }
+)
+@example({"after 2106": datetime.datetime(2242, 3, 16, 12, 56, 32, tzinfo=UTC)})
+@example(
+    {"widths": [-128, 127, 128, -32768, 32767, 65535, 2**31 - 1, 2**32 - 1, 2**63 - 1, -(2**63)]}
+)
+def test_every_value_comes_back_as_it_was_sent(value: dict[str, Any]) -> None:
+    data = encode_table(value)
+    decoded, end = table(data, 0)
+    assert end == len(data)
+    assert decoded == normalized(value)
+    assert encode_table(decoded) == data
+
+
+def test_floats_go_as_64_bit_doubles() -> None:
+    data = encode_table({"f": 0.1})
+    assert data == struct.pack(">I", 11) + b"\x01fd" + struct.pack(">d", 0.1)
+    assert table(encode_table({"nan": math.nan}), 0)[0]["nan"] != 0.0  # NaN stays NaN
+    assert math.isnan(table(encode_table({"nan": math.nan}), 0)[0]["nan"])
+
+
+@pytest.mark.parametrize("raw", [b"abc", bytearray(b"abc"), memoryview(b"abc")])
+def test_bytes_of_every_kind_go_as_byte_arrays_and_come_back_as_bytes(raw: Any) -> None:
+    data = encode_table({"x": raw})
+    assert data == struct.pack(">I", 10) + b"\x01xx" + struct.pack(">I", 3) + b"abc"
+    decoded = table(data, 0)[0]["x"]
+    assert type(decoded) is bytes
+    assert decoded == b"abc"
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "expected"),
+    [
+        ("b", b"\x80", -128),
+        ("B", b"\xff", 255),
+        ("s", b"\x80\x00", -32768),
+        ("u", b"\xff\xff", 65535),
+        ("I", b"\x80\x00\x00\x00", -(2**31)),
+        ("i", b"\xff\xff\xff\xff", 2**32 - 1),
+        ("l", b"\x80" + b"\x00" * 7, -(2**63)),
+        ("L", b"\xff" * 8, 2**64 - 1),
+        ("f", struct.pack(">f", 1.5), 1.5),
+        ("d", struct.pack(">d", 1e300), 1e300),
+        ("t", b"\x02", True),
+        ("D", b"\x02\xff\xff\xff\x85", Decimal("-1.23")),
+        ("T", struct.pack(">Q", 2**33), datetime.datetime(2242, 3, 16, 12, 56, 32, tzinfo=UTC)),
+        ("T", struct.pack(">Q", 2**63), 2**63),
+        ("V", b"", None),
+    ],
+)
+def test_every_type_of_the_errata_decodes(kind: str, raw: bytes, expected: Any) -> None:
+    entry = b"\x01k" + kind.encode() + raw
+    data = struct.pack(">I", len(entry)) + entry
+    assert table(data, 0) == ({"k": expected}, len(data))
+    assert array(struct.pack(">I", len(raw) + 1) + kind.encode() + raw, 0)[0] == [expected]
+
+
+def test_text_that_is_not_utf8_decodes_and_encodes_back_to_its_bytes() -> None:
+    entry = b"\x02k\xffS" + struct.pack(">I", 2) + b"\xc3("
+    data = struct.pack(">I", len(entry)) + entry
+    decoded = table(data, 0)[0]
+    assert decoded == {"k\udcff": "\udcc3("}
+    assert encode_table(decoded) == data
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        ({"k": object()}, TypeError, r"headers\['k'\] <object .*cannot go in a field table"),
+        ({"k": [1, {2}]}, TypeError, r"headers\['k'\]\[1\] \{2\}"),
+        (
+            {"k": {"deep": 2**64}},
+            ValueError,
+            r"headers\['k'\]\['deep'\] 18446744073709551616 is outside",
+        ),
+        ({1: "v"}, TypeError, "has the key 1: field table keys must be str"),
+        ({"k" * 256: 1}, ValueError, "the key of headers .* is 256 bytes"),
+        ({"k": "\ud800"}, ValueError, r"headers\['k'\] '\\ud800' cannot be encoded as UTF-8"),
+        ({"k": Decimal("NaN")}, ValueError, "is not a finite number"),
+        ({"k": Decimal("1e-300")}, ValueError, "does not fit an AMQP decimal"),
+        (
+            {"k": datetime.datetime(1969, 12, 31, tzinfo=UTC)},
+            ValueError,
+            "outside what AMQP carries",
+        ),
+    ],
+)
+def test_values_a_table_cannot_carry_are_refused_by_name(
+    value: dict[Any, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        encode_table(value, "headers")
+
+
+def test_tables_nested_too_deep_are_refused_on_encode() -> None:
+    value: dict[str, Any] = {}
+    inner = value
+    for _ in range(MAX_FIELD_TABLE_DEPTH):
+        inner["k"] = {}
+        inner = inner["k"]
+    with pytest.raises(FieldTableTooDeep, match="nests field tables more than 64 deep"):
+        encode_table(value)
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    with pytest.raises(FieldTableTooDeep):
+        encode_table(cyclic)
+
+
+# -- garbage ----------------------------------------------------------------------------------
 
 
 @given(st.binary(max_size=64))
 @example(b"\x00\x00\x00\x03\x01kS")  # a value with no room for its length
 @example(b"\x00\x00\x00\x06\x01kS\x00\x00\x00\x09ab")  # a string longer than its table
 @example(b"\x00\x00\x00\x02\x00\xff")  # unknown value type
-def test_garbage_tables_decode_or_fail_as_in_pamqp(data: bytes) -> None:
-    ours = _outcome(lambda: table(data, 0)[::-1])
-    assert ours == _outcome(decode.field_table, data)
+@example(b"\x00\x00\x00\x02\x01k")  # a key with no value
+def test_garbage_tables_decode_or_raise_a_decoding_error(data: bytes) -> None:
+    try:
+        value, end = table(data, 0)
+    except (ValueError, struct.error, IndexError):
+        return
+    assert end == 4 + struct.unpack_from(">I", data)[0]
+    assert encode_table(value)  # what decodes can be sent on
 
 
-@given(
-    st.builds(
-        commands.Basic.Properties,
-        content_type=st.none() | st.text(max_size=10),
-        headers=st.none() | tables,
-        delivery_mode=st.none() | st.sampled_from([1, 2]),
-        priority=st.none() | st.integers(0, 255),
-        correlation_id=st.none() | st.text(max_size=10),
-        timestamp=st.none()
-        | st.datetimes(
-            min_value=datetime.datetime(1970, 1, 2), max_value=datetime.datetime(2100, 1, 1)
-        ).map(lambda d: d.replace(microsecond=0, tzinfo=datetime.UTC)),
-        app_id=st.none() | st.text(max_size=10),
-    ),
-    st.integers(0, 2**63 - 1),
-)
-def test_content_headers_decode_to_what_pamqp_decodes(
-    properties: commands.Basic.Properties, body_size: int
+@given(st.binary(max_size=64))
+def test_garbage_tables_are_what_pamqp_decodes_when_both_accept_utf8_only_input(
+    data: bytes,
 ) -> None:
-    payload = header.ContentHeader(0, body_size, properties).marshal()
-    expected = header.ContentHeader()
-    expected.unmarshal(payload)
-    got = decode_content_header(payload)
-    class_id: object = got.class_id
-    assert (class_id, got.weight, got.body_size) == (60, 0, body_size)
-    assert dict(got.properties) == dict(expected.properties)
+    try:
+        ours = table(data, 0)
+    except (ValueError, struct.error, IndexError):
+        return
+    try:
+        theirs = decode.field_table(data)[::-1]
+    except Exception:
+        return  # pamqp refuses more (text that is not UTF-8)
+    if b"L" in data or b"T" in data or b"x" in data:
+        return  # documented differences: unsigned L, timestamps in seconds, bytes
+    assert ours == theirs
 
 
-@given(st.binary(max_size=48))
-@example(b"\x00\x3c\x00\x00" + b"\x00" * 8 + b"\x00\x01")  # truncated continuation word
-@example(b"\x00\x3c\x00\x00" + b"\x00" * 8 + b"\xff\xfe\x00")  # every property, no data
-def test_garbage_content_headers_decode_or_fail_as_in_pamqp(tail: bytes) -> None:
-    payload = tail
-
-    def pamqp_decode() -> tuple[Any, ...]:
-        content_header = header.ContentHeader()
-        content_header.unmarshal(payload)
-        return (content_header.body_size, dict(content_header.properties))
-
-    def our_decode() -> tuple[Any, ...]:
-        content_header = decode_content_header(payload)
-        return (content_header.body_size, dict(content_header.properties))
-
-    assert _outcome(our_decode) == _outcome(pamqp_decode)
+# -- methods with tables --------------------------------------------------------------------
 
 
 @given(
-    st.sampled_from(sorted(TABLE_METHOD_DECODERS)),
-    tables,
+    st.sampled_from(
+        [*sorted(TABLE_METHOD_DECODERS), commands.Basic.Return.index, commands.Basic.GetOk.index]
+    ),
+    tables(pamqp_safe=True),
     st.text(alphabet="abc-_.:", max_size=10),
     st.booleans(),
 )
@@ -136,6 +240,8 @@ def test_methods_with_tables_decode_to_what_pamqp_decodes(
             setattr(original, slot, name)
         elif kind == "bit":
             setattr(original, slot, flag)
+        elif getattr(original, slot) is None:  # numbers without a default
+            setattr(original, slot, 7)
     payload = struct.pack(">I", method_id) + original.marshal()
     expected = method_class()
     expected.unmarshal(payload[4:])
@@ -143,18 +249,26 @@ def test_methods_with_tables_decode_to_what_pamqp_decodes(
 
 
 @given(st.sampled_from(sorted(TABLE_METHOD_DECODERS)), st.binary(max_size=48))
-def test_garbage_methods_with_tables_decode_or_fail_as_in_pamqp(
+def test_garbage_methods_with_tables_decode_or_raise_a_decoding_error(
     method_id: int, data: bytes
 ) -> None:
     method_class: type[base.Frame] = commands.INDEX_MAPPING[method_id]
+    try:
+        decoded = decode_method(method_class, struct.pack(">I", 0) + data)
+    except (ValueError, struct.error, IndexError):
+        return
+    assert isinstance(decoded, method_class)
 
-    def pamqp_decode() -> dict[str, Any]:
-        method = method_class()
-        method.unmarshal(data)
-        return dict(method)
 
-    ours = _outcome(lambda: dict(decode_method(method_class, struct.pack(">I", 0) + data)))
-    assert ours == _outcome(pamqp_decode)
+def test_a_returned_message_with_a_routing_key_that_is_not_utf8_decodes() -> None:
+    payload = (
+        struct.pack(">IH", commands.Basic.Return.index, 312) + b"\x08NO_ROUTE\x01x\x02\xff\xfe"
+    )
+    decoded = decode_method(commands.Basic.Return, payload)
+    assert isinstance(decoded, commands.Basic.Return)
+    assert (decoded.reply_code, decoded.exchange) == (312, "x")
+    assert decoded.routing_key is not None
+    assert decoded.routing_key.encode("utf-8", "surrogateescape") == b"\xff\xfe"
 
 
 def _nested(depth: int, kind: str = "F") -> bytes:
@@ -218,7 +332,7 @@ def test_connection_start_is_decoded_like_pamqp() -> None:
     "payload",
     [
         # One field array of 512 Ki empty values (pamqp: about 20 s).
-        struct.pack(">I", 2**19 + 5) + b"\x01aA" + struct.pack(">I", 2**19) + b"V" * 2**19,
+        struct.pack(">I", 2**19 + 7) + b"\x01aA" + struct.pack(">I", 2**19) + b"V" * 2**19,
         # A table of 256 Ki entries with empty keys (pamqp: about 9 s).
         struct.pack(">I", 2**19) + b"\x00V" * 2**18,
     ],
@@ -232,7 +346,8 @@ def test_a_frame_sized_table_decodes_in_linear_time(payload: bytes) -> None:
     frame = reader.next_frame()
     elapsed = time.perf_counter() - started
     assert frame is not None
-    assert isinstance(frame[1], header.ContentHeader)
+    assert isinstance(frame[1], ContentHeader)
+    assert frame[1].properties is not None
     assert frame[1].properties.headers is not None
     # Linear: about 0.1 s here (a loaded CI machine may take several times as
     # long); the quadratic decoder took 9 s and more.
@@ -241,7 +356,9 @@ def test_a_frame_sized_table_decodes_in_linear_time(payload: bytes) -> None:
 
 def test_decimal_and_timestamp_values_keep_their_types() -> None:
     data = encode.field_table(
-        {"d": Decimal("1.25"), "t": datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)}
+        {"d": Decimal("1.25"), "t": datetime.datetime(2020, 1, 1, tzinfo=UTC)}
     )
     value, _ = table(data, 0)
-    assert value == {"d": Decimal("1.25"), "t": datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)}
+    assert value == {"d": Decimal("1.25"), "t": datetime.datetime(2020, 1, 1, tzinfo=UTC)}
+    assert isinstance(value["d"], Decimal)
+    assert isinstance(value["t"], datetime.datetime)

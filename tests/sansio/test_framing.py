@@ -8,8 +8,9 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pamqp import body, commands, header, heartbeat
+from pamqp import body, commands, heartbeat
 
+from trio_lavin import BasicProperties
 from trio_lavin._sansio import FrameError, FrameReader, ProtocolVersionMismatch
 from trio_lavin._sansio._framing import (
     ABSOLUTE_FRAME_MAX,
@@ -18,6 +19,7 @@ from trio_lavin._sansio._framing import (
     encode_content,
     encode_frame,
 )
+from trio_lavin._sansio._properties import ContentHeader
 
 from .helpers import FEED_MODES, TRAILING, content, method
 
@@ -50,19 +52,21 @@ def test_method_frame_decodes_to_the_pamqp_method(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", FEED_MODES)
 def test_content_frames_decode_in_order(mode: str) -> None:
-    props = commands.Basic.Properties(content_type="text/plain", headers={"k": "v"})
+    props = BasicProperties(content_type="text/plain", headers={"k": "v"})
     data = content(1, commands.Basic.Deliver("ctag", 7, False, "ex", "rk"), b"x" * 10, props, 4)
     frames = read_frames(data, mode)
     assert [type(v) for _, v in frames] == [
         commands.Basic.Deliver,
-        header.ContentHeader,
+        ContentHeader,
         body.ContentBody,
         body.ContentBody,
         body.ContentBody,
     ]
     content_header = frames[1][1]
-    assert isinstance(content_header, header.ContentHeader)
+    assert isinstance(content_header, ContentHeader)
     assert content_header.body_size == 10
+    assert content_header.properties is not None
+    assert content_header.properties.content_type == "text/plain"
     assert content_header.properties.headers == {"k": "v"}
     bodies = [v.value for _, v in frames[2:] if isinstance(v, body.ContentBody)]
     assert b"".join(bodies) == b"x" * 10
@@ -191,8 +195,9 @@ def test_writer_splits_bodies_to_fit_frame_max(
     bodies = [v.value for _, v in decoded[2:] if isinstance(v, body.ContentBody)]
     assert b"".join(bodies) == payload
     content_header = decoded[1][1]
-    assert isinstance(content_header, header.ContentHeader)
+    assert isinstance(content_header, ContentHeader)
     assert content_header.body_size == size
+    assert content_header.properties is None
 
 
 def test_encode_frame_names_the_method_on_bad_field() -> None:

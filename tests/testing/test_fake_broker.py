@@ -10,8 +10,9 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pamqp import base, body, commands, common, header, heartbeat
+from pamqp import base, body, commands, common, heartbeat
 
+from trio_lavin import BasicProperties
 from trio_lavin._sansio._errors import ProtocolVersionMismatch
 from trio_lavin._sansio._framing import (
     FRAME_OVERHEAD,
@@ -22,6 +23,7 @@ from trio_lavin._sansio._framing import (
     encode_content,
     encode_frame,
 )
+from trio_lavin._sansio._properties import ContentHeader
 from trio_lavin.testing import (
     BrokerConnection,
     ConnectionState,
@@ -54,7 +56,7 @@ def method_names(frames: list[Frame]) -> list[tuple[int, str]]:
 
 def contents(
     frames: list[Frame], kind: type[ContentMethod]
-) -> list[tuple[ContentMethod, commands.Basic.Properties, bytes]]:
+) -> list[tuple[ContentMethod, BasicProperties | None, bytes]]:
     """The content-bearing methods in ``frames``, each with its properties and
     body; they must all be of type ``kind``."""
     found = []
@@ -67,7 +69,7 @@ def contents(
             continue
         assert isinstance(method, kind), method.name
         content_header = values[i]
-        assert isinstance(content_header, header.ContentHeader)
+        assert isinstance(content_header, ContentHeader)
         i += 1
         payload = b""
         while len(payload) < content_header.body_size:
@@ -119,7 +121,7 @@ class RawClient:
         payload: bytes,
         *,
         mandatory: bool = False,
-        properties: commands.Basic.Properties | None = None,
+        properties: BasicProperties | None = None,
     ) -> list[Frame]:
         publish = commands.Basic.Publish(
             exchange=exchange, routing_key=routing_key, mandatory=mandatory
@@ -372,7 +374,7 @@ def test_heartbeats_from_the_client_are_ignored(broker: FakeBroker) -> None:
         pytest.param(5, commands.Basic.Qos(0, 1), 504, id="method-on-unopened-channel"),
         pytest.param(1, commands.Channel.Open(), 504, id="second-channel-open"),
         pytest.param(0, commands.Basic.Qos(0, 1), 503, id="channel-method-on-channel-0"),
-        pytest.param(1, header.ContentHeader(0, 3), 505, id="content-header-without-publish"),
+        pytest.param(1, ContentHeader(3), 505, id="content-header-without-publish"),
         pytest.param(
             1, commands.Basic.Deliver("t", 1, False, "", ""), 503, id="server-only-method"
         ),
@@ -432,7 +434,7 @@ def test_declare_bind_publish_then_get_returns_the_message_with_its_properties(
         client.call(1, commands.Queue.Bind(queue="q", exchange="logs", routing_key="info")),
         commands.Queue.BindOk,
     )
-    props = commands.Basic.Properties(content_type="text/plain", headers={"n": 1})
+    props = BasicProperties(content_type="text/plain", headers={"n": 1})
     assert client.publish(1, "logs", "info", b"hello", properties=props) == []
     assert client.publish(1, "logs", "debug", b"dropped") == []
     assert broker.queue("q").messages_ready == 1
@@ -500,12 +502,8 @@ def test_fanout_copies_to_every_bound_queue_and_headers_exchange_matches_any(
         ),
     )
     client.publish(1, "amq.fanout", "ignored", b"fan")
-    client.publish(
-        1, "amq.headers", "", b"hit", properties=commands.Basic.Properties(headers={"k": "v"})
-    )
-    client.publish(
-        1, "amq.headers", "", b"miss", properties=commands.Basic.Properties(headers={"k": "w"})
-    )
+    client.publish(1, "amq.headers", "", b"hit", properties=BasicProperties(headers={"k": "v"}))
+    client.publish(1, "amq.headers", "", b"miss", properties=BasicProperties(headers={"k": "w"}))
     assert [m.body for m in broker.queue("a").messages] == [b"fan"]
     assert [m.body for m in broker.queue("b").messages] == [b"fan"]
     assert [m.body for m in broker.queue("h").messages] == [b"hit"]
@@ -873,7 +871,7 @@ def test_body_split_over_several_frames_is_reassembled_and_delivered_split(
 
 def test_body_frames_larger_than_body_size_are_505(broker: FakeBroker) -> None:
     client = RawClient.connected(broker)
-    client.send(1, commands.Basic.Publish(routing_key="q"), header.ContentHeader(0, 2))
+    client.send(1, commands.Basic.Publish(routing_key="q"), ContentHeader(2))
     [(_, close)] = client.send(1, body.ContentBody(b"abc"))
     assert isinstance(close, commands.Connection.Close)
     assert close.reply_code == 505

@@ -24,6 +24,7 @@ from .._client._channel import Channel
 from .._client._delivery import BasicProperties, Confirmation, Delivery
 from .._exceptions import PublishError
 from .._params import Parameters
+from .._sansio._properties import PROPERTY_FLAGS
 from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -189,9 +190,9 @@ def delivery_json(delivery: Delivery) -> dict[str, Any]:
         delivery_tag=delivery.delivery_tag,
     )
     properties = {}
-    for name in BasicProperties.attributes():
-        value = getattr(delivery.properties, name, None)
-        if value is not None and value != "":  # pamqp decodes an absent cluster_id as ""
+    for name in PROPERTY_FLAGS:
+        value = getattr(delivery.properties, name)
+        if value is not None:
             properties[name] = value
     if properties:
         record["properties"] = properties

@@ -416,13 +416,14 @@ class Channel:
         body: bytes | bytearray | memoryview,
         exchange: str,
         routing_key: str,
-        properties: BasicProperties | None,
+        properties: BasicProperties | bytes | None,
         mandatory: bool,
         *,
         kick: bool,
     ) -> Confirmation | None:
         """Queue a message; wake the writer to send it if ``kick``, else the
-        caller sends it (``Sending.flush``)."""
+        caller sends it (``Sending.flush``).  ``properties`` may be the bytes
+        ``encode_properties`` made of them."""
         if not isinstance(body, bytes):
             if not isinstance(body, (bytearray, memoryview)):
                 raise TypeError(f"body must be bytes, not {type(body).__name__}")

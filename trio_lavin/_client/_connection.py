@@ -111,6 +111,8 @@ class Connection:
             if self._socket is None
             else Reading(self._socket, self._read_and_dispatch, self._can_take)
         )
+        #: Tasks in wait_for() when there is no _reading to count them.
+        self._waiting = 0
         #: Consumers given deliveries beyond their buffer: no reading until
         #: they have room.
         self._overfull: set[Consumer] = set()
@@ -363,8 +365,18 @@ class Connection:
         if signal.is_set():
             await trio.lowlevel.checkpoint()
             return
-        while not signal.is_set():
-            await signal.wait()
+        self._waiting += 1
+        try:
+            while not signal.is_set():
+                await signal.wait()
+        finally:
+            self._waiting -= 1
+
+    @property
+    def waiting_tasks(self) -> int:
+        """How many tasks wait in :meth:`wait_for` right now."""
+        reading = self._reading
+        return self._waiting if reading is None else reading.waiting
 
     def _can_take(self) -> bool:
         """May a waiting task read now (see :class:`._reading.Reading`)?"""

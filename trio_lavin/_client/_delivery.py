@@ -7,16 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pamqp import commands
-
 from .._exceptions import DeliveryAlreadySettled, MessageReturned
+from .._sansio._properties import BasicProperties
 from ._reading import Signal
 
 if TYPE_CHECKING:
     from ._channel import Channel
     from ._connection import Connection
 
-BasicProperties = commands.Basic.Properties
+__all__ = ["BasicProperties", "Confirmation", "Delivery"]
 
 
 class Delivery:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-from pamqp import body, header, heartbeat
+from pamqp import body, heartbeat
 
 from .._sansio._framing import ABSOLUTE_FRAME_MAX, PROTOCOL_HEADER, FrameReader, FrameValue
+from .._sansio._properties import ContentHeader
 
 frame_logger: Final = logging.getLogger("trio_lavin.frames")
 if frame_logger.level == logging.NOTSET:
@@ -46,9 +47,8 @@ def describe(value: FrameValue) -> str:
         return f"ContentBody ({len(value.value)} bytes)"
     if isinstance(value, heartbeat.Heartbeat):
         return "Heartbeat"
-    if isinstance(value, header.ContentHeader):
-        properties = {k: v for k, v in dict(value.properties).items() if v not in (None, "")}
-        return f"ContentHeader body_size={value.body_size} properties={properties!r}"
+    if isinstance(value, ContentHeader):
+        return f"ContentHeader body_size={value.body_size} properties={value.properties!r}"
     fields: list[str] = []
     for name, field_value in _fields(value):
         shown = "***" if name in _SECRET_FIELDS else repr(field_value)

@@ -7,11 +7,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from .._client._delivery import BasicProperties
+from .._client._channel import Channel
+from .._client._delivery import BasicProperties, Confirmation
 from .._client._reading import Signal
-from .._exceptions import PublishError
+from .._exceptions import AMQPError, ChannelClosed, MessageNacked, PublishError
+from .._sansio._errors import PRECONDITION_FAILED
+from .._sansio._fieldtable import encode_shortstr
+from .._sansio._properties import encode_properties
+from .._sansio._publishing import EMPTY_PROPERTIES
 
 #: The largest body a producer accepts, by default: RabbitMQ's own
 #: max_message_size default.  Larger messages are refused at once.
@@ -108,6 +113,9 @@ class Message:
     rejections: int = 0
     _waiter: Signal | None = None
     _error: BaseException | None = None
+    #: ``properties`` (with the call's headers) as the content header
+    #: carries them, encoded when the producer took the message.
+    _encoded_properties: bytes = b"\x00\x00"
 
 
 DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
@@ -136,3 +144,81 @@ class ProducerStatistics:
     retries: int
     returned: int
     dropped: dict[DropReason, int]
+
+
+def new_message(
+    body: bytes | bytearray | memoryview,
+    properties: BasicProperties | None,
+    headers: dict[str, Any] | None,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    sequence: int,
+) -> Message:
+    """A message for a producer, its properties encoded now (with ``headers``
+    standing in for ``properties.headers``), so that what cannot be sent is
+    refused by the call that hands it over, not by the sender task later;
+    the bytes are kept for every (re)publication.
+
+    Raises:
+        TypeError, ValueError: the body, a property or the routing key
+            cannot be sent; the message names it.
+    """
+    if not isinstance(body, bytes):
+        if not isinstance(body, (bytearray, memoryview)):
+            raise TypeError(f"body must be bytes, not {type(body).__name__}")
+        body = bytes(body)
+    encoded = (
+        EMPTY_PROPERTIES
+        if properties is None and headers is None
+        else encode_properties(properties, headers)
+    )
+    if headers is not None:
+        if properties is None:
+            properties = BasicProperties(headers=headers)
+        else:
+            properties = properties.replace(headers=headers)
+    if not (type(routing_key) is str and routing_key.isascii() and len(routing_key) < 256):
+        encode_shortstr(routing_key, "routing key")
+    return Message(
+        body,
+        properties,
+        exchange,
+        routing_key,
+        mandatory,
+        sequence,
+        _encoded_properties=encoded,
+    )
+
+
+def is_rejection(error: BaseException | None) -> bool:
+    """Did the broker close the publishing channel with an error that no
+    amount of waiting fixes (not 406: LavinMQ's low disk)?"""
+    return (
+        isinstance(error, ChannelClosed)
+        and error.reply_code is not None
+        and error.reply_code != PRECONDITION_FAILED
+    )
+
+
+def drop_error(message: Message, reason: DropReason) -> AMQPError:
+    """What a ``publish()`` waiting for ``message`` raises when it is dropped."""
+    if reason is DropReason.NACKED:
+        return MessageNacked(message.sequence)
+    if reason is DropReason.CLOSED:
+        return ProducerClosed("the client closed before the message was confirmed")
+    return PublishError(f"message {message.sequence} was dropped: {reason.value}")
+
+
+def queue_on(channel: Channel, message: Message, *, kick: bool) -> Confirmation | None:
+    """Queue ``message`` for sending on ``channel``; ``kick``: wake the
+    connection's writer to send it (else the caller sends it, or wakes the
+    writer)."""
+    return channel._publish_nowait(
+        message.body,
+        message.exchange,
+        message.routing_key,
+        message._encoded_properties,
+        message.mandatory,
+        kick=kick,
+    )

@@ -47,7 +47,6 @@ mode trades for speed.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import itertools
@@ -56,13 +55,14 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from .._client._channel import Channel
 from .._client._delivery import BasicProperties, Confirmation
 from .._client._reading import Signal
+from .._client._sending import Sending
 from .._exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -70,10 +70,10 @@ from .._exceptions import (
     MessageNacked,
     MessageRejected,
     MessageReturned,
-    PublishError,
 )
 from .._sansio._errors import PRECONDITION_FAILED
 from .._sansio._events import ReturnedMessage
+from .._sansio._publishing import encode_publish_method
 from ._backoff import Backoff
 from ._message import (
     BufferFull,
@@ -86,12 +86,22 @@ from ._message import (
     ProducerStatistics,
     PublishMode,
     PublishTimeout,
+    drop_error,
+    is_rejection,
+    new_message,
+    queue_on,
 )
 
 if TYPE_CHECKING:
     from ._client import Client
 
 logger = logging.getLogger("trio_lavin.producer")
+
+#: A loop of FIRE_AND_FORGET ``await publish()`` yields to the other tasks
+#: once every this many calls...
+YIELD_EVERY: Final = 64
+#: ... or once this many bytes wait to be written (see ``Producer._pass``).
+YIELD_BYTES: Final = 64 * 1024
 
 
 class Producer:
@@ -119,6 +129,8 @@ class Producer:
             raise ValueError(f"confirm_window must be >= 1, not {confirm_window!r}")
         if max_message_size < 0:
             raise ValueError(f"max_message_size must be >= 0, not {max_message_size!r}")
+        # Refused here, rather than by every publish: the destination is fixed.
+        encode_publish_method(0, exchange, routing_key, mandatory, False)
         self._client = client
         #: For the jitter of the producer's pauses (the client's).
         self._rng = rng if rng is not None else random.Random()
@@ -159,6 +171,8 @@ class Producer:
         self._renew_channel = False
         #: The sender task waits for messages, with nothing else to do.
         self._sender_idle = False
+        #: FIRE_AND_FORGET publishes since ``publish()`` last yielded.
+        self._unyielded = 0
         #: Messages in the buffer (the memory channel).
         self._buffered = 0
         self._returned = 0
@@ -214,27 +228,18 @@ class Producer:
     ) -> Message:
         if self._closed:
             raise ProducerClosed(f"the producer for {self.target!r} is closed")
-        if not isinstance(body, bytes):
-            if not isinstance(body, (bytearray, memoryview)):
-                raise TypeError(f"body must be bytes, not {type(body).__name__}")
-            body = bytes(body)
-        if headers is not None:
-            if properties is None:
-                properties = BasicProperties(headers=headers)
-            else:
-                properties = copy.copy(properties)
-                properties.headers = headers
-        message = Message(
+        message = new_message(
             body,
             properties,
+            headers,
             self.exchange,
             self.routing_key if routing_key is None else routing_key,
             self.mandatory,
             next(self._sequence),
         )
-        if len(body) > self.max_message_size:
+        if len(message.body) > self.max_message_size:
             self._drop(message, DropReason.TOO_LARGE)
-            raise MessageTooLarge(len(body), self.max_message_size)
+            raise MessageTooLarge(len(message.body), self.max_message_size)
         return message
 
     def publish_nowait(
@@ -262,6 +267,11 @@ class Producer:
         channel = self._channel
         if channel is not None and self._publish_directly(channel, message, kick=True):
             return True
+        return self._buffer_or_make_room(message)
+
+    def _buffer_or_make_room(self, message: Message) -> bool:
+        """Buffer ``message``, making room as the policy says; False if the
+        policy refused it (DROP_NEWEST)."""
         try:
             self._buffer_nowait(message)
         except trio.WouldBlock:
@@ -335,40 +345,67 @@ class Producer:
     ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         message = self._message(body, properties, routing_key, headers)
-        if self.mode is PublishMode.CONFIRM:
+        confirm = self.mode is PublishMode.CONFIRM
+        if confirm:
             message._waiter = Signal()
         channel = self._channel
-        if channel is not None and self._publish_directly(channel, message, kick=False):
-            await channel.sending.flush()
-        else:
-            if self.buffer_policy is BufferPolicy.BLOCK:
-                try:
-                    # No schedule point when there is room: the task then
-                    # goes on to wait for the confirm without a detour.
-                    self._buffer_nowait(message)
-                except trio.WouldBlock:
-                    await self._buffer(message)
-            else:
-                try:
-                    self._buffer_nowait(message)
-                except trio.WouldBlock:
-                    if not self._make_room(message):
-                        await trio.lowlevel.checkpoint()
-                        return False
-                    self._buffer_nowait(message)
+        if channel is not None:
+            connection = channel.connection
+            # A confirm is awaited next: send the message from this task
+            # (no hop through the writer), unless other tasks already wait
+            # for the broker; then the writer sends everything they queue
+            # in one write.  Without a confirm to wait for, the writer sends
+            # it with the messages around it.
+            kick = not confirm or connection.waiting_tasks > 0
+            if self._publish_directly(channel, message, kick=kick):
+                if not confirm:
+                    await self._pass(connection.sending)
+                    return True
+                if not kick:
+                    await connection.sending.flush()
+                return await self._wait_for_verdict(message)
+        if self.buffer_policy is BufferPolicy.BLOCK:
+            try:
+                # No schedule point when there is room: the task then goes on
+                # to wait for the confirm without a detour.
+                self._buffer_nowait(message)
+            except trio.WouldBlock:
+                await self._buffer(message)
             if self._wakeup:
                 self._wakeup.unpark_all()
-        waiter = message._waiter
-        if waiter is not None:
-            channel = self._channel
-            if channel is None:
-                await waiter.wait()
-            else:
-                await channel.connection.wait_for(waiter)  # may read the confirm itself
-            if message._error is not None:
-                raise message._error
-        else:
+        elif not self._buffer_or_make_room(message):
             await trio.lowlevel.checkpoint()
+            return False
+        if confirm:
+            return await self._wait_for_verdict(message)
+        await self._pass(None)
+        return True
+
+    async def _pass(self, sending: Sending | None) -> None:
+        """After a FIRE_AND_FORGET publish: yield to the other tasks (the
+        writer, the sender) once every :data:`YIELD_EVERY` publishes, or
+        once :data:`YIELD_BYTES` wait to be written; else only honour a
+        cancellation.  So a loop of ``await publish()`` hands the writer
+        batches of messages for one write each, and still lets every other
+        task run every few hundred microseconds."""
+        self._unyielded += 1
+        if self._unyielded >= YIELD_EVERY or (
+            sending is not None and sending.unsent >= YIELD_BYTES
+        ):
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _wait_for_verdict(self, message: Message) -> bool:
+        """Wait for the broker's verdict on ``message`` (CONFIRM mode)."""
+        waiter = message._waiter
+        assert waiter is not None
+        channel = self._channel
+        if channel is None:
+            await waiter.wait()
+        else:
+            await channel.connection.wait_for(waiter)  # may read the confirm itself
+        if message._error is not None:
+            raise message._error
         return True
 
     async def enqueue(
@@ -432,7 +469,7 @@ class Producer:
         ):
             return False
         try:
-            confirmation = _queue_on(channel, message, kick=kick)
+            confirmation = queue_on(channel, message, kick=kick)
         except (trio.WouldBlock, ChannelClosed, AMQPConnectionError):
             return False
         self._account(message, confirmation)
@@ -466,7 +503,7 @@ class Producer:
     def _drop(self, message: Message, reason: DropReason, error: AMQPError | None = None) -> None:
         self._dropped[reason] += 1
         if message._waiter is not None and message._error is None:
-            message._error = error or _drop_error(message, reason)
+            message._error = error or drop_error(message, reason)
             message._waiter.set()  # wakes its publisher, also one reading for itself
         for callback in self._callbacks:
             try:
@@ -496,7 +533,7 @@ class Producer:
         elif isinstance(error, MessageReturned):
             self._returned += 1
             self._drop(message, DropReason.RETURNED, error)
-        elif _rejected(error):
+        elif is_rejection(error):
             assert isinstance(error, ChannelClosed)
             message.rejections += 1
             if message.rejections > self._client.config.publish_retries or self._closed:
@@ -629,7 +666,7 @@ class Producer:
                         break
                     try:
                         # Sent below, or by the writer woken on the way out.
-                        confirmation = _queue_on(channel, message, kick=False)
+                        confirmation = queue_on(channel, message, kick=False)
                     except BaseException:
                         self._retry.appendleft(message)  # not published: first in line
                         connection.sending.kick()
@@ -746,38 +783,6 @@ class _Settle:
 
     def __call__(self, error: BaseException | None) -> None:
         self.producer._settled(self.message, error)
-
-
-def _queue_on(channel: Channel, message: Message, *, kick: bool) -> Confirmation | None:
-    """Queue ``message`` for sending on ``channel``; ``kick``: wake the
-    connection's writer to send it (else the caller sends it, or wakes the
-    writer)."""
-    return channel._publish_nowait(
-        message.body,
-        message.exchange,
-        message.routing_key,
-        message.properties,
-        message.mandatory,
-        kick=kick,
-    )
-
-
-def _rejected(error: BaseException | None) -> bool:
-    """Did the broker close the publishing channel with an error that no
-    amount of waiting fixes (not 406: LavinMQ's low disk)?"""
-    return (
-        isinstance(error, ChannelClosed)
-        and error.reply_code is not None
-        and error.reply_code != PRECONDITION_FAILED
-    )
-
-
-def _drop_error(message: Message, reason: DropReason) -> AMQPError:
-    if reason is DropReason.NACKED:
-        return MessageNacked(message.sequence)
-    if reason is DropReason.CLOSED:
-        return ProducerClosed("the client closed before the message was confirmed")
-    return PublishError(f"message {message.sequence} was dropped: {reason.value}")
 
 
 async def _run_callback(result: Awaitable[None]) -> None:

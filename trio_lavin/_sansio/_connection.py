@@ -23,7 +23,7 @@ import struct
 from collections import deque
 from typing import Any, Final
 
-from pamqp import base, body, commands, header, heartbeat
+from pamqp import base, body, commands, heartbeat
 
 from . import _events as ev
 from ._channel_state import (
@@ -57,6 +57,7 @@ from ._framing import (
     FrameReader,
     encode_frame,
 )
+from ._properties import BasicProperties, ContentHeader
 from ._publishing import PublishEncoder
 
 CI = ConnectionInput
@@ -280,7 +281,7 @@ class AMQPConnection:
     def has_data_to_send(self) -> bool:
         return bool(self._out)
 
-    def _queue(self, channel: int, value: base.Frame | header.ContentHeader) -> None:
+    def _queue(self, channel: int, value: base.Frame | ContentHeader) -> None:
         self._out.append(encode_frame(channel, value))
 
     # -- handshake and connection-level requests --------------------------------
@@ -428,12 +429,15 @@ class AMQPConnection:
         *,
         exchange: str = "",
         routing_key: str = "",
-        properties: commands.Basic.Properties | None = None,
+        properties: BasicProperties | bytes | None = None,
         mandatory: bool = False,
         immediate: bool = False,
+        headers: dict[str, Any] | None = None,
     ) -> int:
         """Queue ``Basic.Publish`` with its content header and body frames
-        (split to fit the negotiated ``frame_max``).
+        (split to fit the negotiated ``frame_max``).  ``headers``, when not
+        None, stand in for ``properties.headers``; ``properties`` may also be
+        the bytes :func:`~._properties.encode_properties` made of them.
 
         Returns the message's publish sequence number when the channel is in
         confirm mode (1, 2, ... after ``Confirm.Select``; the broker's
@@ -462,6 +466,7 @@ class AMQPConnection:
             mandatory,
             immediate,
             self.frame_max,
+            headers,
         )
         if record.confirming:
             record.publish_seq += 1
@@ -547,7 +552,7 @@ class AMQPConnection:
             return
         if isinstance(value, heartbeat.Heartbeat):
             self._transition(CI.RECV_HEARTBEAT)
-        elif isinstance(value, (header.ContentHeader, body.ContentBody)):
+        elif isinstance(value, (ContentHeader, body.ContentBody)):
             self._transition(CI.RECV_CONTENT)
         elif isinstance(value, commands.Connection.Start):
             self._transition(CI.RECV_START)
@@ -636,7 +641,7 @@ class AMQPConnection:
                     CHANNEL_ERROR,
                 )
             record = self._channels[number] = _Channel(number, self.max_body_size)
-        if isinstance(value, (header.ContentHeader, body.ContentBody)):
+        if isinstance(value, (ContentHeader, body.ContentBody)):
             if record.state is not ChannelState.OPEN:  # OPEN -> OPEN, per the table
                 record.state = channel_transition(record.state, ChannelInput.RECV_CONTENT, number)
                 if record.state is not ChannelState.OPEN:
@@ -749,12 +754,8 @@ class AMQPConnection:
         record.replies.popleft()
 
 
-#: A message's properties when it has none set.
-_NO_PROPERTIES: Final = commands.Basic.Properties()
-
-
 def _message_event(
-    channel: int, method: base.Frame, properties: commands.Basic.Properties, payload: bytes
+    channel: int, method: base.Frame, properties: BasicProperties | None, payload: bytes
 ) -> ev.Event:
     if isinstance(method, commands.Basic.Deliver):
         return ev.DeliveryReceived(
@@ -764,7 +765,7 @@ def _message_event(
             bool(method.redelivered),
             method.exchange or "",
             method.routing_key or "",
-            None if properties == _NO_PROPERTIES else properties,  # as the shortcut has it
+            properties,
             payload,
         )
     if isinstance(method, commands.Basic.GetOk):
@@ -775,7 +776,7 @@ def _message_event(
             method.exchange or "",
             method.routing_key or "",
             method.message_count or 0,
-            properties,
+            BasicProperties() if properties is None else properties,
             payload,
         )
     assert isinstance(method, commands.Basic.Return)
@@ -785,6 +786,6 @@ def _message_event(
         method.reply_text or "",
         method.exchange or "",
         method.routing_key or "",
-        properties,
+        BasicProperties() if properties is None else properties,
         payload,
     )

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from pamqp import base, commands
+from pamqp import base
 
 from ._errors import UnexpectedFrame
+from ._properties import BasicProperties
 
 #: The largest message body accepted by default.  The header announces the
 #: size before any body byte arrives, so a hostile or broken broker cannot
@@ -47,12 +48,22 @@ class ContentAssembler:
     last byte is in, else ``None``.
     """
 
-    __slots__ = ("_channel", "_chunks", "_method", "_properties", "_remaining", "max_body_size")
+    __slots__ = (
+        "_channel",
+        "_chunks",
+        "_has_header",
+        "_method",
+        "_properties",
+        "_remaining",
+        "max_body_size",
+    )
 
     def __init__(self, channel: int, max_body_size: int = DEFAULT_MAX_BODY_SIZE) -> None:
         self._channel = channel
         self._method: base.Frame | None = None
-        self._properties: commands.Basic.Properties | None = None
+        self._has_header = False
+        #: The message's properties (None: none set), once the header is in.
+        self._properties: BasicProperties | None = None
         self._remaining = 0
         self._chunks: list[bytes] = []
         self.max_body_size = max_body_size
@@ -71,9 +82,9 @@ class ContentAssembler:
         self._method = method
 
     def header(
-        self, body_size: int, properties: commands.Basic.Properties
-    ) -> tuple[base.Frame, commands.Basic.Properties, bytes] | None:
-        if self._method is None or self._properties is not None:
+        self, body_size: int, properties: BasicProperties | None
+    ) -> tuple[base.Frame, BasicProperties | None, bytes] | None:
+        if self._method is None or self._has_header:
             raise UnexpectedFrame(
                 f"content header on channel {self._channel} where none was expected"
             )
@@ -81,13 +92,14 @@ class ContentAssembler:
             method, self._method = self._method, None
             raise BodyTooLarge(method, body_size, self.max_body_size)
         self._properties = properties
+        self._has_header = True
         self._remaining = body_size
         if body_size == 0:
             return self._finish()
         return None
 
-    def body(self, payload: bytes) -> tuple[base.Frame, commands.Basic.Properties, bytes] | None:
-        if self._properties is None:
+    def body(self, payload: bytes) -> tuple[base.Frame, BasicProperties | None, bytes] | None:
+        if not self._has_header:
             raise UnexpectedFrame(f"content body on channel {self._channel} before a header")
         if len(payload) > self._remaining:
             raise UnexpectedFrame(
@@ -100,12 +112,12 @@ class ContentAssembler:
             return self._finish()
         return None
 
-    def _finish(self) -> tuple[base.Frame, commands.Basic.Properties, bytes]:
+    def _finish(self) -> tuple[base.Frame, BasicProperties | None, bytes]:
         method, properties = self._method, self._properties
         assert method is not None
-        assert properties is not None
         chunks = self._chunks
         payload = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._method = self._properties = None
+        self._has_header = False
         self._chunks = []
         return method, properties, payload

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pamqp import base, commands
+from pamqp import base
 
-Properties = commands.Basic.Properties
+from ._properties import BasicProperties
 
 
 @dataclass(slots=True)
@@ -164,8 +164,8 @@ class DeliveryReceived(ChannelEvent):
     exchange: str
     routing_key: str
     #: None when the message carries no properties (the common case, decoded
-    #: without making an empty :class:`Properties`).
-    properties: Properties | None = field(compare=False)
+    #: without making an empty :class:`BasicProperties`).
+    properties: BasicProperties | None = field(compare=False)
     body: bytes
 
 
@@ -180,7 +180,7 @@ class GetReceived(ChannelEvent):
     exchange: str
     routing_key: str
     message_count: int
-    properties: Properties = field(compare=False)
+    properties: BasicProperties = field(compare=False)
     body: bytes
 
 
@@ -194,7 +194,7 @@ class ReturnedMessage(ChannelEvent):
     reply_text: str
     exchange: str
     routing_key: str
-    properties: Properties = field(compare=False)
+    properties: BasicProperties = field(compare=False)
     body: bytes
 
 

@@ -11,8 +11,10 @@ exceptions on bad input (its own ``UnmarshalingException``, but also bare
 ``ValueError``, ``struct.error`` and ``KeyError``); all of them become
 :class:`FrameError` (reply code 501), so a caller has exactly one exception
 type to handle.  Frames with field tables (content headers,
-``Connection.Start``) are decoded by :mod:`._fieldtable` instead, in linear
-time and with their nesting bounded.
+``Connection.Start``) are decoded by :mod:`._properties` and
+:mod:`._fieldtable` instead, in linear time, with their nesting bounded and
+text that is not UTF-8 kept (``surrogateescape``), so that nothing a message
+contains can make the connection fail.
 
 The reader is incremental: bytes may arrive in chunks of any size, including
 one byte at a time, and the frames that come out are the same.
@@ -20,15 +22,24 @@ one byte at a time, and the frames that come out are the same.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from typing import Final, NoReturn, TypeAlias
 
-from pamqp import base, body, commands, header, heartbeat
+from pamqp import base, body, commands, heartbeat
 from pamqp import frame as pamqp_frame
 
 from ._errors import FrameError, ProtocolVersionMismatch, RemoteProtocolError
-from ._fieldtable import TABLE_METHOD_DECODERS, decode_content_header
+from ._fieldtable import TABLE_METHOD_DECODERS, decode_method
+from ._properties import (
+    BasicProperties,
+    ContentHeader,
+    decode_content_header,
+    decode_properties,
+    encode_content_header,
+    encode_properties,
+)
 
 FRAME_METHOD: Final = 1
 FRAME_HEADER: Final = 2
@@ -62,29 +73,27 @@ PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
 
 _HEADER = struct.Struct(">BHI")
 
-FrameValue: TypeAlias = base.Frame | header.ContentHeader | body.ContentBody | heartbeat.Heartbeat
+FrameValue: TypeAlias = base.Frame | ContentHeader | body.ContentBody | heartbeat.Heartbeat
 #: A decoded frame: (channel number, pamqp frame object).
 Frame: TypeAlias = tuple[int, FrameValue]
 #: A whole delivery from :meth:`FrameReader.take_delivery`: channel, consumer tag, delivery
 #: tag, redelivered, exchange, routing key, properties (None: none set) and body.
-DeliveryFields: TypeAlias = tuple[
-    int, str, int, bool, str, str, "commands.Basic.Properties | None", bytes
-]
+DeliveryFields: TypeAlias = tuple[int, str, int, bool, str, str, BasicProperties | None, bytes]
 
 
 _CONTENT_HEADER_FIXED = struct.Struct(">HHQ")
-#: A message's properties when it has none set (as pamqp compares them).
-_NO_PROPERTIES: Final = commands.Basic.Properties()
 #: The class and method id that start a Basic.Deliver method payload.
 _DELIVER_ID: Final = b"\x00\x3c\x00\x3c"
 _TAG = struct.Struct(">Q")
 
 
 def _read_shortstr(payload: bytes, offset: int) -> tuple[str, int]:
+    """A short string at ``offset``; text that is not UTF-8 is kept with
+    ``surrogateescape`` (a broker relays routing keys as it got them)."""
     end = offset + 1 + payload[offset]
     if end > len(payload):
         raise ValueError("short string runs past the end of the frame")
-    return payload[offset + 1 : end].decode("utf-8"), end
+    return payload[offset + 1 : end].decode("utf-8", "surrogateescape"), end
 
 
 def _read_shortstr_in(buf: bytearray, offset: int, limit: int) -> tuple[str, int]:
@@ -94,7 +103,7 @@ def _read_shortstr_in(buf: bytearray, offset: int, limit: int) -> tuple[str, int
     end = offset + 1 + buf[offset]
     if end > limit:
         raise ValueError("short string runs past the end of the frame")
-    return buf[offset + 1 : end].decode("utf-8"), end
+    return buf[offset + 1 : end].decode("utf-8", "surrogateescape"), end
 
 
 def _decode_deliver(payload: bytes) -> commands.Basic.Deliver:
@@ -135,8 +144,14 @@ def _decode_nack(payload: bytes) -> commands.Basic.Nack:
 #: with field tables (pamqp's decoder is quadratic and recursive, see
 #: _fieldtable.py); everything else goes through pamqp.
 #: tests/sansio/test_fastpath.py and test_fieldtable.py check they agree.
-_FAST_METHODS: Final = {
+_FAST_METHODS: Final[dict[int, Callable[[bytes], base.Frame]]] = {
     **TABLE_METHOD_DECODERS,
+    # Methods that relay what a publisher sent (exchange, routing key): their
+    # text may not be UTF-8, which pamqp's decoder refuses.
+    **{
+        method_class.index: functools.partial(decode_method, method_class)
+        for method_class in (commands.Basic.Return, commands.Basic.GetOk)
+    },
     commands.Basic.Deliver.index: _decode_deliver,
     commands.Basic.Ack.index: _decode_ack,
     commands.Basic.Nack.index: _decode_nack,
@@ -302,28 +317,18 @@ class FrameReader:
             redelivered = bool(buf[offset + 8] & 1)
             exchange, offset = _read_shortstr_in(buf, offset + 9, method_end)
             routing_key, offset = _read_shortstr_in(buf, offset, method_end)
-        except ValueError:  # a string that is not UTF-8 or runs past the frame
+        except ValueError:  # a string that runs past the frame
             return None
-        if header_size == 14 and buf[header_end - 2] == 0 and buf[header_end - 1] == 0:
+        flags_at = header_start + FRAME_HEADER_SIZE + 12
+        if buf[flags_at] == 0 and buf[flags_at + 1] == 0:
             properties = None  # no property flags: the usual case
         else:
             try:
-                content_header = self._decode(
-                    FRAME_HEADER,
-                    channel,
-                    bytes(buf[header_start + FRAME_HEADER_SIZE : header_end]),
-                )
-            except FrameError:
+                properties = decode_properties(buf, flags_at, header_end)
+            except Exception:
                 # Undecodable: leave it to next_frame, which returns the frames
-                # before the bad one (the Deliver) first.
-                self._error = None
+                # before the bad one (the Deliver) first, then fails.
                 return None
-            assert isinstance(content_header, header.ContentHeader)
-            properties = content_header.properties
-            if properties == _NO_PROPERTIES:
-                # Flags set for values pamqp reads as "none" (an empty
-                # cluster_id): none, as the frame-by-frame path has it.
-                properties = None
         self._start = after
         return (
             channel,
@@ -369,12 +374,6 @@ class FrameReader:
                     self._fail(f"unknown method id {method_id:#010x} on channel {channel}")
                 method.unmarshal(payload[4:])
                 return method  # type: ignore[no-any-return]
-            if len(payload) == 14 and payload[12:14] == b"\x00\x00":
-                # No properties set, the usual case: skip the generic decoder.
-                class_id, weight, body_size = _CONTENT_HEADER_FIXED.unpack_from(payload)
-                content_header = header.ContentHeader(weight, body_size)
-                content_header.class_id = class_id
-                return content_header
             return decode_content_header(payload)
         except FrameError:
             raise
@@ -391,12 +390,14 @@ class FrameReader:
 
 
 def encode_frame(channel: int, value: FrameValue) -> bytes:
-    """Encode one frame with pamqp.
+    """Encode one frame (methods with pamqp).
 
     Raises:
         ValueError: ``value`` cannot be encoded (a bad field value); the
             message names the method.
     """
+    if isinstance(value, ContentHeader):
+        return encode_content_header(channel, value.body_size, encode_properties(value.properties))
     try:
         return pamqp_frame.marshal(value, channel)
     except (ValueError, TypeError, OverflowError, struct.error) as exc:
@@ -406,7 +407,7 @@ def encode_frame(channel: int, value: FrameValue) -> bytes:
 def encode_content(
     channel: int,
     method: base.Frame,
-    properties: commands.Basic.Properties | None,
+    properties: BasicProperties | None,
     payload: bytes,
     frame_max: int,
 ) -> list[bytes]:
@@ -418,10 +419,7 @@ def encode_content(
     """
     frames = [
         encode_frame(channel, method),
-        encode_frame(
-            channel,
-            header.ContentHeader(0, len(payload), properties or commands.Basic.Properties()),
-        ),
+        encode_content_header(channel, len(payload), encode_properties(properties)),
     ]
     if payload:
         chunk = (frame_max - FRAME_OVERHEAD) if frame_max else len(payload)

@@ -2,37 +2,73 @@
 frames, straight into the connection's output.
 
 What repeats from message to message is encoded once and kept: the method
-frame per destination (channel, exchange, routing key, flags), and the
-content-header properties per distinct value.  Pure: no I/O, no clock.
+frame per destination (channel, exchange, routing key, flags).  Properties
+are encoded for every message (:mod:`._properties`), since real ones differ
+from message to message (a message id, a timestamp).  Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any, Final
 
-from pamqp import commands
-
+from ._fieldtable import encode_shortstr
 from ._framing import (
     FRAME_BODY,
     FRAME_END_BYTES,
     FRAME_HEADER,
+    FRAME_METHOD,
     FRAME_OVERHEAD,
-    encode_frame,
 )
+from ._properties import BasicProperties, encode_properties
 
 #: Distinct publish destinations (channel, exchange, routing key, flags) whose
 #: method frame is kept pre-encoded; the cache starts over when full.
 PUBLISH_CACHE_SIZE: Final = 1_024
-#: Distinct property values kept pre-encoded, likewise.
-PROPERTIES_CACHE_SIZE: Final = 256
 #: Encoded Basic.Properties with no property set: just the flag word.
 EMPTY_PROPERTIES: Final = b"\x00\x00"
 
-_PROPERTY_NAMES: Final = tuple(commands.Basic.Properties.__slots__)
 #: type, channel, size | class, weight, body size
 _CONTENT_HEADER: Final = struct.Struct(">BHIHHQ")
 _FRAME_START: Final = struct.Struct(">BHI")
+_EXCHANGE_NAME: Final = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]*")
+#: type, channel, size | class 60, method 40, reserved short
+_PUBLISH_START: Final = struct.Struct(">BHIHHH")
+
+
+def encode_publish_method(
+    channel: int, exchange: str, routing_key: str, mandatory: bool, immediate: bool
+) -> bytes:
+    """The whole ``Basic.Publish`` method frame.
+
+    Raises:
+        TypeError: the exchange or routing key is not a str.
+        ValueError: the exchange is not a valid name (as pamqp and the
+            specification define it: at most 127 characters of letters,
+            digits and ``-_.:@#,/+``), or the routing key is over 255 bytes.
+    """
+    if not isinstance(exchange, str):
+        raise TypeError(f"exchange must be a str, not {type(exchange).__name__}")
+    if len(exchange) > 127:
+        raise ValueError(
+            f"exchange {exchange[:37] + '...'!r} is {len(exchange)} characters, at most 127"
+        )
+    if not _EXCHANGE_NAME.fullmatch(exchange):
+        raise ValueError(
+            f"exchange {exchange!r} is not a valid exchange name (letters, digits, space "
+            f"and -_.:@#,/+)"
+        )
+    names = encode_shortstr(exchange, "exchange") + encode_shortstr(routing_key, "routing key")
+    bits = (1 if mandatory else 0) | (2 if immediate else 0)
+    return b"".join(
+        (
+            _PUBLISH_START.pack(FRAME_METHOD, channel, 7 + len(names), 60, 40, 0),
+            names,
+            bytes((bits,)),
+            FRAME_END_BYTES,
+        )
+    )
 
 
 class PublishEncoder:
@@ -40,7 +76,6 @@ class PublishEncoder:
 
     def __init__(self) -> None:
         self._methods: dict[tuple[int, str, str, bool, bool], bytes] = {}
-        self._properties: dict[tuple[Any, ...], bytes] = {}
 
     def encode(
         self,
@@ -49,14 +84,17 @@ class PublishEncoder:
         body: bytes,
         exchange: str,
         routing_key: str,
-        properties: commands.Basic.Properties | None,
+        properties: BasicProperties | bytes | None,
         mandatory: bool,
         immediate: bool,
         frame_max: int,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         """Append the frames of one message to ``out``: the method, the
-        content header, and the body split into frames of at most
-        ``frame_max`` (0: no limit).
+        content header (``headers``, when not None, standing in for
+        ``properties.headers``; ``properties`` may also be the bytes
+        ``encode_properties`` made of them), and the body split into frames
+        of at most ``frame_max`` (0: no limit).
 
         Raises:
             ValueError: the exchange, the routing key or a property cannot be
@@ -65,20 +103,16 @@ class PublishEncoder:
         key = (channel, exchange, routing_key, mandatory, immediate)
         method = self._methods.get(key)
         if method is None:
-            # Encoded (and validated) by pamqp once per destination.
-            method = encode_frame(
-                channel,
-                commands.Basic.Publish(
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    mandatory=mandatory,
-                    immediate=immediate,
-                ),
-            )
+            method = encode_publish_method(channel, exchange, routing_key, mandatory, immediate)
             if len(self._methods) >= PUBLISH_CACHE_SIZE:
                 self._methods.clear()
             self._methods[key] = method
-        props = EMPTY_PROPERTIES if properties is None else self.encode_properties(properties)
+        if isinstance(properties, bytes):
+            props = properties
+        elif properties is None and headers is None:
+            props = EMPTY_PROPERTIES
+        else:
+            props = encode_properties(properties, headers)
         size = len(body)
         out.append(method)
         out.append(_CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(props), 60, 0, size))
@@ -97,27 +131,3 @@ class PublishEncoder:
                     out.append(_FRAME_START.pack(FRAME_BODY, channel, len(piece)))
                     out.append(bytes(piece))
                     out.append(FRAME_END_BYTES)
-
-    def encode_properties(self, properties: commands.Basic.Properties) -> bytes:
-        """Content-header properties, encoded once per distinct value (values
-        with a header table are not hashable and are encoded each time).
-
-        Raises:
-            ValueError: a property cannot be encoded.
-        """
-        try:
-            key = tuple([getattr(properties, name) for name in _PROPERTY_NAMES])
-            cached = self._properties.get(key)
-        except TypeError:
-            key, cached = None, None
-        if cached is not None:
-            return cached
-        try:
-            encoded: bytes = properties.marshal()
-        except (ValueError, TypeError, OverflowError, struct.error) as exc:
-            raise ValueError(f"cannot encode message properties: {exc}") from exc
-        if key is not None:
-            if len(self._properties) >= PROPERTIES_CACHE_SIZE:
-                self._properties.clear()
-            self._properties[key] = encoded
-        return encoded

@@ -27,6 +27,7 @@ from .._sansio._errors import (
 from .._sansio._framing import (
     FRAME_MIN_SIZE,
 )
+from .._sansio._properties import BasicProperties
 from ._fake_connection import BrokerConnection
 from ._fake_model import (
     _EXCHANGE_TYPES,
@@ -163,7 +164,7 @@ class FakeBroker:
         exchange: str,
         routing_key: str,
         body: bytes,
-        properties: commands.Basic.Properties | None = None,
+        properties: BasicProperties | None = None,
         *,
         vhost: str = "/",
     ) -> int:
@@ -177,7 +178,7 @@ class FakeBroker:
         ex = vh.exchanges.get(exchange)
         if ex is None:
             raise KeyError(f"no exchange {exchange!r} in vhost {vhost!r}")
-        props = properties or commands.Basic.Properties()
+        props = properties or BasicProperties()
         queues = vh.route(ex, routing_key, props.headers or {})
         for q in queues:
             q.messages.append(Message(body, props, exchange, routing_key))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from pamqp import base, body, commands, common, header, heartbeat
+from pamqp import base, body, commands, common, heartbeat
 
 from .._sansio._errors import (
     ACCESS_REFUSED,
@@ -30,6 +30,7 @@ from .._sansio._framing import (
     encode_content,
     encode_frame,
 )
+from .._sansio._properties import BasicProperties, ContentHeader
 from ._fake_model import (
     _HARD_ERRORS,
     _LOGIN_REFUSED,
@@ -242,20 +243,20 @@ class BrokerConnection:
 
     def _content_frame(self, ch: _Channel, content: _Content, value: FrameValue) -> None:
         if content.properties is None:
-            if not isinstance(value, header.ContentHeader):
+            if not isinstance(value, ContentHeader):
                 raise _AmqpError(
                     UNEXPECTED_FRAME,
                     f"expected content header for {content.method.name} on channel {ch.id}, "
                     f"got {_describe(value)}",
                 )
-            class_id: object = value.class_id  # pamqp types it as None until unmarshalled
+            class_id = value.class_id
             if class_id != commands.Basic.frame_id:
                 raise _AmqpError(
                     UNEXPECTED_FRAME,
                     f"content header class id {class_id} does not match "
                     f"{content.method.name} on channel {ch.id}",
                 )
-            content.properties = value.properties
+            content.properties = value.properties or BasicProperties()
             content.body_size = value.body_size
         elif isinstance(value, body.ContentBody):
             content.chunks.append(value.value)
@@ -573,7 +574,7 @@ class BrokerConnection:
         self,
         ch: _Channel,
         m: commands.Basic.Publish,
-        properties: commands.Basic.Properties,
+        properties: BasicProperties,
         payload: bytes,
     ) -> None:
         vh = self._vh()

@@ -29,6 +29,7 @@ from .._sansio._errors import (
     reply_name,
 )
 from .._sansio._framing import FrameValue
+from .._sansio._properties import BasicProperties
 
 if TYPE_CHECKING:
     from ._fake_connection import BrokerConnection
@@ -105,7 +106,7 @@ class Message:
     it was published and whether it has been delivered before."""
 
     body: bytes
-    properties: commands.Basic.Properties = field(default_factory=commands.Basic.Properties)
+    properties: BasicProperties = field(default_factory=BasicProperties)
     exchange: str = ""
     routing_key: str = ""
     redelivered: bool = False
@@ -209,7 +210,7 @@ class _Content:
     """A Basic.Publish whose content header and body frames are arriving."""
 
     method: commands.Basic.Publish
-    properties: commands.Basic.Properties | None = None
+    properties: BasicProperties | None = None
     body_size: int = 0
     chunks: list[bytes] = field(default_factory=list)
     received: int = 0
