@@ -31,6 +31,8 @@ TEST_DEPS = [
     "trustme",
     "websockify",
     "trio-websocket",  # an independent WebSocket server for the transport tests
+    "pika",  # the interop tests: other clients publish to trio-lavin and read from it
+    "amqp",
 ]
 APT_GET = Path("/usr/bin/apt-get")
 #: What the LavinMQ build in ../shared/lavinmq needs at run time (its README).

@@ -245,9 +245,12 @@ def test_delivery_json_has_the_text_body_routing_and_the_properties_that_are_set
     }
 
 
-def test_delivery_json_gives_a_binary_body_in_base64_and_omits_empty_properties() -> None:
-    record = delivery_json(_delivery(b"\xff\xfe", BasicProperties(cluster_id="")))
+def test_delivery_json_gives_a_binary_body_in_base64_and_omits_unset_properties() -> None:
+    record = delivery_json(_delivery(b"\xff\xfe", BasicProperties()))
     assert record["body_base64"] == "//4="
     assert "body" not in record
     assert "properties" not in record
     json.dumps(record)  # JSON-able as it is
+    # A property set to "" is set: shown, as the message carries it.
+    record = delivery_json(_delivery(b"x", BasicProperties(correlation_id="")))
+    assert record["properties"] == {"correlation_id": ""}

@@ -114,7 +114,7 @@ def test_bytes_of_every_kind_go_as_byte_arrays_and_come_back_as_bytes(raw: Any) 
         ("I", b"\x80\x00\x00\x00", -(2**31)),
         ("i", b"\xff\xff\xff\xff", 2**32 - 1),
         ("l", b"\x80" + b"\x00" * 7, -(2**63)),
-        ("L", b"\xff" * 8, 2**64 - 1),
+        ("L", b"\xff" * 8, -1),
         ("f", struct.pack(">f", 1.5), 1.5),
         ("d", struct.pack(">d", 1e300), 1e300),
         ("t", b"\x02", True),
@@ -211,8 +211,8 @@ def test_garbage_tables_are_what_pamqp_decodes_when_both_accept_utf8_only_input(
         theirs = decode.field_table(data)[::-1]
     except Exception:
         return  # pamqp refuses more (text that is not UTF-8)
-    if b"L" in data or b"T" in data or b"x" in data:
-        return  # documented differences: unsigned L, timestamps in seconds, bytes
+    if b"T" in data or b"x" in data:
+        return  # documented differences: timestamps in seconds, bytes
     assert ours == theirs
 
 

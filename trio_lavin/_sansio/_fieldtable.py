@@ -17,7 +17,9 @@ I     int32              int                       int in [-2**31, 2**31)
 i     uint32             int                       int in [2**31, 2**32)
 l     int64              int                       int in [-2**63, 2**63), else
                                                    ValueError
-L     uint64 (0-9-1)     int                       (decoded only: RabbitMQ has none)
+L     int64              int                       (decoded only; py-amqp sends it;
+                                                   signed as RabbitMQ reads it, though
+                                                   0-9-1 says unsigned)
 f     float32            float                     (decoded only: floats go as d)
 d     float64            float                     float
 D     scale + int32      decimal.Decimal           decimal.Decimal
@@ -86,7 +88,7 @@ _NUMBERS: Final[dict[int, struct.Struct]] = {
     ord("I"): struct.Struct(">i"),
     ord("i"): struct.Struct(">I"),
     ord("l"): struct.Struct(">q"),
-    ord("L"): struct.Struct(">Q"),
+    ord("L"): struct.Struct(">q"),  # signed, as RabbitMQ, pika and py-amqp have it
     ord("f"): struct.Struct(">f"),
     ord("d"): struct.Struct(">d"),
 }
