@@ -212,17 +212,37 @@ def fuzz(session: nox.Session) -> None:
 
 
 #: What ``bench`` compares trio-lavin with (py-amqp is ``amqp``; uvloop runs the asyncio
-#: peers), plus pyinstrument for ``--profile``.  Installed one at a time: one that fails to
-#: install shows as "n/a" in the table instead of failing the session.
+#: peers), plus pyinstrument for ``--pyinstrument``.  Installed one at a time: one that
+#: fails to install shows as "n/a" in the table instead of failing the session.
 BENCH_PEERS = ["aio-pika", "aiormq", "pika", "amqp", "uvloop", "pyinstrument"]
+
+
+def _bench_broker(args: list[str]) -> str:
+    """The broker the suite's ``--broker`` asks for (``rabbitmq`` when not given)."""
+    for i, arg in enumerate(args):
+        if arg == "--broker" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--broker="):
+            return arg.partition("=")[2]
+    return "rabbitmq"
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """benchmarks/bench_suite.py: trio-lavin against every Python peer and two ceiling
-    clients, against one broker (a throwaway RabbitMQ node, or AMQP_URL).  Arguments go to
-    the suite, e.g. ``nox -s bench -- --rounds 5 --scenarios consume roundtrip``."""
-    ensure_broker(session)
+    clients, against one broker: a throwaway RabbitMQ node, a throwaway LavinMQ node with
+    ``--broker lavinmq`` (the binary found as the tests find it), or AMQP_URL.  Arguments go
+    to the suite, e.g. ``nox -s bench -- --rounds 5 --scenarios consume roundtrip``."""
+    broker = _bench_broker(session.posargs)
+    if broker == "lavinmq" and not os.environ.get("AMQP_URL"):
+        if _lavinmq_binary() is None:
+            session.error(
+                "--broker lavinmq: no LavinMQ binary: set LAVINMQ=/path/to/lavinmq, put "
+                "`lavinmq` on PATH, or keep one at ../shared/lavinmq/lavinmq"
+            )
+        ensure_lavinmq_libraries(session)
+    else:
+        ensure_broker(session)
     session.install("-e", ".")
     for peer in BENCH_PEERS:
         try:
@@ -232,5 +252,7 @@ def bench(session: nox.Session) -> None:
     command = ["python", "benchmarks/bench_suite.py", *session.posargs]
     if os.environ.get("AMQP_URL"):
         session.run(*command)
+    elif broker == "lavinmq":
+        session.run("python", "-m", "tests._lavinmq", "exec", "--", *command)
     else:
         session.run("python", "-m", "tests._broker", "exec", "--", *command)

@@ -8,6 +8,7 @@ loops, imports and garbage do not carry over; a run that overruns ``--run-timeou
 killed and shown as "timeout", a client that cannot run as "n/a (reason)" or "error".
 
     nox -s bench -- [--rounds 3] [--messages 50000] [--scenarios ...] [--clients ...]
+    nox -s bench -- --broker lavinmq --message-profile realistic bare
     AMQP_URL=amqp://... python benchmarks/bench_suite.py ...
 
 The Markdown report goes to stdout, progress to stderr.  See ``benchmarks/README.md``.
@@ -32,19 +33,23 @@ from pathlib import Path
 from typing import Any
 
 from suite_common import (
-    BODY,
     CLIENTS,
     LATENCY_SCENARIOS,
     LAVIN_CLIENTS,
+    MESSAGE_PROFILES,
     SCENARIOS,
     RunSpec,
+    body,
 )
-from suite_wire import SocketClient, WireError
+from suite_wire import SocketClient, WireError, realistic_properties
 
 CHILD = Path(__file__).with_name("suite_child.py")
 #: Queues die by themselves this long after their last use, should we crash before
 #: deleting them (milliseconds).
 QUEUE_EXPIRES_MS = 600_000
+
+#: ``--broker`` name -> the ``product`` its Connection.Start names.
+BROKERS = {"rabbitmq": "RabbitMQ", "lavinmq": "LavinMQ"}
 
 Result = dict[str, Any]
 
@@ -58,6 +63,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--url",
         default=os.environ.get("AMQP_URL"),
         help="the broker (default: $AMQP_URL; `python -m tests._broker exec -- ...` sets it)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=list(BROKERS),
+        help="the broker the URL must lead to (checked); `nox -s bench -- --broker lavinmq` "
+        "starts a throwaway LavinMQ node instead of a RabbitMQ one",
+    )
+    parser.add_argument(
+        "--message-profile",
+        nargs="+",
+        choices=list(MESSAGE_PROFILES),
+        default=["bare"],
+        dest="message_profiles",
+        metavar="PROFILE",
+        help="the messages: bare (16-byte bodies, no properties; the default) and/or "
+        "realistic (256-byte JSON bodies with per-message properties); with both, "
+        "each gets its own tables",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
@@ -81,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--clients", nargs="+", choices=list(CLIENTS), default=list(CLIENTS))
     parser.add_argument("--window", type=int, default=1000, help="publish_confirm window")
+    parser.add_argument(
+        "--tasks", type=int, default=100, help="publishing tasks in publish_confirm_tasks"
+    )
     parser.add_argument("--prefetch", type=int, default=1000, help="consume prefetch")
     parser.add_argument(
         "--ack-every", type=int, default=100, help="consume acks (multiple) every N deliveries"
@@ -94,17 +119,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="seed of the shuffled orders")
     parser.add_argument("--json", type=Path, help="also write every run's result here")
     parser.add_argument(
-        "--profile",
+        "--pyinstrument",
         type=Path,
+        metavar="DIR",
         help="write a pyinstrument profile of every child run into this directory (slows it)",
     )
     args = parser.parse_args(argv)
     if not args.url:
         parser.error("no broker: set AMQP_URL or pass --url (or run under tests._broker exec)")
-    if args.profile is not None and args.profile.exists() and not args.profile.is_dir():
-        parser.error(f"--profile {args.profile} exists and is not a directory")
-    if args.rounds < 1 or args.messages < 1 or args.latency_messages < 1:
-        parser.error("--rounds, --messages and --latency-messages must be >= 1")
+    where = args.pyinstrument
+    if where is not None and where.exists() and not where.is_dir():
+        parser.error(f"--pyinstrument {where} exists and is not a directory")
+    if min(args.rounds, args.messages, args.latency_messages, args.tasks) < 1:
+        parser.error("--rounds, --messages, --latency-messages and --tasks must be >= 1")
+    args.message_profiles = list(dict.fromkeys(args.message_profiles))  # once each
     return args
 
 
@@ -139,13 +167,14 @@ class Admin:
             self._client = SocketClient(self.url, timeout=30.0)
         return self._client
 
-    def _retry(self, action: str, queue: str, count: int = 0) -> None:
+    def _retry(self, action: str, queue: str, count: int = 0, profile: str = "bare") -> None:
         for attempt in (1, 2):
             try:
                 if action == "declare":
                     self.client.declare(queue, {"x-expires": QUEUE_EXPIRES_MS})
                 elif action == "preload":
-                    self.client.preload(queue, count, BODY)
+                    properties = realistic_properties() if profile == "realistic" else None
+                    self.client.preload(queue, count, body(profile), properties=properties)
                 else:
                     self.client.delete(queue)
                 return
@@ -154,10 +183,11 @@ class Admin:
                 if attempt == 2:
                     raise
 
-    def prepare(self, queue: str, preload: int) -> None:
+    def prepare(self, queue: str, preload: int, profile: str) -> None:
+        """Declare ``queue`` and put ``preload`` messages of ``profile`` in it."""
         self._retry("declare", queue)
         if preload:
-            self._retry("preload", queue, preload)
+            self._retry("preload", queue, preload, profile)
             self.close()  # the preload left the channel in confirm mode
 
     def delete(self, queue: str) -> None:
@@ -171,7 +201,11 @@ class Admin:
 
 def run_one(spec: RunSpec, timeout: float) -> Result:
     """Run one child; always returns a result (``timeout``/``error`` when it misbehaved)."""
-    base: Result = {"client": spec.client, "scenario": spec.scenario}
+    base: Result = {
+        "client": spec.client,
+        "scenario": spec.scenario,
+        "profile": spec.message_profile,
+    }
     try:
         done = subprocess.run(
             [sys.executable, str(CHILD), spec.to_json()],
@@ -198,65 +232,87 @@ def describe(result: Result) -> str:
     text = f"{result['rate']:>10,.0f} msg/s"
     if "p50_us" in result:
         text += f"  p50 {result['p50_us']:,.0f} us  p99 {result['p99_us']:,.0f} us"
-    return text + f"  cpu {result['cpu_us_per_msg']:.1f} us/msg"
+    text += f"  cpu {result['cpu_us_per_msg']:.1f} us/msg"
+    return text + (f"  ({result['note']})" if result.get("note") else "")
 
 
 def run_suite(args: argparse.Namespace) -> list[Result]:
     rng = random.Random(args.seed)
     admin = Admin(args.url)
     results: list[Result] = []
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    if args.pyinstrument:
+        args.pyinstrument.mkdir(parents=True, exist_ok=True)
     try:
         for round_number in range(1, args.rounds + 1):
             for scenario in args.scenarios:
-                order = list(args.clients)
-                rng.shuffle(order)
-                for client in order:
-                    result = _run_cell(args, admin, round_number, scenario, client)
-                    result["round"] = round_number
-                    results.append(result)
-                    sys.stderr.write(
-                        f"[round {round_number}/{args.rounds}] {scenario:21} {client:13} "
-                        f"{describe(result)}\n"
-                    )
+                for profile in args.message_profiles:
+                    order = list(args.clients)
+                    rng.shuffle(order)
+                    for client in order:
+                        result = _run_cell(args, admin, round_number, scenario, client, profile)
+                        result["round"] = round_number
+                        results.append(result)
+                        sys.stderr.write(
+                            f"[round {round_number}/{args.rounds}] {profile:9} {scenario:21} "
+                            f"{client:13} {describe(result)}\n"
+                        )
     finally:
         admin.close()
     return results
 
 
 def _run_cell(
-    args: argparse.Namespace, admin: Admin, round_number: int, scenario: str, client: str
+    args: argparse.Namespace,
+    admin: Admin,
+    round_number: int,
+    scenario: str,
+    client: str,
+    profile: str,
 ) -> Result:
     unsupported = CLIENTS[client].unsupported.get(scenario)
     if unsupported:
-        return {"client": client, "scenario": scenario, "status": "n/a", "reason": unsupported}
+        return {
+            "client": client,
+            "scenario": scenario,
+            "profile": profile,
+            "status": "n/a",
+            "reason": unsupported,
+        }
     if scenario in LATENCY_SCENARIOS:
         messages = args.latency_messages
     elif scenario == "enqueue":
         messages = args.enqueue_messages
     else:
         messages = args.messages
-    queue = f"bench.{scenario}.{client}.{round_number}.{secrets.token_hex(3)}"
+    queue = f"bench.{scenario}.{client}.{profile}.{round_number}.{secrets.token_hex(3)}"
     spec = RunSpec(
         client=client,
         scenario=scenario,
         url=args.url,
         queue=queue,
         messages=messages,
+        message_profile=profile,
         window=args.window,
+        tasks=args.tasks,
         prefetch=args.prefetch,
         ack_every=args.ack_every,
         deadline=max(1.0, args.run_timeout - 10.0),
     )
-    if args.profile:
-        spec = replace(spec, profile=str(args.profile / f"{scenario}.{client}.{round_number}.txt"))
+    if args.pyinstrument:
+        name = f"{scenario}.{client}.{profile}.{round_number}.txt"
+        spec = replace(spec, pyinstrument=str(args.pyinstrument / name))
     if scenario == "enqueue":
         return run_one(spec, args.run_timeout)
     try:
-        admin.prepare(queue, messages if scenario == "consume" else 0)
+        admin.prepare(queue, messages if scenario == "consume" else 0, profile)
     except (OSError, WireError, TimeoutError) as exc:
-        return {"client": client, "scenario": scenario, "status": "error", "reason": repr(exc)}
+        return {
+            "client": client,
+            "scenario": scenario,
+            "profile": profile,
+            "status": "error",
+            "reason": repr(exc),
+        }
     try:
         return run_one(spec, args.run_timeout)
     finally:
@@ -312,6 +368,9 @@ class Summary:
                 return f"timeout ({first['reason']})"
             return f"{first['status']}: {first['reason']}".replace("|", "/")
         text = format(_median(runs, key), fmt).replace(",", " ")
+        notes = sorted({r["note"] for r in runs if r.get("note")})
+        if notes:
+            text += f" ({'; '.join(notes)})"
         if failures:
             text += f" ({len(runs)}/{len(runs) + len(failures)} ok)"
         return text
@@ -333,21 +392,27 @@ class Summary:
                 rows.append((scenario, f"{scenario} ({unit})", "rate"))
         return rows
 
-    def report(self) -> str:
+    def report(self, profile: str) -> str:
+        """The tables of ``profile`` (the results given are of that profile only)."""
         clients = self.args.clients
         labels = [CLIENTS[c].label for c in clients]
-        out = []
+        out = [f"**Message profile: {profile}** ({MESSAGE_PROFILES[profile]}).\n"]
         main_rows = [
             [label] + [self.cell(s, c, key, ",.0f") for c in clients]
             for s, label, key in self._rows()
         ]
-        out.append("Medians (msg/s, calls/s, or microseconds for latencies):\n")
+        out.append(
+            f"Medians, {profile} profile (msg/s, calls/s, or microseconds for latencies):\n"
+        )
         out.append(self._table(["scenario", *labels], main_rows))
         cpu_rows = [
             [s] + [self.cell(s, c, "cpu_us_per_msg", ",.1f") for c in clients]
             for s in self.args.scenarios
         ]
-        out.append("\nClient CPU time per message (microseconds, user + system, medians):\n")
+        out.append(
+            f"\nClient CPU time per message, {profile} profile (microseconds, user + system, "
+            "medians):\n"
+        )
         out.append(self._table(["scenario", *labels], cpu_rows))
         for lavin in (c for c in LAVIN_CLIENTS if c in clients):
             others = [c for c in clients if c not in LAVIN_CLIENTS]
@@ -368,18 +433,32 @@ class Summary:
                 if any(value != "-" for value in row[1:]):
                     rows.append(row)
             out.append(
-                f"\n{CLIENTS[lavin].label} relative to each client (above 1 means trio-lavin "
-                "is faster: rate ratio, or inverse p50 ratio for latencies):\n"
+                f"\n{CLIENTS[lavin].label} relative to each client, {profile} profile (above 1 "
+                "means trio-lavin is faster: rate ratio, or inverse p50 ratio for latencies):\n"
             )
             out.append(self._table(["scenario", *(CLIENTS[c].label for c in others)], rows))
-        if self.variants:
-            out.append("\nClients as run:\n")
-            out += [
-                f"- {CLIENTS[c].label}: {'; '.join(self.variants[c])}"
-                for c in clients
-                if c in self.variants
-            ]
         return "\n".join(out) + "\n"
+
+    def clients_as_run(self) -> str:
+        if not self.variants:
+            return ""
+        lines = ["Clients as run:\n"]
+        lines += [
+            f"- {CLIENTS[c].label}: {'; '.join(self.variants[c])}"
+            for c in self.args.clients
+            if c in self.variants
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def report(results: list[Result], args: argparse.Namespace) -> str:
+    """Every profile's tables, in the order of ``--message-profile``, then the clients."""
+    sections = [
+        Summary([r for r in results if r.get("profile", "bare") == profile], args).report(profile)
+        for profile in args.message_profiles
+    ]
+    sections.append(Summary(results, args).clients_as_run())
+    return "\n".join(section for section in sections if section)
 
 
 def preamble(args: argparse.Namespace, broker: str, now: datetime.datetime) -> str:
@@ -391,13 +470,17 @@ def preamble(args: argparse.Namespace, broker: str, now: datetime.datetime) -> s
                 break
     except OSError:
         pass
+    profiles = "; ".join(f"{p} ({MESSAGE_PROFILES[p]})" for p in args.message_profiles)
+    rounds = f"{args.rounds} interleaved round{'s' if args.rounds != 1 else ''}"
     return (
-        f"trio-lavin benchmark suite, {now:%Y-%m-%d %H:%M} UTC: {os.cpu_count()} cores ({cpu}), "
-        f"Python {platform.python_version()}, broker {broker} "
-        f"(same machine, loopback).\n{args.rounds} interleaved rounds; "
-        f"{args.messages} messages per throughput run, {args.latency_messages} per latency run, "
-        f"{args.enqueue_messages} enqueue calls; 16-byte bodies; confirm window {args.window}, "
-        f"prefetch {args.prefetch}, consume acks every {args.ack_every} (multiple).\n"
+        f"trio-lavin benchmark suite against {broker} (same machine, loopback), "
+        f"{now:%Y-%m-%d %H:%M} UTC.\n"
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}.  "
+        f"Message profile{'s' if len(args.message_profiles) > 1 else ''}: {profiles}.\n"
+        f"{rounds}; {args.messages} messages per throughput run, {args.latency_messages} per "
+        f"latency run, {args.enqueue_messages} enqueue calls; confirm window {args.window}, "
+        f"{args.tasks} tasks in publish_confirm_tasks, prefetch {args.prefetch}, consume acks "
+        f"every {args.ack_every} (multiple).\n"
     )
 
 
@@ -409,12 +492,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"cannot reach the broker at {args.url}: {exc!r}")
     broker = server_version(probe.start_payload)
     probe.close()
+    if args.broker and not broker.startswith(BROKERS[args.broker] + " "):
+        sys.exit(f"--broker {args.broker}, but {args.url} is {broker}")
     started = datetime.datetime.now(datetime.UTC)
     sys.stderr.write(preamble(args, broker, started))
     results = run_suite(args)
     if args.json:
         args.json.write_text("\n".join(json.dumps(r) for r in results) + "\n")
-    sys.stdout.write(preamble(args, broker, started) + "\n" + Summary(results, args).report())
+    sys.stdout.write(preamble(args, broker, started) + "\n" + report(results, args))
     return 0
 
 

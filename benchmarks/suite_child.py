@@ -20,7 +20,7 @@ PEER_MODULES = frozenset({"aio_pika", "aiormq", "pika", "amqp", "uvloop", "pyins
 
 
 def _profiled(run: Any, spec: RunSpec) -> Measurement:
-    """Run under pyinstrument and write its text report to ``spec.profile``."""
+    """Run under pyinstrument and write its text report to ``spec.pyinstrument``."""
     from pyinstrument import Profiler
 
     profiler = Profiler(interval=0.0005, async_mode="disabled")
@@ -29,8 +29,8 @@ def _profiled(run: Any, spec: RunSpec) -> Measurement:
         measurement: Measurement = run(spec)
     finally:
         profiler.stop()
-        assert spec.profile is not None
-        with open(spec.profile, "w") as out:
+        assert spec.pyinstrument is not None
+        with open(spec.pyinstrument, "w") as out:
             out.write(profiler.output_text(unicode=True, color=False, show_all=False))
     return measurement
 
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         module = importlib.import_module(info.module)
-        measurement = _profiled(module.run, spec) if spec.profile else module.run(spec)
+        measurement = _profiled(module.run, spec) if spec.pyinstrument else module.run(spec)
     except NotSupported as exc:
         print(result_line(spec, "n/a", str(exc)), flush=True)
     except BaseException as exc:

@@ -5,16 +5,23 @@
   ``confirm_select`` + ``Confirmation.wait``, ``basic_consume``);
 * ``lavin-client``: the recovering client, ``open_client`` + ``client.producer(...)``
   (``enqueue`` + ``drain``, ``publish``, ``publish_nowait``) and ``client.consume``.
+
+In the ``realistic`` message profile every message gets its own ``BasicProperties`` (built
+in the timed loop by :func:`_properties`), and consumers read each delivery's
+``message_id`` and ``traceparent`` header.
 """
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 from collections import deque
+from collections.abc import Iterator
 
+import suite_common as common
 import trio
-from suite_common import BODY, Measurement, RunSpec, Timer
+from suite_common import Measurement, RunSpec, Timer
 
 import trio_lavin as lavin
 
@@ -41,6 +48,24 @@ async def _run(spec: RunSpec) -> Measurement:
             return await _CLIENT_SCENARIOS[spec.scenario](client, spec)
 
 
+def _properties(spec: RunSpec) -> Iterator[lavin.BasicProperties | None]:
+    """Endless properties, one per message, for ``spec``'s message profile."""
+    if spec.message_profile != "realistic":
+        return itertools.repeat(None)
+    return _realistic()
+
+
+def _realistic() -> Iterator[lavin.BasicProperties]:
+    for message_id, traceparent in common.message_ids():
+        yield lavin.BasicProperties(
+            content_type=common.CONTENT_TYPE,
+            delivery_mode=common.PERSISTENT,
+            message_id=message_id,
+            timestamp=common.timestamp_now(),
+            headers=common.headers(traceparent),
+        )
+
+
 async def _wait_until_held(channel: lavin.Channel, queue: str, count: int) -> None:
     while True:  # the queue's length is the broker's: poll it
         if (await channel.queue_declare(queue, passive=True)).message_count >= count:
@@ -53,13 +78,29 @@ async def _wait_until_held(channel: lavin.Channel, queue: str, count: int) -> No
 
 async def _channel_publish_nowait(channel: lavin.Channel, spec: RunSpec) -> Measurement:
     queue = spec.queue
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     timer = Timer()
     timer.start()
-    for _ in range(spec.messages):
+    for props in itertools.islice(properties, spec.messages):
         try:
-            channel.basic_publish_nowait(BODY, routing_key=queue)
+            channel.basic_publish_nowait(body, routing_key=queue, properties=props)
         except trio.WouldBlock:
-            await channel.basic_publish(BODY, routing_key=queue)
+            await channel.basic_publish(body, routing_key=queue, properties=props)
+    await _wait_until_held(channel, queue, spec.messages)
+    timer.stop()
+    return timer.measurement(spec.messages)
+
+
+async def _channel_publish(channel: lavin.Channel, spec: RunSpec) -> Measurement:
+    """The Channel's awaitable publish, one call per message (no confirms)."""
+    queue = spec.queue
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
+    timer = Timer()
+    timer.start()
+    for props in itertools.islice(properties, spec.messages):
+        await channel.basic_publish(body, routing_key=queue, properties=props)
     await _wait_until_held(channel, queue, spec.messages)
     timer.stop()
     return timer.measurement(spec.messages)
@@ -68,10 +109,12 @@ async def _channel_publish_nowait(channel: lavin.Channel, spec: RunSpec) -> Meas
 async def _channel_publish_confirm(channel: lavin.Channel, spec: RunSpec) -> Measurement:
     await channel.confirm_select()
     queue = spec.queue
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     window: deque[lavin.Confirmation] = deque()
     timer = Timer()
     timer.start()
-    for _ in range(spec.messages):
+    for props in itertools.islice(properties, spec.messages):
         if len(window) >= spec.window:
             # Wait for the oldest, then retire every settled one without a checkpoint each.
             await window[0].wait()
@@ -80,9 +123,9 @@ async def _channel_publish_confirm(channel: lavin.Channel, spec: RunSpec) -> Mea
                 if not settled.acked:
                     await settled.wait()  # raises MessageNacked
         try:
-            confirmation = channel.basic_publish_nowait(BODY, routing_key=queue)
+            confirmation = channel.basic_publish_nowait(body, routing_key=queue, properties=props)
         except trio.WouldBlock:
-            confirmation = await channel.basic_publish(BODY, routing_key=queue)
+            confirmation = await channel.basic_publish(body, routing_key=queue, properties=props)
         assert confirmation is not None
         window.append(confirmation)
     for confirmation in window:
@@ -91,15 +134,41 @@ async def _channel_publish_confirm(channel: lavin.Channel, spec: RunSpec) -> Mea
     return timer.measurement(spec.messages)
 
 
+async def _channel_confirm_tasks(channel: lavin.Channel, spec: RunSpec) -> Measurement:
+    """``spec.tasks`` tasks on one confirm channel, each awaiting ``channel.publish`` (which
+    returns once the broker confirmed) until ``spec.messages`` are confirmed in all."""
+    await channel.confirm_select()
+    queue = spec.queue
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
+    remaining = spec.messages
+
+    async def publisher() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await channel.publish(body, routing_key=queue, properties=next(properties))
+
+    timer = Timer()
+    timer.start()
+    async with trio.open_nursery() as nursery:
+        for _ in range(spec.tasks):
+            nursery.start_soon(publisher)
+    timer.stop()
+    return timer.measurement(spec.messages)
+
+
 async def _channel_confirm_sync(channel: lavin.Channel, spec: RunSpec) -> Measurement:
     await channel.confirm_select()
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     latencies: list[float] = []
     timer = Timer()
     for i in range(spec.warmup + spec.messages):
         if i == spec.warmup:
             timer.start()
         start = time.perf_counter()
-        await channel.publish(BODY, routing_key=spec.queue)
+        await channel.publish(body, routing_key=spec.queue, properties=next(properties))
         if i >= spec.warmup:
             latencies.append(time.perf_counter() - start)
     timer.stop()
@@ -109,28 +178,39 @@ async def _channel_confirm_sync(channel: lavin.Channel, spec: RunSpec) -> Measur
 async def _channel_consume(channel: lavin.Channel, spec: RunSpec) -> Measurement:
     timer = Timer()
     timer.start()
+    read = spec.message_profile == "realistic"
+    message_id: object = None
+    traceparent: object = None
     await channel.basic_qos(spec.prefetch)
     consumer = await channel.basic_consume(spec.queue)
     received = 0
     async for delivery in consumer:
         received += 1
+        if read:
+            properties = delivery.properties
+            message_id = properties.message_id
+            traceparent = properties.headers["traceparent"]  # type: ignore[index]
         if received % spec.ack_every == 0 or received == spec.messages:
             await delivery.ack(multiple=True)
         if received == spec.messages:
             break
     timer.stop()
+    if read:
+        common.check_read(message_id, traceparent)
     return timer.measurement(spec.messages)
 
 
 async def _channel_roundtrip(channel: lavin.Channel, spec: RunSpec) -> Measurement:
     consumer = await channel.basic_consume(spec.queue, no_ack=True)
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     latencies: list[float] = []
     timer = Timer()
     for i in range(spec.warmup + spec.messages):
         if i == spec.warmup:
             timer.start()
         start = time.perf_counter()
-        channel.basic_publish_nowait(BODY, routing_key=spec.queue)
+        channel.basic_publish_nowait(body, routing_key=spec.queue, properties=next(properties))
         await consumer.__anext__()
         if i >= spec.warmup:
             latencies.append(time.perf_counter() - start)
@@ -140,7 +220,9 @@ async def _channel_roundtrip(channel: lavin.Channel, spec: RunSpec) -> Measureme
 
 _CHANNEL_SCENARIOS = {
     "publish_nowait": _channel_publish_nowait,
+    "publish": _channel_publish,
     "publish_confirm": _channel_publish_confirm,
+    "publish_confirm_tasks": _channel_confirm_tasks,
     "publish_confirm_sync": _channel_confirm_sync,
     "consume": _channel_consume,
     "roundtrip": _channel_roundtrip,
@@ -153,11 +235,29 @@ _CHANNEL_SCENARIOS = {
 async def _client_publish_nowait(client: lavin.Client, spec: RunSpec) -> Measurement:
     producer = client.producer(spec.queue, mode=lavin.PublishMode.FIRE_AND_FORGET)
     channel = await client.open_channel()
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     timer = Timer()
     timer.start()
-    for _ in range(spec.messages):
-        await producer.enqueue(BODY)
+    for props in itertools.islice(properties, spec.messages):
+        await producer.enqueue(body, properties=props)
     await producer.drain()
+    await _wait_until_held(channel, spec.queue, spec.messages)
+    timer.stop()
+    return timer.measurement(spec.messages)
+
+
+async def _client_publish(client: lavin.Client, spec: RunSpec) -> Measurement:
+    """``await producer.publish(...)`` per message in FIRE_AND_FORGET mode: the call a user
+    writes first."""
+    producer = client.producer(spec.queue, mode=lavin.PublishMode.FIRE_AND_FORGET)
+    channel = await client.open_channel()
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
+    timer = Timer()
+    timer.start()
+    for props in itertools.islice(properties, spec.messages):
+        await producer.publish(body, properties=props)
     await _wait_until_held(channel, spec.queue, spec.messages)
     timer.stop()
     return timer.measurement(spec.messages)
@@ -168,27 +268,62 @@ async def _client_publish_confirm(client: lavin.Client, spec: RunSpec) -> Measur
         spec.queue, mode=lavin.PublishMode.CONFIRM, confirm_window=spec.window
     )
     await client.wait_connected()
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     timer = Timer()
     timer.start()
-    for _ in range(spec.messages):
-        await producer.enqueue(BODY)
+    for props in itertools.islice(properties, spec.messages):
+        await producer.enqueue(body, properties=props)
     await producer.drain()
     timer.stop()
+    _check_confirmed(producer, spec.messages)
+    return timer.measurement(spec.messages)
+
+
+def _check_confirmed(producer: lavin.Producer, messages: int) -> None:
     stats = producer.statistics()
-    if stats.confirmed != spec.messages:
-        raise RuntimeError(f"{stats.confirmed} of {spec.messages} confirmed: {stats}")
+    if stats.confirmed != messages:
+        raise RuntimeError(f"{stats.confirmed} of {messages} confirmed: {stats}")
+
+
+async def _client_confirm_tasks(client: lavin.Client, spec: RunSpec) -> Measurement:
+    """``spec.tasks`` tasks on one CONFIRM producer, each awaiting ``producer.publish``
+    until ``spec.messages`` are confirmed in all."""
+    producer = client.producer(
+        spec.queue, mode=lavin.PublishMode.CONFIRM, confirm_window=spec.window
+    )
+    await client.wait_connected()
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
+    remaining = spec.messages
+
+    async def publisher() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await producer.publish(body, properties=next(properties))
+
+    timer = Timer()
+    timer.start()
+    async with trio.open_nursery() as nursery:
+        for _ in range(spec.tasks):
+            nursery.start_soon(publisher)
+    timer.stop()
+    _check_confirmed(producer, spec.messages)
     return timer.measurement(spec.messages)
 
 
 async def _client_confirm_sync(client: lavin.Client, spec: RunSpec) -> Measurement:
     producer = client.producer(spec.queue, mode=lavin.PublishMode.CONFIRM)
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     latencies: list[float] = []
     timer = Timer()
     for i in range(spec.warmup + spec.messages):
         if i == spec.warmup:
             timer.start()
         start = time.perf_counter()
-        await producer.publish(BODY)
+        await producer.publish(body, properties=next(properties))
         if i >= spec.warmup:
             latencies.append(time.perf_counter() - start)
     timer.stop()
@@ -197,22 +332,33 @@ async def _client_confirm_sync(client: lavin.Client, spec: RunSpec) -> Measureme
 
 async def _client_consume(client: lavin.Client, spec: RunSpec) -> Measurement:
     await client.wait_connected()
+    read = spec.message_profile == "realistic"
+    message_id: object = None
+    traceparent: object = None
     timer = Timer()
     timer.start()
     received = 0
     async with client.consume(spec.queue, prefetch=spec.prefetch) as consumer:
         async for delivery in consumer:
             received += 1
+            if read:
+                properties = delivery.properties
+                message_id = properties.message_id
+                traceparent = properties.headers["traceparent"]  # type: ignore[index]
             if received % spec.ack_every == 0 or received == spec.messages:
                 await delivery.ack(multiple=True)
             if received == spec.messages:
                 break
         timer.stop()
+    if read:
+        common.check_read(message_id, traceparent)
     return timer.measurement(spec.messages)
 
 
 async def _client_roundtrip(client: lavin.Client, spec: RunSpec) -> Measurement:
     producer = client.producer(spec.queue, mode=lavin.PublishMode.FIRE_AND_FORGET)
+    body = common.body(spec.message_profile)
+    properties = _properties(spec)
     latencies: list[float] = []
     timer = Timer()
     async with client.consume(spec.queue, prefetch=0, no_ack=True) as consumer:
@@ -220,7 +366,7 @@ async def _client_roundtrip(client: lavin.Client, spec: RunSpec) -> Measurement:
             if i == spec.warmup:
                 timer.start()
             start = time.perf_counter()
-            producer.publish_nowait(BODY)
+            producer.publish_nowait(body, properties=next(properties))
             await consumer.__anext__()
             if i >= spec.warmup:
                 latencies.append(time.perf_counter() - start)
@@ -256,10 +402,16 @@ async def _client_enqueue(spec: RunSpec) -> Measurement:
         if client.connected:
             raise RuntimeError(f"something answered at {url}")
         publish_nowait = producer.publish_nowait
+        body = common.body(spec.message_profile)
+        properties = _properties(spec)
         timer = Timer()
         timer.start()
-        for _ in range(spec.messages):
-            publish_nowait(BODY)
+        if spec.message_profile == "realistic":
+            for props in itertools.islice(properties, spec.messages):
+                publish_nowait(body, properties=props)
+        else:  # the loop as it was before profiles existed (this row is ~1 us a call)
+            for _ in range(spec.messages):
+                publish_nowait(body)
         timer.stop()
         buffered = producer.statistics().buffered
         if buffered != spec.messages:
@@ -269,7 +421,9 @@ async def _client_enqueue(spec: RunSpec) -> Measurement:
 
 _CLIENT_SCENARIOS = {
     "publish_nowait": _client_publish_nowait,
+    "publish": _client_publish,
     "publish_confirm": _client_publish_confirm,
+    "publish_confirm_tasks": _client_confirm_tasks,
     "publish_confirm_sync": _client_confirm_sync,
     "consume": _client_consume,
     "roundtrip": _client_roundtrip,

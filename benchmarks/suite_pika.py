@@ -1,15 +1,19 @@
 """pika: ``BlockingConnection`` for every scenario except pipelined confirms, which the
 blocking adapter cannot do (its ``confirm_delivery`` mode waits for each confirm), so
 ``publish_confirm`` uses ``SelectConnection`` with callbacks, as pika's own examples do.
+It has one publish call, so ``publish`` runs the ``publish_nowait`` code.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from typing import Any
 
-from suite_common import BODY, Measurement, RunSpec, Timer
+import suite_common as common
+from suite_common import Measurement, RunSpec, Timer
 from suite_wire import ConfirmTracker
 
 #: Seconds between passive queue.declare polls while waiting for the broker to hold all N.
@@ -28,6 +32,25 @@ def run(spec: RunSpec) -> Measurement:
     return measurement
 
 
+def _properties(pika: Any, spec: RunSpec) -> Iterator[Any]:
+    """Endless ``pika.BasicProperties``, one per message, for ``spec``'s message profile
+    (None in the bare profile; pika's timestamp is an int)."""
+    if spec.message_profile != "realistic":
+        return itertools.repeat(None)
+    return _realistic(pika)
+
+
+def _realistic(pika: Any) -> Iterator[Any]:
+    for message_id, traceparent in common.message_ids():
+        yield pika.BasicProperties(
+            content_type=common.CONTENT_TYPE,
+            delivery_mode=common.PERSISTENT,
+            message_id=message_id,
+            timestamp=common.timestamp_seconds(),
+            headers=common.headers(traceparent),
+        )
+
+
 def _check_deadline(deadline: float, what: str) -> None:
     if time.monotonic() > deadline:
         raise TimeoutError(f"{what} did not finish in time")
@@ -41,12 +64,14 @@ def _blocking(pika: Any, spec: RunSpec) -> Measurement:
     try:
         channel = connection.channel()
         queue = spec.queue
+        body = common.body(spec.message_profile)
+        properties = _properties(pika, spec)
         deadline = time.monotonic() + spec.deadline
         timer = Timer()
-        if spec.scenario == "publish_nowait":
+        if spec.scenario in ("publish_nowait", "publish"):
             timer.start()
-            for _ in range(spec.messages):
-                channel.basic_publish(exchange="", routing_key=queue, body=BODY)
+            for props in itertools.islice(properties, spec.messages):
+                channel.basic_publish(exchange="", routing_key=queue, body=body, properties=props)
             while channel.queue_declare(queue, passive=True).method.message_count < spec.messages:
                 _check_deadline(deadline, "publishing")
                 time.sleep(POLL_INTERVAL)
@@ -58,17 +83,24 @@ def _blocking(pika: Any, spec: RunSpec) -> Measurement:
                 if i == spec.warmup:
                     timer.start()
                 start = time.perf_counter()
-                channel.basic_publish(exchange="", routing_key=queue, body=BODY)
+                channel.basic_publish(
+                    exchange="", routing_key=queue, body=body, properties=next(properties)
+                )
                 if i >= spec.warmup:
                     latencies.append(time.perf_counter() - start)
             timer.stop()
             return timer.measurement(spec.messages, latencies)
         elif spec.scenario == "consume":
             received = 0
+            read = spec.message_profile == "realistic"
+            seen: list[object] = [None, None]
 
-            def on_message(ch: Any, method: Any, _properties: Any, _body: bytes) -> None:
+            def on_message(ch: Any, method: Any, props: Any, _body: bytes) -> None:
                 nonlocal received
                 received += 1
+                if read:
+                    seen[0] = props.message_id
+                    seen[1] = props.headers["traceparent"]
                 if received % spec.ack_every == 0 or received == spec.messages:
                     ch.basic_ack(method.delivery_tag, multiple=True)
 
@@ -79,6 +111,8 @@ def _blocking(pika: Any, spec: RunSpec) -> Measurement:
                 connection.process_data_events(time_limit=1)
                 _check_deadline(deadline, "consuming")
             timer.stop()
+            if read:
+                common.check_read(*seen)
         else:  # roundtrip
             arrived = 0
 
@@ -92,7 +126,9 @@ def _blocking(pika: Any, spec: RunSpec) -> Measurement:
                 if i == spec.warmup:
                     timer.start()
                 start = time.perf_counter()
-                channel.basic_publish(exchange="", routing_key=queue, body=BODY)
+                channel.basic_publish(
+                    exchange="", routing_key=queue, body=body, properties=next(properties)
+                )
                 while arrived <= i:
                     connection.process_data_events(time_limit=1)
                     _check_deadline(deadline, "round trips")
@@ -112,12 +148,16 @@ def _select_publish_confirm(pika: Any, spec: RunSpec) -> Measurement:
     state = {"sent": 0, "done": False}
     failure: list[str] = []
     params = pika.URLParameters(spec.url)
-    properties = pika.BasicProperties()
+    body = common.body(spec.message_profile)
+    if spec.message_profile == "realistic":
+        properties: Iterator[Any] = _realistic(pika)
+    else:  # as before profiles existed: one empty BasicProperties for every message
+        properties = itertools.repeat(pika.BasicProperties())
 
     def fill(channel: Any) -> None:
         room = min(spec.window - (state["sent"] - confirms.settled), spec.messages - state["sent"])
-        for _ in range(room):
-            channel.basic_publish("", spec.queue, BODY, properties)
+        for props in itertools.islice(properties, max(room, 0)):
+            channel.basic_publish("", spec.queue, body, props)
         state["sent"] += max(room, 0)
 
     def on_confirm(frame: Any, channel: Any) -> None:

@@ -3,16 +3,22 @@
 One-at-a-time confirms use its own ``confirm_publish=True`` mode.  It has no pipelined
 confirm API, so ``publish_confirm`` turns confirm mode on with ``confirm_select()``,
 publishes with the plain ``basic_publish`` and counts the broker's acks from the channel's
-``basic_ack`` event while ``drain_events`` reads them.
+``basic_ack`` event while ``drain_events`` reads them.  It has one publish call, so
+``publish`` runs the ``publish_nowait`` code.  Its natural API carries the properties in
+the ``amqp.Message`` (``application_headers`` for the headers, an int ``timestamp``), one
+made per message.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from typing import Any
 
-from suite_common import BODY, Measurement, RunSpec, Timer
+import suite_common as common
+from suite_common import Measurement, RunSpec, Timer
 from suite_wire import ConfirmTracker, parse_url
 
 #: Seconds between passive queue.declare polls while waiting for the broker to hold all N.
@@ -42,6 +48,32 @@ def run(spec: RunSpec) -> Measurement:
     return measurement
 
 
+def _messages(amqp: Any, spec: RunSpec) -> Iterator[Any]:
+    """Endless ``amqp.Message`` objects, one made per message, for ``spec``'s profile."""
+    if spec.message_profile == "realistic":
+        return _realistic(amqp)
+    return _bare(amqp.Message)
+
+
+def _bare(message: Callable[[bytes], Any]) -> Iterator[Any]:
+    body = common.BODY
+    while True:
+        yield message(body)
+
+
+def _realistic(amqp: Any) -> Iterator[Any]:
+    body = common.REALISTIC_BODY
+    for message_id, traceparent in common.message_ids():
+        yield amqp.Message(
+            body,
+            content_type=common.CONTENT_TYPE,
+            delivery_mode=common.PERSISTENT,
+            message_id=message_id,
+            timestamp=common.timestamp_seconds(),  # its property is a u64, not a datetime
+            application_headers=common.headers(traceparent),
+        )
+
+
 def _drain(connection: Any, deadline: float, what: str) -> None:
     if time.monotonic() > deadline:
         raise TimeoutError(f"{what} did not finish in time")
@@ -54,11 +86,12 @@ def _drain(connection: Any, deadline: float, what: str) -> None:
 def _publish_nowait(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
     channel = connection.channel()
     queue = spec.queue
+    messages = _messages(amqp, spec)
     deadline = time.monotonic() + spec.deadline
     timer = Timer()
     timer.start()
-    for _ in range(spec.messages):
-        channel.basic_publish(amqp.Message(BODY), exchange="", routing_key=queue)
+    for message in itertools.islice(messages, spec.messages):
+        channel.basic_publish(message, exchange="", routing_key=queue)
     while channel.queue_declare(queue, passive=True).message_count < spec.messages:
         if time.monotonic() > deadline:
             raise TimeoutError("publishing did not finish in time")
@@ -81,14 +114,15 @@ def _publish_confirm(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
     channel.events["basic_ack"].add(on_ack)
     channel.events["basic_nack"].add(on_nack)
     channel.confirm_select()
+    messages = _messages(amqp, spec)
     deadline = time.monotonic() + spec.deadline
     timer = Timer()
     timer.start()
     sent = 0
     while confirms.settled < spec.messages:
         room = min(spec.window - (sent - confirms.settled), spec.messages - sent)
-        for _ in range(room):
-            channel.basic_publish(amqp.Message(BODY), exchange="", routing_key=spec.queue)
+        for message in itertools.islice(messages, max(room, 0)):
+            channel.basic_publish(message, exchange="", routing_key=spec.queue)
         sent += max(room, 0)
         _drain(connection, deadline, "publishing")
     timer.stop()
@@ -99,6 +133,7 @@ def _publish_confirm(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
 
 def _confirm_sync(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
     channel = connection.channel()
+    messages = _messages(amqp, spec)
     latencies: list[float] = []
     timer = Timer()
     for i in range(spec.warmup + spec.messages):
@@ -106,7 +141,7 @@ def _confirm_sync(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
             timer.start()
         start = time.perf_counter()
         channel.basic_publish(
-            amqp.Message(BODY), exchange="", routing_key=spec.queue, confirm_timeout=10
+            next(messages), exchange="", routing_key=spec.queue, confirm_timeout=10
         )
         if i >= spec.warmup:
             latencies.append(time.perf_counter() - start)
@@ -117,10 +152,15 @@ def _confirm_sync(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
 def _consume(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
     channel = connection.channel()
     received = 0
+    read = spec.message_profile == "realistic"
+    seen: list[object] = [None, None]
 
     def on_message(message: Any) -> None:
         nonlocal received
         received += 1
+        if read:
+            seen[0] = message.properties["message_id"]
+            seen[1] = message.headers["traceparent"]
         if received % spec.ack_every == 0 or received == spec.messages:
             channel.basic_ack(message.delivery_tag, multiple=True)
 
@@ -132,6 +172,8 @@ def _consume(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
     while received < spec.messages:
         _drain(connection, deadline, "consuming")
     timer.stop()
+    if read:
+        common.check_read(*seen)
     return timer.measurement(spec.messages)
 
 
@@ -144,6 +186,7 @@ def _roundtrip(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
         arrived += 1
 
     channel.basic_consume(spec.queue, callback=on_message, no_ack=True)
+    messages = _messages(amqp, spec)
     deadline = time.monotonic() + spec.deadline
     latencies: list[float] = []
     timer = Timer()
@@ -151,7 +194,7 @@ def _roundtrip(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
         if i == spec.warmup:
             timer.start()
         start = time.perf_counter()
-        channel.basic_publish(amqp.Message(BODY), exchange="", routing_key=spec.queue)
+        channel.basic_publish(next(messages), exchange="", routing_key=spec.queue)
         while arrived <= i:
             _drain(connection, deadline, "round trips")
         if i >= spec.warmup:
@@ -162,6 +205,7 @@ def _roundtrip(amqp: Any, connection: Any, spec: RunSpec) -> Measurement:
 
 _SCENARIOS = {
     "publish_nowait": _publish_nowait,
+    "publish": _publish_nowait,
     "publish_confirm": _publish_confirm,
     "publish_confirm_sync": _confirm_sync,
     "consume": _consume,

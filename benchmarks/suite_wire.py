@@ -18,8 +18,17 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Final
 from urllib.parse import unquote, urlsplit
+
+from suite_common import (
+    CONTENT_TYPE,
+    HEADER_ATTEMPT,
+    HEADER_SOURCE,
+    PERSISTENT,
+    message_ids,
+)
 
 PROTOCOL_HEADER: Final = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD: Final = 1
@@ -99,31 +108,113 @@ def longstr(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+#: How pamqp (and so trio-lavin and aiormq) encodes an int in a field table: the smallest
+#: of these types that holds it.
+_TABLE_INTS: Final = (
+    (-(1 << 7), (1 << 7) - 1, b"b", ">b"),
+    (-(1 << 15), (1 << 15) - 1, b"s", ">h"),
+    (0, (1 << 16) - 1, b"u", ">H"),
+    (-(1 << 31), (1 << 31) - 1, b"I", ">i"),
+    (0, (1 << 32) - 1, b"i", ">I"),
+    (-(1 << 63), (1 << 63) - 1, b"l", ">q"),
+)
+
+
+def _table_int(value: int) -> bytes:
+    for low, high, tag, fmt in _TABLE_INTS:
+        if low <= value <= high:
+            return tag + struct.pack(fmt, value)
+    raise ValueError(f"int out of range for a field table: {value!r}")
+
+
 def table(values: dict[str, int | str]) -> bytes:
-    """A field table of 32-bit signed ints ('I') and strings ('S')."""
+    """A field table of ints and strings ('S'), as pamqp encodes it: keys sorted, each int
+    as the smallest type that holds it."""
     out = bytearray()
-    for key, value in values.items():
+    for key, value in sorted(values.items()):
         out += shortstr(key)
         if isinstance(value, int):
-            out += b"I" + struct.pack(">i", value)
+            out += _table_int(value)
         else:
             out += b"S" + longstr(value.encode())
     return longstr(bytes(out))
+
+
+#: Property flags of a content header (AMQP 0-9-1, class basic), the ones used here.
+_FLAG_CONTENT_TYPE: Final = 1 << 15
+_FLAG_HEADERS: Final = 1 << 13
+_FLAG_DELIVERY_MODE: Final = 1 << 12
+_FLAG_MESSAGE_ID: Final = 1 << 7
+_FLAG_TIMESTAMP: Final = 1 << 6
+#: Encoded properties with none set: the flag word alone.
+NO_PROPERTIES: Final = b"\x00\x00"
+
+
+def basic_properties(
+    *,
+    content_type: str,
+    headers: dict[str, int | str],
+    delivery_mode: int,
+    message_id: str,
+    timestamp: int,
+) -> bytes:
+    """Content-header properties (flags, then the set fields in flag order), byte for byte
+    as pamqp's ``Basic.Properties.marshal`` encodes the same values."""
+    flags = (
+        _FLAG_CONTENT_TYPE
+        | _FLAG_HEADERS
+        | _FLAG_DELIVERY_MODE
+        | _FLAG_MESSAGE_ID
+        | _FLAG_TIMESTAMP
+    )
+    return (
+        struct.pack(">H", flags)
+        + shortstr(content_type)
+        + table(headers)
+        + bytes([delivery_mode])
+        + shortstr(message_id)
+        + _U64.pack(timestamp)
+    )
 
 
 def bits(*flags: bool) -> bytes:
     return bytes([sum(1 << i for i, flag in enumerate(flags) if flag)])
 
 
-def publish_frames(channel: int, exchange: str, routing_key: str, body: bytes) -> bytes:
-    """basic.publish + content header (no properties) + one body frame."""
+def publish_frames(
+    channel: int,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: bytes = NO_PROPERTIES,
+) -> bytes:
+    """basic.publish + content header (``properties`` encoded, default none) + one body
+    frame."""
     if len(body) > FRAME_MAX - 8:
         raise ValueError("this codec publishes bodies that fit one frame only")
     return (
         method(channel, 60, 40, b"\x00\x00" + shortstr(exchange) + shortstr(routing_key) + b"\0")
-        + frame(FRAME_HEADER, channel, struct.pack(">HHQH", 60, 0, len(body), 0))
+        + frame(FRAME_HEADER, channel, struct.pack(">HHQ", 60, 0, len(body)) + properties)
         + frame(FRAME_BODY, channel, body)
     )
+
+
+def realistic_properties(seed: int | None = None) -> Iterator[bytes]:
+    """Endless encoded properties of the ``realistic`` message profile, one per message
+    (its own message_id and traceparent, the timestamp when it was encoded), all of the
+    same size."""
+    for message_id, traceparent in message_ids(seed):
+        yield basic_properties(
+            content_type=CONTENT_TYPE,
+            headers={
+                "source": HEADER_SOURCE,
+                "attempt": HEADER_ATTEMPT,
+                "traceparent": traceparent,
+            },
+            delivery_mode=PERSISTENT,
+            message_id=message_id,
+            timestamp=int(time.time()),
+        )
 
 
 def ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:
@@ -403,8 +494,17 @@ class SocketClient:
         finally:
             self.sock.close()
 
-    def preload(self, queue: str, count: int, body: bytes, *, batch: int = 1000) -> None:
+    def preload(
+        self,
+        queue: str,
+        count: int,
+        body: bytes,
+        *,
+        properties: Iterator[bytes] | None = None,
+        batch: int = 1000,
+    ) -> None:
         """Publish ``count`` messages to ``queue`` with confirms; return once all are acked.
+        ``properties``: each message's encoded properties (default: none).
 
         The channel is in confirm mode afterwards."""
         self.confirm_select()
@@ -412,7 +512,11 @@ class SocketClient:
         sent = 0
         while sent < count:
             n = min(batch, count - sent)
-            self.sock.sendall(publish_frames(1, "", queue, body) * n)
+            if properties is None:
+                self.sock.sendall(publish_frames(1, "", queue, body) * n)
+            else:
+                frames = [publish_frames(1, "", queue, body, next(properties)) for _ in range(n)]
+                self.sock.sendall(b"".join(frames))
             sent += n
             while sent - (self.wire.confirms.settled - start) > 4 * batch:
                 self.receive()

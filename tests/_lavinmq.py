@@ -20,6 +20,7 @@ does what the tests need.
 Only the standard library is used::
 
     python -m tests._lavinmq serve      # prints AMQP_URL (and the HTTP URL), runs until ^C
+    python -m tests._lavinmq exec -- python benchmarks/bench_suite.py   # runs it with AMQP_URL
 """
 
 from __future__ import annotations
@@ -317,8 +318,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests._lavinmq", description="Run a throwaway LavinMQ node."
     )
-    parser.add_argument("cmd", choices=["serve"])
-    parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_exec = sub.add_parser(
+        "exec",
+        help="start a node, run COMMAND with AMQP_URL (and LAVINMQ_HTTP) set, stop the node",
+    )
+    p_exec.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    sub.add_parser("serve", help="start a node, print its AMQP_URL, run until interrupted")
+    args = parser.parse_args(argv)
+
+    command: list[str] = list(getattr(args, "command", []) or [])
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.cmd == "exec" and not command:
+        parser.error("exec needs a command: python -m tests._lavinmq exec -- COMMAND [ARGS...]")
+
     with _sigterm_as_exit():
         try:
             node = LavinNode()
@@ -328,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.monotonic()
         with node:
             _log(f"LavinMQ up in {time.monotonic() - t0:.1f}s at {node.url} ({node.binary})")
+            if args.cmd == "exec":
+                env = dict(os.environ, AMQP_URL=node.url, LAVINMQ_HTTP=node.http_url)
+                return _run_command(command, env)
             print(f"AMQP_URL={node.url}", flush=True)
             print(f"LAVINMQ_HTTP={node.http_url}", flush=True)
             try:
@@ -337,6 +354,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             _log("node died")
             return 1
+
+
+def _run_command(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` to its end (as ``tests._broker exec`` does); its exit status."""
+    with subprocess.Popen(command, env=env) as child:
+        try:
+            return child.wait()
+        except BaseException:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            raise
 
 
 if __name__ == "__main__":
