@@ -33,6 +33,8 @@ from pamqp import frame as pamqp_frame
 import trio_lavin as lavin
 from trio_lavin._sansio import AMQPConnection
 from trio_lavin._sansio import _events as ev
+from trio_lavin._sansio._framing import encode_frame
+from trio_lavin._sansio._properties import ContentHeader
 
 
 def open_machine() -> tuple[AMQPConnection, int]:
@@ -96,9 +98,7 @@ def bench_deliver(count: int, profile: str) -> float:
     content = pamqp_frame.marshal(body.ContentBody(payload), number)
     if profile == "realistic":
         data = b"".join(
-            deliver
-            + pamqp_frame.marshal(header.ContentHeader(0, len(payload), props), number)
-            + content
+            deliver + encode_frame(number, ContentHeader(len(payload), props)) + content
             for props in realistic_properties(count)
         )
     else:

@@ -622,9 +622,9 @@ async def test_what_cannot_be_sent_is_refused_by_the_call_and_the_rest_goes_on(
         assert producer.publish_nowait(b"good 1")
         with pytest.raises(TypeError, match=r"headers\['bad'\] <object"):
             producer.publish_nowait(b"bad", headers={"bad": object()})
-        with pytest.raises(ValueError, match="message_id 'xxx.*' is 300 bytes"):
+        with pytest.raises(ValueError, match=r"message_id 'xxx.*' is 300 bytes"):
             producer.publish_nowait(b"bad", properties=tl.BasicProperties(message_id="x" * 300))
-        with pytest.raises(ValueError, match="routing key 'é.*' is 512 bytes"):
+        with pytest.raises(ValueError, match=r"routing key 'é.*' is 512 bytes"):
             await producer.publish(b"bad", routing_key="é" * 256)
         with pytest.raises(ValueError, match="exchange 'no!' is not a valid exchange name"):
             client.producer(exchange="no!", routing_key="q")

@@ -434,14 +434,7 @@ class Channel:
         sending = connection.sending
         if sending.full:
             raise trio.WouldBlock
-        tag = self._amqp.publish(
-            self.number,
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            properties=properties,
-            mandatory=mandatory,
-        )
+        tag = self._amqp.publish(self.number, body, exchange, routing_key, properties, mandatory)
         sending.spend(len(body))
         if kick:
             sending.kick()

@@ -382,8 +382,8 @@ class Producer:
         return True
 
     async def _pass(self, sending: Sending | None) -> None:
-        """After a FIRE_AND_FORGET publish: yield to the other tasks (the
-        writer, the sender) once every :data:`YIELD_EVERY` publishes, or
+        """After a publish that waits for no confirm: yield to the other
+        tasks (the writer, the sender) once every :data:`YIELD_EVERY` calls, or
         once :data:`YIELD_BYTES` wait to be written; else only honour a
         cancellation.  So a loop of ``await publish()`` hands the writer
         batches of messages for one write each, and still lets every other
@@ -422,9 +422,16 @@ class Producer:
         :meth:`statistics`; :meth:`drain` waits for them all.
 
         Returns and raises as :meth:`publish_nowait` (never WouldBlock).
-        It yields to other tasks only when it has to wait for room.
+        Cancellation: a cancelled call took no message.  It yields to other
+        tasks when it has to wait for room, and else once every 64 calls (so
+        a loop of them hands the writer batches to send in one write).
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
         message = self._message(body, properties, routing_key, headers)
+        channel = self._channel
+        if channel is not None and self._publish_directly(channel, message, kick=True):
+            await self._pass(channel.connection.sending)
+            return True
         try:
             self._buffer_nowait(message)
         except trio.WouldBlock:
@@ -438,9 +445,10 @@ class Producer:
                     return False
                 self._buffer_nowait(message)
         else:
-            # Room in the buffer: no need to yield (that is what makes a loop
-            # of enqueue() fast); cancellation is still honoured.
-            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._wakeup:
+                self._wakeup.unpark_all()
+            await self._pass(None)
+            return True
         if self._wakeup:
             self._wakeup.unpark_all()
         return True
@@ -465,7 +473,7 @@ class Producer:
             or not channel.is_open
             or channel.connection.blocked
             or (self.mode is PublishMode.CONFIRM and self._in_flight >= self.confirm_window)
-            or self._paused_until > trio.current_time()
+            or (self._paused_until != -math.inf and self._paused_until > trio.current_time())
         ):
             return False
         try:

@@ -426,7 +426,6 @@ class AMQPConnection:
         self,
         channel: int,
         body: bytes,
-        *,
         exchange: str = "",
         routing_key: str = "",
         properties: BasicProperties | bytes | None = None,

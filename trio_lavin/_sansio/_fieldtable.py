@@ -99,12 +99,27 @@ def decode_text(raw: bytes | bytearray) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+#: The last timestamp decoded, (seconds, value): messages that follow each
+#: other mostly carry the same second.  One tuple, replaced whole, so threads
+#: decoding at once never see a mismatched pair.
+_last_timestamp: tuple[int, datetime.datetime | int] = (-1, -1)
+
+
 def decode_timestamp(seconds: int) -> datetime.datetime | int:
-    """A timestamp's seconds as an aware UTC datetime, or as the int itself
-    past what a datetime holds."""
-    if seconds > MAX_DATETIME_SECONDS:
-        return seconds
-    return datetime.datetime.fromtimestamp(seconds, UTC)
+    """A timestamp's seconds as an aware UTC datetime (an immutable value,
+    shared between messages with the same one), or as the int itself past
+    what a datetime holds."""
+    global _last_timestamp
+    last = _last_timestamp
+    if last[0] == seconds:
+        return last[1]
+    value = (
+        seconds
+        if seconds > MAX_DATETIME_SECONDS
+        else datetime.datetime.fromtimestamp(seconds, UTC)
+    )
+    _last_timestamp = (seconds, value)
+    return value
 
 
 def _check_depth(depth: int) -> None:
