@@ -637,3 +637,20 @@ async def test_what_cannot_be_sent_is_refused_by_the_call_and_the_rest_goes_on(
         assert [m.body for m in messages] == [b"good 1", b"good 2"]
         assert messages[1].properties.headers == {"n": 2}
         assert producer.statistics().dropped == dict.fromkeys(tl.DropReason, 0)
+
+
+async def test_a_cancelled_enqueue_takes_no_message(broker: FakeBrokerServer) -> None:
+    # Regression: enqueue() buffered the message, then raised Cancelled.
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer("q")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await producer.enqueue(b"cancelled")
+        assert scope.cancelled_caught
+        assert producer.statistics().buffered == 0
+        assert await producer.enqueue(b"taken")
+        broker.refuse_connections = False
+        with trio.fail_after(5):
+            await producer.drain()
+        assert bodies(broker, "q") == [b"taken"]
