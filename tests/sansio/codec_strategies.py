@@ -142,12 +142,13 @@ def sorted_headers(props: BasicProperties) -> BasicProperties:
     """``props`` with its header tables' keys sorted, as pamqp encodes them."""
     if props.headers is None:
         return props
-    return props.replace(headers=_sorted(props.headers))
+    return props.replace(headers=sorted_tables(props.headers))
 
 
-def _sorted(value: Any) -> Any:
+def sorted_tables(value: Any) -> Any:
+    """Tables with their keys sorted, as pamqp encodes them."""
     if isinstance(value, dict):
-        return {key: _sorted(value[key]) for key in sorted(value)}
+        return {key: sorted_tables(value[key]) for key in sorted(value)}
     if isinstance(value, list):
-        return [_sorted(item) for item in value]
+        return [sorted_tables(item) for item in value]
     return value

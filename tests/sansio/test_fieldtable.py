@@ -28,19 +28,10 @@ from trio_lavin._sansio._fieldtable import (
 from trio_lavin._sansio._framing import FrameReader
 from trio_lavin._sansio._properties import ContentHeader
 
-from .codec_strategies import normalized, tables
+from .codec_strategies import normalized, sorted_tables, tables
 from .helpers import method
 
 UTC = datetime.UTC
-
-
-def _sorted(value: Any) -> Any:
-    """Tables with their keys sorted, as pamqp encodes them."""
-    if isinstance(value, dict):
-        return {key: _sorted(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(item) for item in value]
-    return value
 
 
 # -- against pamqp, for what pamqp gets right --------------------------------------------
@@ -48,7 +39,7 @@ def _sorted(value: Any) -> Any:
 
 @given(tables(pamqp_safe=True))
 def test_tables_encode_to_the_bytes_pamqp_encodes(value: dict[str, Any]) -> None:
-    value = _sorted(value)
+    value = sorted_tables(value)
     assert encode_table(value) == encode.field_table(value)
 
 
