@@ -103,6 +103,9 @@ class Message:
     mandatory: bool
     #: Position in the producer's order (1, 2, ...).
     sequence: int
+    #: ``properties`` (with the call's headers) as the content header
+    #: carries them, encoded when the producer took the message.
+    _encoded_properties: bytes = EMPTY_PROPERTIES
     #: Publications so far (more than 1 after a re-publish).
     attempts: int = 0
     #: basic.nacks received for it (each one retried, up to
@@ -113,9 +116,6 @@ class Message:
     rejections: int = 0
     _waiter: Signal | None = None
     _error: BaseException | None = None
-    #: ``properties`` (with the call's headers) as the content header
-    #: carries them, encoded when the producer took the message.
-    _encoded_properties: bytes = b"\x00\x00"
 
 
 DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
@@ -180,15 +180,7 @@ def new_message(
             properties = properties.replace(headers=headers)
     if not (type(routing_key) is str and routing_key.isascii() and len(routing_key) < 256):
         encode_shortstr(routing_key, "routing key")
-    return Message(
-        body,
-        properties,
-        exchange,
-        routing_key,
-        mandatory,
-        sequence,
-        _encoded_properties=encoded,
-    )
+    return Message(body, properties, exchange, routing_key, mandatory, sequence, encoded)
 
 
 def is_rejection(error: BaseException | None) -> bool:

@@ -48,6 +48,7 @@ mode trades for speed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import itertools
 import logging
@@ -228,15 +229,16 @@ class Producer:
     ) -> Message:
         if self._closed:
             raise ProducerClosed(f"the producer for {self.target!r} is closed")
-        message = new_message(
-            body,
-            properties,
-            headers,
-            self.exchange,
-            self.routing_key if routing_key is None else routing_key,
-            self.mandatory,
-            next(self._sequence),
-        )
+        sequence = next(self._sequence)
+        if properties is None and headers is None and routing_key is None and type(body) is bytes:
+            # Nothing to check or encode: the producer's own routing key was checked.
+            message = Message(
+                body, None, self.exchange, self.routing_key, self.mandatory, sequence
+            )
+        else:
+            key = self.routing_key if routing_key is None else routing_key
+            where = (self.exchange, key, self.mandatory, sequence)
+            message = new_message(body, properties, headers, *where)
         if len(message.body) > self.max_message_size:
             self._drop(message, DropReason.TOO_LARGE)
             raise MessageTooLarge(len(message.body), self.max_message_size)
@@ -267,7 +269,14 @@ class Producer:
         channel = self._channel
         if channel is not None and self._publish_directly(channel, message, kick=True):
             return True
-        return self._buffer_or_make_room(message)
+        try:  # _buffer_or_make_room, inlined for the usual case: there is room
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            return self._buffer_or_make_room(message)
+        self._buffered += 1
+        if self._sender_idle:  # _wake_sender(), inlined
+            self._wakeup.unpark_all()
+        return True
 
     def _buffer_or_make_room(self, message: Message) -> bool:
         """Buffer ``message``, making room as the policy says; False if the
@@ -278,8 +287,7 @@ class Producer:
             if not self._make_room(message):
                 return False
             self._buffer_nowait(message)
-        if self._wakeup:
-            self._wakeup.unpark_all()
+        self._wake_sender()
         return True
 
     def _make_room(self, message: Message) -> bool:
@@ -371,8 +379,7 @@ class Producer:
                 self._buffer_nowait(message)
             except trio.WouldBlock:
                 await self._buffer(message)
-            if self._wakeup:
-                self._wakeup.unpark_all()
+            self._wake_sender()
         elif not self._buffer_or_make_room(message):
             await trio.lowlevel.checkpoint()
             return False
@@ -436,8 +443,7 @@ class Producer:
             self._buffer_nowait(message)
         except trio.WouldBlock:
             if self.buffer_policy is BufferPolicy.BLOCK:
-                if self._wakeup:
-                    self._wakeup.unpark_all()
+                self._wake_sender()
                 await self._buffer(message)
             else:
                 await trio.lowlevel.checkpoint()
@@ -445,12 +451,10 @@ class Producer:
                     return False
                 self._buffer_nowait(message)
         else:
-            if self._wakeup:
-                self._wakeup.unpark_all()
+            self._wake_sender()
             await self._pass(None)
             return True
-        if self._wakeup:
-            self._wakeup.unpark_all()
+        self._wake_sender()
         return True
 
     async def drain(self) -> None:
@@ -557,11 +561,15 @@ class Producer:
             self._requeue(message)  # no verdict
         self._notify_idle()
 
+    def _wake_sender(self) -> None:
+        """Wake the sender task if it is parked, waiting for messages."""
+        if self._sender_idle:
+            self._wakeup.unpark_all()
+
     def _requeue(self, message: Message) -> None:
         """Publish ``message`` again on the next channel, in order."""
         self._requeued.append(message)
-        if self._wakeup:
-            self._wakeup.unpark_all()
+        self._wake_sender()
 
     def _retry_nacked(self, message: Message) -> None:
         """Publish ``message`` again after a pause (see the module doc)."""
@@ -718,7 +726,7 @@ class Producer:
                 message._waiter.set()
             return
         self._in_flight += 1
-        confirmation.callback = _Settle(self, message, confirmation)
+        confirmation.callback = functools.partial(self._settled, message)
 
     def _on_return(self, returned: ReturnedMessage) -> None:
         """FIRE_AND_FORGET and ``mandatory``: the broker could not route a
@@ -777,20 +785,6 @@ class Producer:
             self._drop(message, DropReason.CLOSED)
         self._send.close()
         self._idle_lot.unpark_all()
-
-
-class _Settle:
-    """A confirmation's callback: hands the outcome to the producer."""
-
-    __slots__ = ("confirmation", "message", "producer")
-
-    def __init__(self, producer: Producer, message: Message, confirmation: Confirmation) -> None:
-        self.producer = producer
-        self.message = message
-        self.confirmation = confirmation
-
-    def __call__(self, error: BaseException | None) -> None:
-        self.producer._settled(self.message, error)
 
 
 async def _run_callback(result: Awaitable[None]) -> None:
