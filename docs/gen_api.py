@@ -336,7 +336,9 @@ def render_class(name: str, cls: type) -> list[str]:
     out.append(markdown(inspect.cleandoc(doc) if doc else None))
     if dataclasses.is_dataclass(cls):
         comments = _member_comments(cls)
-        documented = [f for f in dataclasses.fields(cls) if f.name in comments]
+        documented = [
+            f for f in dataclasses.fields(cls) if f.name in comments and not f.name.startswith("_")
+        ]
         if documented:
             out += ["", "**Fields:**", ""]
             out += [f"- `{f.name}`: {comments[f.name]}" for f in documented]

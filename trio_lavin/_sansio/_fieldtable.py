@@ -155,7 +155,8 @@ def _other_value(data: bytes | bytearray, pos: int, kind: int, depth: int) -> tu
 
 def table(data: bytes | bytearray, pos: int, depth: int = 1) -> tuple[dict[str, Any], int]:
     """The field table at ``pos`` of ``data``: (table, end offset)."""
-    _check_depth(depth)
+    if depth > MAX_FIELD_TABLE_DEPTH:
+        _check_depth(depth)
     (length,) = _U32.unpack_from(data, pos)
     pos += 4
     end = pos + length
@@ -239,6 +240,8 @@ _LONG: Final = struct.Struct(">Bq")
 _DOUBLE: Final = struct.Struct(">Bd")
 _TIMESTAMP: Final = struct.Struct(">BQ")
 _DECIMAL_VALUE: Final = struct.Struct(">BBi")
+#: Type octet b and value of -128 .. 127, by value (negative: from the end).
+_SMALL_INTS: Final = tuple(_BYTE.pack(0x62, n) for n in (*range(128), *range(-128, 0)))
 
 #: Encoded keys (length octet and UTF-8), by key: keys repeat from message to
 #: message.  Starts over when full.
@@ -282,8 +285,9 @@ def _key(key: Any, path: str) -> bytes:
     return encoded
 
 
-def encode_table(value: Mapping[str, Any], what: str = "the field table") -> bytes:
-    """A field table: 32-bit length and entries, in the mapping's order.
+def encode_table(value: Mapping[str, Any], what: str = "the field table", depth: int = 1) -> bytes:
+    """A field table: 32-bit length and entries, in the mapping's order
+    (``depth``: how deep it is nested, 1 at the top).
 
     Raises:
         TypeError: a key or a value of a type a field table cannot carry
@@ -291,38 +295,43 @@ def encode_table(value: Mapping[str, Any], what: str = "the field table") -> byt
         ValueError: a value out of range, text that is not encodable, a key
             over 255 bytes, or tables nested too deep.
     """
-    return _table_bytes(value, what, 1)
-
-
-def _table_bytes(value: Mapping[str, Any], path: str, depth: int) -> bytes:
     if depth > MAX_FIELD_TABLE_DEPTH:
         raise FieldTableTooDeep(
-            f"{path} nests field tables more than {MAX_FIELD_TABLE_DEPTH} deep"
+            f"{what} nests field tables more than {MAX_FIELD_TABLE_DEPTH} deep"
         )
     parts: list[bytes] = []
     append = parts.append
     keys = _KEYS
+    small = _SMALL_INTS
     try:
         items = value.items()
     except AttributeError:
-        raise TypeError(f"{path} must be a dict, not {type(value).__name__}") from None
+        raise TypeError(f"{what} must be a dict, not {type(value).__name__}") from None
     for key, item in items:
         encoded_key = keys.get(key) if type(key) is str else None
-        append(encoded_key or _key(key, path))
+        append(encoded_key or _key(key, what))
         kind = type(item)
         if kind is str:
             try:
-                raw = item.encode("utf-8", "surrogateescape")
+                raw = item.encode()
             except UnicodeEncodeError:
-                raise ValueError(f"{path}[{key!r}] {item!r} cannot be encoded as UTF-8") from None
+                raw = _escaped(item, f"{what}[{key!r}]")
             append(_STRING.pack(0x53, len(raw)))
             append(raw)
-        elif kind is int:
-            append(_integer(item) or _out_of_range(item, f"{path}[{key!r}]"))
+        elif kind is int and -128 <= item <= 127:
+            append(small[item])
         else:
-            append(_value_bytes(item, f"{path}[{key!r}]", depth))
+            append(_value_bytes(item, f"{what}[{key!r}]", depth))
     body = b"".join(parts)
     return _U32.pack(len(body)) + body
+
+
+def _escaped(value: str, path: str) -> bytes:
+    """``value`` in UTF-8, its surrogate-escaped bytes as they were."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ValueError(f"{path} {value!r} cannot be encoded as UTF-8") from None
 
 
 def _integer(value: int) -> bytes:
@@ -383,16 +392,13 @@ def _value_bytes(value: Any, path: str, depth: int) -> bytes:
     if isinstance(value, float):
         return _DOUBLE.pack(0x64, value)
     if isinstance(value, str):
-        try:
-            raw = value.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raise ValueError(f"{path} {value!r} cannot be encoded as UTF-8") from None
+        raw = _escaped(value, path)
         return _STRING.pack(0x53, len(raw)) + raw
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         return _STRING.pack(0x78, len(raw)) + raw
     if isinstance(value, Mapping):
-        return b"F" + _table_bytes(value, path, depth + 1)
+        return b"F" + encode_table(value, path, depth + 1)
     if isinstance(value, (list, tuple)):
         return b"A" + _array_bytes(value, path, depth + 1)
     if isinstance(value, datetime.datetime):
