@@ -289,17 +289,29 @@ def test_acknowledge_refuses_a_closed_channel_and_a_bad_tag() -> None:
     frame_size=st.sampled_from([4000, 8000, 131_000]),
     chunk=st.integers(1, 3000),
     props=properties,
+    # Names that repeat or change, at the same length or not: take_delivery
+    # reuses the last Deliver's decoded names when its bytes match.
+    names=st.lists(
+        st.tuples(
+            st.sampled_from(["ctag", "ctah", "c"]),
+            st.sampled_from(["ex", "ey", ""]),
+            st.sampled_from(["rk", "rl", "long.key"]),
+        ),
+        min_size=6,
+        max_size=6,
+    ),
 )
 def test_whole_delivery_shortcut_gives_the_same_events_as_frame_by_frame(
     bodies: list[bytes],
     frame_size: int,
     chunk: int,
     props: BasicProperties | None,
+    names: list[tuple[str, str, str]],
 ) -> None:
     data = b"".join(
         content(
             1,
-            commands.Basic.Deliver("ctag", i + 1, i % 2 == 0, "ex", "rk"),
+            commands.Basic.Deliver(names[i][0], i + 1, i % 2 == 0, names[i][1], names[i][2]),
             body,
             props,
             frame_size,
@@ -323,6 +335,28 @@ def test_whole_delivery_shortcut_gives_the_same_events_as_frame_by_frame(
     assert fast == slow
     assert [e.body for e in fast] == bodies  # type: ignore[attr-defined]
     assert all(e.properties == slow[i].properties for i, e in enumerate(fast))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (("ctag", "ex", "rk"), ("ctag", "ex", "rl")),  # routing key, same length
+        (("ctag", "ex", "rk"), ("ctag", "ey", "rk")),  # exchange, same length
+        (("ctag", "ex", "rk"), ("ctah", "ex", "rk")),  # consumer tag, same length
+        (("ctag", "ex", "rk"), ("ctag", "ex", "rk")),  # nothing
+    ],
+)
+def test_a_delivery_gets_its_own_names_after_one_with_other_names(
+    first: tuple[str, str, str], second: tuple[str, str, str]
+) -> None:
+    reader = FrameReader(frame_max=131_072)
+    reader.receive_data(pamqp_frame.marshal(commands.Connection.Tune(), 0))
+    assert reader.next_frame() is not None  # the shortcut starts after a first frame
+    for number, (tag, exchange, routing_key) in enumerate((first, second), start=1):
+        method = commands.Basic.Deliver(tag, number, number == 2, exchange, routing_key)
+        reader.receive_data(content(3, method, b"body", None, 131_072))
+        taken = reader.take_delivery(lambda channel, size: True)
+        assert taken == (3, tag, number, number == 2, exchange, routing_key, None, b"body")
 
 
 def test_delivery_on_a_channel_never_opened_is_still_a_channel_error() -> None:

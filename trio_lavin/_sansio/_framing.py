@@ -85,6 +85,8 @@ _CONTENT_HEADER_FIXED = struct.Struct(">HHQ")
 #: The class and method id that start a Basic.Deliver method payload.
 _DELIVER_ID: Final = b"\x00\x3c\x00\x3c"
 _TAG = struct.Struct(">Q")
+#: No Deliver decoded yet: a frame type that take_delivery never gets this far with.
+_NO_DELIVER: Final = (b"\x00", b"", (0, "", "", ""))
 
 
 def _read_shortstr(payload: bytes, offset: int) -> tuple[str, int]:
@@ -175,6 +177,10 @@ class FrameReader:
         self._start = 0
         self._seen_first_frame = False
         self._error: RemoteProtocolError | None = None
+        #: The last Deliver frame take_delivery decoded, as (its bytes up to
+        #: the delivery tag, its bytes after the redelivered octet, (channel,
+        #: consumer tag, exchange, routing key)).
+        self._last_deliver: tuple[bytes, bytes, tuple[int, str, str, str]] = _NO_DELIVER
         self.frame_max = frame_max
 
     @property
@@ -188,6 +194,7 @@ class FrameReader:
         if value < 0:
             raise ValueError(f"frame_max must be >= 0, not {value!r}")
         self._frame_max = ABSOLUTE_FRAME_MAX if value == 0 else min(value, ABSOLUTE_FRAME_MAX)
+        self._last_deliver = _NO_DELIVER  # checked against the old frame_max
 
     @property
     def buffered(self) -> int:
@@ -262,10 +269,21 @@ class FrameReader:
         limit = self._frame_max
         if end - start < 11 or buf[start] != FRAME_METHOD:
             return None
-        _, channel, size = _HEADER.unpack_from(buf, start)
-        if buf[start + 7 : start + 11] != _DELIVER_ID or size + FRAME_OVERHEAD > limit:
-            return None
-        method_end = start + FRAME_HEADER_SIZE + size
+        prefix, suffix, last = self._last_deliver
+        tag_at = start + len(prefix)
+        names: tuple[int, str, str, str] | None = None
+        if buf.startswith(prefix, start) and buf.startswith(suffix, tag_at + 9):
+            # The last Deliver's frame but for the delivery tag and the
+            # redelivered octet: the same channel, consumer, exchange and
+            # routing key, as a consumer's deliveries mostly are.
+            names = last
+            channel = last[0]
+            method_end = tag_at + 8 + len(suffix)
+        else:
+            _, channel, size = _HEADER.unpack_from(buf, start)
+            if buf[start + 7 : start + 11] != _DELIVER_ID or size + FRAME_OVERHEAD > limit:
+                return None
+            method_end = start + FRAME_HEADER_SIZE + size
         header_start = method_end + 1
         if header_start + FRAME_HEADER_SIZE > end or buf[method_end] != FRAME_END:
             return None
@@ -307,18 +325,27 @@ class FrameReader:
             after = header_end + 1
         if not accept(channel, body_size):
             return None
-        try:
-            consumer_tag, offset = _read_shortstr_in(
-                buf, start + FRAME_HEADER_SIZE + 4, method_end
-            )
-            if offset + 9 > method_end:
+        if names is not None:
+            _, consumer_tag, exchange, routing_key = names
+        else:
+            try:
+                consumer_tag, tag_at = _read_shortstr_in(
+                    buf, start + FRAME_HEADER_SIZE + 4, method_end
+                )
+                if tag_at + 9 > method_end:
+                    return None
+                exchange, offset = _read_shortstr_in(buf, tag_at + 9, method_end)
+                routing_key, offset = _read_shortstr_in(buf, offset, method_end)
+            except ValueError:  # a string that runs past the frame
                 return None
-            (delivery_tag,) = _TAG.unpack_from(buf, offset)
-            redelivered = bool(buf[offset + 8] & 1)
-            exchange, offset = _read_shortstr_in(buf, offset + 9, method_end)
-            routing_key, offset = _read_shortstr_in(buf, offset, method_end)
-        except ValueError:  # a string that runs past the frame
-            return None
+            names = (channel, consumer_tag, exchange, routing_key)
+            self._last_deliver = (
+                bytes(buf[start:tag_at]),
+                bytes(buf[tag_at + 9 : method_end + 1]),
+                names,
+            )
+        (delivery_tag,) = _TAG.unpack_from(buf, tag_at)
+        redelivered = bool(buf[tag_at + 8] & 1)
         flags_at = header_start + FRAME_HEADER_SIZE + 12
         if buf[flags_at] == 0 and buf[flags_at + 1] == 0:
             properties = None  # no property flags: the usual case
