@@ -12,6 +12,7 @@ import gc
 import itertools
 import os
 import re
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -531,6 +532,34 @@ async def test_interoperates_with_trio_websocket(nursery: trio.Nursery) -> None:
         assert received == b"\x01\x00\x00" + bytes(range(256))
         assert await stream.receive_some() == b""  # trio-websocket closed normally
     assert offered == [["amqp"]]
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+async def test_every_read_acknowledges_at_once_so_a_nagling_peer_is_not_held_40_ms(
+    nursery: trio.Nursery,
+) -> None:
+    async def echo(request: WebSocketRequest) -> None:
+        ws = await request.accept(subprotocol="amqp")
+        while True:
+            # Two messages per answer, as LavinMQ writes a delivery's frames.
+            message = await ws.get_message()
+            await ws.send_message(message[:1])
+            await ws.send_message(message[1:])
+
+    server = await nursery.start(serve_websocket, echo, "127.0.0.1", 0, None)
+    url = f"ws://guest:guest@127.0.0.1:{server.port}/"
+    async with await open_stream(tl.parse_url(url)) as stream:
+        assert isinstance(stream, WebSocketStream)
+        assert isinstance(stream.transport, trio.SocketStream)
+        sock = stream.transport.socket
+        for round_trip in range(5):
+            await stream.send_all(b"ab")
+            received = b""
+            while len(received) < 2:
+                received += await stream.receive_some()
+                # Linux drops the option once it has acknowledged: each read sets it again.
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1, round_trip
+            assert received == b"ab"
 
 
 async def test_wss_verifies_the_certificate_and_sends_sni(

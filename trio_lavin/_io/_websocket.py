@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,15 @@ RECEIVE_SIZE: Final = 64 * 1024
 CONTROL_SEND_TIMEOUT: Final = 5.0
 
 _DEFAULT_HTTP_PORTS: Final = {"ws": 80, "wss": 443}
+#: Linux's TCP_QUICKACK (None elsewhere): see WebSocketStream._acknowledge_at_once.
+_TCP_QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _tcp_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket under ``stream`` (through TLS), if it is one."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
 class WebSocketHandshakeError(Exception):
@@ -170,6 +180,11 @@ class WebSocketStream(trio.abc.Stream):
         self._receive_conflict = _ConflictDetector(
             "another task is receiving from this WebSocket stream"
         )
+        # Acknowledge what arrives at once rather than up to 40 ms later (Linux's delayed
+        # ACK): LavinMQ writes each AMQP frame as its own WebSocket message with Nagle's
+        # algorithm on, so its second small write of a delivery waits for our ACK of the
+        # first.  Linux forgets the option as it goes: it is set again after every read.
+        self._quickack = _tcp_socket(transport) if _TCP_QUICKACK is not None else None
         self._closed = False  # aclose() was called
         self._eof = False  # the peer closed normally (1000)
         self._broken: str | None = None  # why the stream is broken
@@ -315,8 +330,16 @@ class WebSocketStream(trio.abc.Stream):
                 data = await self.transport.receive_some(read_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise self._transport_failed(exc) from exc
+            if self._quickack is not None and data:
+                self._acknowledge_at_once(self._quickack)
             # EOF (b"") becomes wsproto's CloseConnection(1006) event.
             self._ws.receive_data(bytes(data) if data else None)
+
+    def _acknowledge_at_once(self, sock: trio.socket.SocketType) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
+        except OSError:  # not TCP after all, or closed: the ACKs are only later
+            self._quickack = None
 
     def _process_events(self) -> None:
         ws = self._ws
