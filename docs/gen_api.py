@@ -54,6 +54,8 @@ SECTIONS: dict[str, list[str]] = {
         "DropReason",
         "Message",
         "ProducerStatistics",
+        "PublishingPaused",
+        "PublishingResumed",
     ],
     "Consuming": ["RecoveringConsumer", "Delivery"],
     "RPC": ["RpcError", "RpcTimeout", "RpcUnroutable", "RpcRemoteError", "RpcReplyLost"],

@@ -112,7 +112,18 @@ class LavinNode(StartedNode):
 
     kind = "lavinmq"
 
-    def __init__(self, *, binary: Path | None = None, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        binary: Path | None = None,
+        start_timeout: float = 30.0,
+        config: str = "",
+        disk_mib: int | None = None,
+    ) -> None:
+        """``config``: the ini file's text (empty: LavinMQ's defaults).  ``disk_mib``: the
+        data directory is a tmpfs of that many MiB (root only), so that the node can be
+        made low on disk (below 2 x ``segment_size``, 16 MiB by default) and given room
+        again with :meth:`resize_disk`."""
         found = binary or find_lavinmq()
         if found is None:
             raise LavinNotFound(f"no LavinMQ binary found: {LAVINMQ_HINT}")
@@ -120,6 +131,10 @@ class LavinNode(StartedNode):
             raise LavinNotFound(f"{found} is not an executable file: {LAVINMQ_HINT}")
         self.binary: Path = found
         self.start_timeout = start_timeout
+        self.config = config
+        self.disk_mib = disk_mib
+        if disk_mib is not None and os.geteuid() != 0:
+            raise BrokerError("a LavinMQ data directory of limited size (a tmpfs) needs root")
         self.amqp_port = free_port()
         self.http_port = free_port()
         self.basedir: Path | None = None
@@ -164,7 +179,7 @@ class LavinNode(StartedNode):
         argv = [
             str(self.binary),
             "-c",
-            str(self._dir("empty.ini")),
+            str(self._dir("lavinmq.ini")),
             "-D",
             str(self.data_dir),
             "--amqp-bind=127.0.0.1",
@@ -206,8 +221,19 @@ class LavinNode(StartedNode):
             self._reap_server()
         finally:
             if self.basedir is not None:
+                if self.disk_mib is not None:
+                    subprocess.run(["umount", "-l", str(self.data_dir)], check=False)
                 shutil.rmtree(self.basedir, ignore_errors=True)
                 self.basedir = None
+
+    def resize_disk(self, mib: int) -> None:
+        """Give the tmpfs data directory (``disk_mib``) a new size, e.g. room again."""
+        if self.disk_mib is None:
+            raise BrokerError("resize_disk needs a node started with disk_mib")
+        subprocess.run(
+            ["mount", "-o", f"remount,size={mib}m", str(self.data_dir)], check=True, timeout=30
+        )
+        self.disk_mib = mib
 
     def api(
         self, method: str, path: str, body: object = None, *, reason: str | None = None
@@ -280,8 +306,23 @@ class LavinNode(StartedNode):
         self.basedir = base
         (base / "owner.pid").write_text(str(os.getpid()))
         (base / "data").mkdir()
-        # An empty config file: without -c, LavinMQ reads /etc/lavinmq/lavinmq.ini.
-        (base / "empty.ini").write_text("")
+        if self.disk_mib is not None:
+            subprocess.run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"size={self.disk_mib}m",
+                    "tmpfs",
+                    str(base / "data"),
+                ],
+                check=True,
+                timeout=30,
+            )
+        # Our own config file (by default empty): without -c, LavinMQ reads
+        # /etc/lavinmq/lavinmq.ini.
+        (base / "lavinmq.ini").write_text(self.config)
 
     def _reap_server(self) -> None:
         if self._server is not None:

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from ._robust._config import Config as Config
     from ._robust._consumer import ConsumerStatistics as ConsumerStatistics
     from ._robust._consumer import RecoveringConsumer as RecoveringConsumer
+    from ._robust._events import PublishingPaused as PublishingPaused
+    from ._robust._events import PublishingResumed as PublishingResumed
     from ._robust._events import QueueRenamed as QueueRenamed
     from ._robust._events import RecoveryFailed as RecoveryFailed
     from ._robust._message import BufferFull as BufferFull
@@ -98,6 +100,8 @@ _LAZY = {
     "Backoff": "._robust._backoff",
     "Client": "._robust._client",
     "ClientStatistics": "._robust._statistics",
+    "PublishingPaused": "._robust._events",
+    "PublishingResumed": "._robust._events",
     "QueueRenamed": "._robust._events",
     "RecoveryFailed": "._robust._events",
     "open_client": "._robust._client",
@@ -177,6 +181,8 @@ __all__ = [
     "PublishError",
     "PublishMode",
     "PublishTimeout",
+    "PublishingPaused",
+    "PublishingResumed",
     "QueueDeclareOk",
     "QueueRenamed",
     "QueueType",

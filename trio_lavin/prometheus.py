@@ -40,6 +40,8 @@ trio_lavin_producer_returned_total          counter  target
 trio_lavin_producer_dropped_total           counter  target, reason
 trio_lavin_producer_buffered_messages       gauge    target
 trio_lavin_producer_in_flight_messages      gauge    target
+trio_lavin_producer_pauses_total            counter  target
+trio_lavin_producer_paused                  gauge    target
 trio_lavin_consumer_consumed_total          counter  queue
 trio_lavin_consumer_redelivered_total       counter  queue
 trio_lavin_consumer_acked_total             counter  queue
@@ -140,6 +142,13 @@ def _per_target(
         return [((target,), value) for target, value in totals.items()]
 
     return values
+
+
+def _paused(stats: ClientStatistics) -> Values:
+    totals: dict[str, float] = {}
+    for producer in stats.producers:
+        totals[producer.target] = totals.get(producer.target, 0) + (producer.paused is not None)
+    return [((target,), value) for target, value in totals.items()]
 
 
 def _dropped(stats: ClientStatistics) -> Values:
@@ -291,6 +300,20 @@ METRICS: Final[tuple[_Row, ...]] = (
         "Messages published and not yet confirmed",
         ("target",),
         _per_target("in_flight"),
+    ),
+    (
+        "trio_lavin_producer_pauses",
+        "counter",
+        "Times publishing paused because the broker would not take messages",
+        ("target",),
+        _per_target("pauses"),
+    ),
+    (
+        "trio_lavin_producer_paused",
+        "gauge",
+        "Producers whose publishing is paused now (connection.blocked, low disk)",
+        ("target",),
+        _paused,
     ),
     (
         "trio_lavin_consumer_consumed",

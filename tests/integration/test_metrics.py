@@ -178,6 +178,8 @@ EXPECTED_TYPES = {
     "trio_lavin_producer_dropped": "counter",
     "trio_lavin_producer_buffered_messages": "gauge",
     "trio_lavin_producer_in_flight_messages": "gauge",
+    "trio_lavin_producer_pauses": "counter",
+    "trio_lavin_producer_paused": "gauge",
     "trio_lavin_consumer_consumed": "counter",
     "trio_lavin_consumer_redelivered": "counter",
     "trio_lavin_consumer_acked": "counter",
@@ -243,6 +245,8 @@ async def test_metrics_scraped_over_http_have_the_names_types_and_values_of_the_
     assert values[key("trio_lavin_producer_nacked_total", **producer)] == 0
     assert values[key("trio_lavin_producer_retries_total", **producer)] == 0
     assert values[key("trio_lavin_producer_in_flight_messages", **producer)] == 0
+    assert values[key("trio_lavin_producer_pauses_total", **producer)] == 0
+    assert values[key("trio_lavin_producer_paused", **producer)] == 0
     for reason in tl.DropReason:
         assert (
             values[key("trio_lavin_producer_dropped_total", **producer, reason=reason.value)] == 0

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trio_lavin as tl
+from trio_lavin._robust import _pausing as tl_pausing
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 SMALL = tl.Config(buffer_size=5, reconnect_jitter=0.0, heartbeat=10)
@@ -313,11 +314,17 @@ async def test_blocked_connection_pauses_publishing_and_keeps_buffering(
             producer.publish_nowait(b"%d" % i)
         await trio.sleep(0.1)
         assert bodies(broker, "q") == []
-        assert producer.statistics().buffered == 3
+        stats = producer.statistics()
+        assert stats.buffered == 3
+        assert stats.paused == (
+            "the broker blocked the connection (connection.blocked: low on disk)"
+        )
+        assert client.statistics().producers[0].pauses == 1
         broker.unblock()
         with trio.fail_after(5):
             await producer.drain()
         assert bodies(broker, "q") == [b"0", b"1", b"2"]
+        assert (producer.statistics().paused, producer.statistics().pauses) == (None, 1)
 
 
 async def test_failing_and_async_drop_callbacks_do_not_hurt_the_producer(
@@ -462,6 +469,55 @@ async def test_channel_closed_with_406_while_publishing_is_reopened_after_a_paus
         assert [m.body for m in broker.queue("q").messages] == [b"before"] + [
             b"%d" % i for i in range(5)
         ]
+
+
+async def test_low_disk_pauses_publishing_without_dropping_and_a_probe_resumes_it(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """LavinMQ low on disk refuses every publish with 406 and sends no
+    connection.blocked: the producer pauses (reported in its statistics and
+    as events), probes, and publishes everything once the broker takes
+    messages again, within a probe interval."""
+    config = tl.Config(heartbeat=10, reconnect_jitter=0.0)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q")
+        async with client.events() as events:
+            broker.low_on_disk()
+            for i in range(5):
+                producer.publish_nowait(b"%d" % i)
+            with trio.fail_after(5):
+                while producer.statistics().paused is None:
+                    await trio.sleep(0.01)
+            stats = producer.statistics()
+            assert "low on disk" in str(stats.paused)
+            assert "406" in str(stats.paused)
+            assert stats.pauses == 1
+            await trio.sleep(60)  # a long low-disk spell: still paused, nothing dropped
+            stats = producer.statistics()
+            assert (stats.paused is not None, stats.pauses, stats.confirmed) == (True, 1, 0)
+            assert sum(stats.dropped.values()) == 0
+            broker.low_on_disk(False)
+            space_back = trio.current_time()
+            with trio.fail_after(5):
+                await producer.drain()
+            resumed_after = trio.current_time() - space_back
+            assert resumed_after <= tl_pausing.FLOW_PROBE_INTERVAL + 0.1
+            seen: list[tl.PublishingPaused | tl.PublishingResumed] = []
+            while len(seen) < 2:
+                event = events.receive_nowait()
+                if isinstance(event, tl.PublishingPaused | tl.PublishingResumed):
+                    seen.append(event)
+        paused, resumed = seen
+        assert isinstance(paused, tl.PublishingPaused)
+        assert (paused.target, paused.reason) == ("q", stats.paused)
+        assert isinstance(resumed, tl.PublishingResumed)
+        assert resumed.paused_for == pytest.approx(resumed.at - paused.at)
+        stats = producer.statistics()
+        assert (stats.paused, stats.pauses, stats.confirmed) == (None, 1, 5)
+        assert sum(stats.dropped.values()) == 0
+        assert client.statistics().reconnects == 0
+        assert bodies(broker, "q") == [b"%d" % i for i in range(5)]
 
 
 async def test_publish_timeout_raises_and_the_message_still_gets_its_outcome(

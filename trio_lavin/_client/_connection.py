@@ -102,6 +102,7 @@ class Connection:
         self._released_lot = trio.lowlevel.ParkingLot()
         self._unblocked = trio.Event()
         self._unblocked.set()
+        self._blocked_reason: str | None = None
         #: The reader waits for room in a consumer's buffer.
         self._reader_paused = False
         #: Who reads a TCP socket: the reader, or a task waiting for its
@@ -177,6 +178,11 @@ class Connection:
     def last_received(self) -> float:
         """``trio.current_time()`` when bytes last arrived from the broker."""
         return self._heartbeat.last_received
+
+    @property
+    def blocked_reason(self) -> str | None:
+        """What the broker's ``connection.blocked`` said, while blocked."""
+        return self._blocked_reason if self._amqp.blocked else None
 
     async def wait_unblocked(self) -> None:
         """Return once the broker is not blocking publishes."""
@@ -417,6 +423,7 @@ class Connection:
 
     def _on_blocked(self, event: ev.ConnectionBlocked) -> bool:
         logger.warning("broker blocked publishing on %s: %s", self.params.endpoint, event.reason)
+        self._blocked_reason = event.reason
         self._unblocked = trio.Event()
         return True
 

@@ -214,7 +214,8 @@ class Client(Declarations):
     @asynccontextmanager
     async def events(self) -> AsyncIterator[trio.MemoryReceiveChannel[ClientEvent]]:
         """Subscribe to the client's events: every :class:`StateChange`,
-        :class:`QueueRenamed` and :class:`RecoveryFailed` from now on::
+        :class:`QueueRenamed`, :class:`RecoveryFailed`,
+        :class:`PublishingPaused` and :class:`PublishingResumed` from now on::
 
             async with client.events() as events:
                 async for event in events:
@@ -232,7 +233,8 @@ class Client(Declarations):
             self._subscribers.remove(send)
             send.close()
 
-    def _emit(self, event: ClientEvent) -> None:
+    def report(self, event: ClientEvent) -> None:
+        """Internal: hand ``event`` to the subscribers of :meth:`events`."""
         for subscriber in self._subscribers:
             try:
                 subscriber.send_nowait(event)
@@ -244,7 +246,7 @@ class Client(Declarations):
     def _publish_changes(self) -> None:
         changes = self._supervisor.changes
         for change in changes:
-            self._emit(change)
+            self.report(change)
         changes.clear()
 
     # -- supervisor ---------------------------------------------------------------
@@ -441,7 +443,7 @@ class Client(Declarations):
         ``recovery_failures`` count, and a :class:`RecoveryFailed` event."""
         self._recovery_failures += 1
         logger.warning("could not recover %s: %s; %s", what, error, then)
-        self._emit(RecoveryFailed(what, error, trio.current_time()))
+        self.report(RecoveryFailed(what, error, trio.current_time()))
 
     # -- producing -----------------------------------------------------------------
 

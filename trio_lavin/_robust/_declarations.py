@@ -42,7 +42,7 @@ class Declarations:
 
         async def open_channel(self, connection: Connection | None = None) -> Channel: ...
 
-        def _emit(self, event: ClientEvent) -> None: ...
+        def report(self, event: ClientEvent) -> None: ...
 
         def _recovery_failed(self, what: str, error: ChannelClosed, then: str) -> None: ...
 
@@ -101,7 +101,7 @@ class Declarations:
                 if ok.queue != old:
                     topology.renamed(entry.handle, ok.queue)
                     logger.info("server-named queue %r is now %r", old, ok.queue)
-                    self._emit(QueueRenamed(old, ok.queue, trio.current_time()))
+                    self.report(QueueRenamed(old, ok.queue, trio.current_time()))
         elif isinstance(entry, QueueBinding):
             await channel.queue_bind(
                 topology.current(entry.queue),

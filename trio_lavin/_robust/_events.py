@@ -25,4 +25,27 @@ class RecoveryFailed:
     at: float
 
 
-ClientEvent = StateChange | QueueRenamed | RecoveryFailed
+@dataclass(frozen=True)
+class PublishingPaused:
+    """A producer stopped publishing because the broker will not take
+    messages now: ``connection.blocked`` (RabbitMQ's memory or disk alarm),
+    or a publish refused with 406 (LavinMQ low on disk).  Its messages stay
+    buffered; a :class:`PublishingResumed` follows."""
+
+    #: The producer's :attr:`~trio_lavin.Producer.target`.
+    target: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class PublishingResumed:
+    """The producer's pause is over: it publishes again."""
+
+    target: str
+    at: float
+    #: How long the pause lasted, in seconds.
+    paused_for: float
+
+
+ClientEvent = StateChange | QueueRenamed | RecoveryFailed | PublishingPaused | PublishingResumed

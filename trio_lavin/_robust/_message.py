@@ -144,6 +144,11 @@ class ProducerStatistics:
     retries: int
     returned: int
     dropped: dict[DropReason, int]
+    #: Why publishing is paused now (``connection.blocked``, or LavinMQ
+    #: refusing publishes when low on disk); None while it is not.
+    paused: str | None = None
+    #: Pauses so far (see :class:`~trio_lavin.PublishingPaused`).
+    pauses: int = 0
 
 
 def new_message(

@@ -35,9 +35,10 @@ policy, growing while rejections go on, starting over with the next confirm)
 before it opens a new channel, and logs one WARNING per episode.  The
 messages it had in flight are published again, each up to
 ``Config.publish_retries`` times, then dropped as REJECTED.  A 406
-PRECONDITION_FAILED is how LavinMQ says "low on disk": it pauses the producer
-the same way, but drops nothing (the broker will take the messages once it
-has room), as for ``connection.blocked``.
+PRECONDITION_FAILED is how LavinMQ says "low on disk", and
+``connection.blocked`` how RabbitMQ says it is low on memory or disk: the
+producer pauses until the broker takes messages again, and drops nothing
+(see :mod:`._pausing`: the pause shows in the statistics and as events).
 
 In ``FIRE_AND_FORGET`` mode a message counts as done once it is handed to the
 connection's writer; the few in the writer's buffer when a connection dies
@@ -47,6 +48,7 @@ mode trades for speed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -72,10 +74,8 @@ from .._exceptions import (
     MessageRejected,
     MessageReturned,
 )
-from .._sansio._errors import PRECONDITION_FAILED
 from .._sansio._events import ReturnedMessage
 from .._sansio._publishing import encode_publish_method
-from ._backoff import Backoff
 from ._message import (
     BufferFull,
     BufferPolicy,
@@ -92,6 +92,7 @@ from ._message import (
     new_message,
     queue_on,
 )
+from ._pausing import Pauses
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -103,6 +104,8 @@ logger = logging.getLogger("trio_lavin.producer")
 YIELD_EVERY: Final = 64
 #: ... or once this many bytes wait to be written (see ``Producer._pass``).
 YIELD_BYTES: Final = 64 * 1024
+#: Longest the sender waits for the confirms of a channel it replaces after a nack.
+STALE_CONFIRMS_WAIT: Final = 5.0
 
 
 class Producer:
@@ -178,11 +181,9 @@ class Producer:
         self._buffered = 0
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
-        #: While the broker rejects our publishes (see the module doc): the
-        #: backoff of the next pause; None outside such an episode.
-        self._rejection_backoff: Backoff | None = None
-        #: When the current channel was opened.
-        self._channel_opened_at = -math.inf
+        self._pauses = Pauses(
+            client, self.target, confirm=mode is PublishMode.CONFIRM, rng=self._rng
+        )
 
     @property
     def target(self) -> str:
@@ -216,6 +217,8 @@ class Producer:
             retries=self._retries,
             returned=self._returned,
             dropped=dict(self._dropped),
+            paused=self._pauses.reason,
+            pauses=self._pauses.count,
         )
 
     # -- publishing ----------------------------------------------------------------
@@ -532,7 +535,7 @@ class Producer:
             self._window_lot.unpark_all()
         if error is None:
             self._confirmed += 1
-            self._rejection_backoff = None
+            self._pauses.confirmed()
             if message._waiter is not None:
                 message._waiter.set()
         elif isinstance(error, MessageNacked):
@@ -554,7 +557,7 @@ class Producer:
                 )
                 self._drop(message, DropReason.REJECTED, rejected)
             else:
-                self._requeue(message)  # after the pause (see _after_channel_closed)
+                self._requeue(message)  # after the pause (Pauses.after_channel_closed)
         elif self._closed:
             self._drop(message, DropReason.CLOSED)
         else:
@@ -618,7 +621,7 @@ class Producer:
                     return previous
                 self._channel = None
                 if isinstance(previous.error, ChannelClosed):
-                    await self._after_channel_closed(previous.error)
+                    await self._pauses.after_channel_closed(previous.error)
             confirm_mode = self.mode is PublishMode.CONFIRM
             try:
                 channel = await self._client.open_channel()
@@ -645,7 +648,7 @@ class Producer:
             if not confirm_mode:
                 channel.on_return(self._on_return)
             self._channel = channel
-            self._channel_opened_at = trio.current_time()
+            self._pauses.channel_opened()
             return channel
 
     async def run_sender(self) -> None:
@@ -663,11 +666,17 @@ class Producer:
                 self._renew_channel = False
                 stale, self._channel = self._channel, None
                 if stale is not None:
-                    await stale.aclose()  # its unconfirmed messages are requeued
+                    # The verdicts of what it published before the nack may be on their
+                    # way (LavinMQ nacks at once, acks after an fsync): take them first,
+                    # else those messages would be published again.
+                    with trio.move_on_after(STALE_CONFIRMS_WAIT):
+                        with contextlib.suppress(ChannelClosed, AMQPConnectionError):
+                            await stale.wait_for_confirms()
+                    await stale.aclose()  # what is still unconfirmed is requeued
             channel = await self._open_channel()
             connection = channel.connection
             if connection.blocked:
-                await connection.wait_unblocked()
+                await self._pauses.while_blocked(connection)
                 continue
             if confirm and self._in_flight >= self.confirm_window:
                 await self._window_lot.park()
@@ -739,36 +748,6 @@ class Producer:
             returned.reply_code,
             returned.reply_text,
         )
-
-    async def _after_channel_closed(self, exc: ChannelClosed) -> None:
-        """The broker closed our channel while we published (see the module
-        doc): pause for the next delay of the episode before a new channel,
-        so that a refused publish is not repeated in a loop."""
-        if exc.reply_code is None:
-            return  # we closed it ourselves
-        config = self._client.config
-        lasted = trio.current_time() - self._channel_opened_at >= config.reconnect_max_delay
-        episode = self._rejection_backoff
-        if episode is None or lasted:
-            episode = config.backoff()
-        delay = episode.delay(self._rng)
-        if self.mode is PublishMode.FIRE_AND_FORGET:
-            meaning = "messages in flight are lost (FIRE_AND_FORGET)"
-        elif exc.reply_code == PRECONDITION_FAILED:
-            meaning = "low on disk (LavinMQ)? nothing is dropped"
-        else:
-            meaning = f"messages are retried up to {config.publish_retries} times, then dropped"
-        # One WARNING per episode; the pauses that follow are at DEBUG.
-        logger.log(
-            logging.WARNING if episode.attempt == 0 else logging.DEBUG,
-            "broker closed the publishing channel of %r (%s); %s; pausing %.2f s",
-            self.target,
-            exc,
-            meaning,
-            delay,
-        )
-        self._rejection_backoff = episode.next()
-        await trio.sleep(delay)
 
     def give_up(self) -> None:
         """Internal: give up on everything still pending (the client is closing)."""

@@ -98,6 +98,8 @@ class FakeBroker:
         self._names = itertools.count(1)
         self._nacks_left = 0
         self._blocked: str | None = None
+        #: While True, every publish is refused with 406 (see low_on_disk).
+        self.refusing_publishes = False
         #: The exchange types it knows.  Add a plugin's type, or take one
         #: away to play a broker that lost a plugin: declaring an exchange of
         #: a type not in here closes the connection with 503 COMMAND_INVALID.
@@ -254,6 +256,12 @@ class FakeBroker:
         self._blocked = None
         for conn in self._connections:
             conn._notify_blocked()
+
+    def low_on_disk(self, low: bool = True) -> None:
+        """Be low on disk as LavinMQ is (or, ``low=False``, not any more):
+        every basic.publish closes its channel with 406 PRECONDITION_FAILED
+        "Server low on disk space", and no Connection.Blocked is sent."""
+        self.refusing_publishes = low
 
     def nack_next(self, n: int) -> None:
         """Make the next ``n`` publishes on channels in confirm mode get a

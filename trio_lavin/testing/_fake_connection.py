@@ -577,6 +577,8 @@ class BrokerConnection:
         properties: BasicProperties,
         payload: bytes,
     ) -> None:
+        if self._broker.refusing_publishes:
+            raise _AmqpError(PRECONDITION_FAILED, "Server low on disk space")
         vh = self._vh()
         ex = self._exchange(m.exchange)
         if ex.internal:
