@@ -103,6 +103,7 @@ class Connection:
         self._unblocked = trio.Event()
         self._unblocked.set()
         self._blocked_reason: str | None = None
+        self._blocked_listeners: list[Callable[[], None]] = []
         #: The reader waits for room in a consumer's buffer.
         self._reader_paused = False
         #: Who reads a TCP socket: the reader, or a task waiting for its
@@ -183,6 +184,15 @@ class Connection:
     def blocked_reason(self) -> str | None:
         """What the broker's ``connection.blocked`` said, while blocked."""
         return self._blocked_reason if self._amqp.blocked else None
+
+    def on_blocked_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the broker blocks or unblocks publishing
+        on this connection, and when the connection ends while blocked."""
+        self._blocked_listeners.append(callback)
+
+    def _blocked_changed(self) -> None:
+        for callback in self._blocked_listeners:
+            callback()
 
     async def wait_unblocked(self) -> None:
         """Return once the broker is not blocking publishes."""
@@ -425,11 +435,13 @@ class Connection:
         logger.warning("broker blocked publishing on %s: %s", self.params.endpoint, event.reason)
         self._blocked_reason = event.reason
         self._unblocked = trio.Event()
+        self._blocked_changed()
         return True
 
     def _on_unblocked(self, event: ev.ConnectionUnblocked) -> bool:
         logger.info("broker unblocked publishing on %s", self.params.endpoint)
         self._unblocked.set()
+        self._blocked_changed()
         return True
 
     def _on_closed_by_broker(self, event: ev.BrokerClosedConnection) -> bool:
@@ -621,7 +633,9 @@ class Connection:
         self._channels.clear()
         self._closed.set()
         self._stopped.set()
-        self._unblocked.set()
+        if not self._unblocked.is_set():
+            self._unblocked.set()
+            self._blocked_changed()
         self.sending.stop()
         self._released_lot.unpark_all()
         if self._tasks is not None:

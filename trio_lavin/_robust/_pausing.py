@@ -3,8 +3,11 @@ them, and for how long: :class:`Pauses`, owned by one producer.
 
 Three things make a producer wait, none of them an error of its own:
 
-* ``connection.blocked`` (RabbitMQ's memory or disk alarm): it waits for
-  ``connection.unblocked``, the connection staying up (heartbeats go on).
+* ``connection.blocked`` (RabbitMQ's memory or disk alarm): it publishes
+  nothing until ``connection.unblocked``, the connection staying up
+  (heartbeats go on).  The pause is the connection's state, whatever the
+  sender is doing meanwhile (waiting for confirms, or for room in a socket
+  that the blocking broker stopped reading).
 * LavinMQ low on disk: LavinMQ never sends ``connection.blocked``; it closes
   the publishing channel with 406 PRECONDITION_FAILED ("Server low on disk
   space") and takes publishes again once it has room, which it finds out by
@@ -28,12 +31,11 @@ statistics) while it lasts, :attr:`Pauses.count`, and a
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import math
 import random
 import secrets
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -63,10 +65,13 @@ class Pauses:
         self._target = target
         self._confirm = confirm
         self._rng = rng
-        #: Why publishing is paused now (None: it is not).
-        self.reason: str | None = None
         #: Pauses of the flow so far.
         self.count = 0
+        # Why publishing is paused now, and since when (None: it is not), for
+        # each of the two ways.
+        self._blocked: tuple[str, float] | None = None
+        self._low_disk: tuple[str, float] | None = None
+        self._watched: Connection | None = None
         #: While the broker rejects our publishes: the backoff of the next
         #: pause; None outside such an episode.
         self._rejections: Backoff | None = None
@@ -75,19 +80,37 @@ class Pauses:
         # A routing key no queue is bound with: the probe's message goes nowhere.
         self._probe_key = f"trio-lavin.flow-probe.{secrets.token_hex(8)}"
 
-    def channel_opened(self) -> None:
-        """The producer opened a new publishing channel."""
+    @property
+    def reason(self) -> str | None:
+        """Why publishing is paused now (None: it is not)."""
+        pause = self._blocked or self._low_disk
+        return None if pause is None else pause[0]
+
+    def channel_opened(self, connection: Connection) -> None:
+        """The producer opened a new publishing channel on ``connection``."""
         self._channel_opened_at = trio.current_time()
+        if connection is not self._watched:
+            self._watched = connection
+            connection.on_blocked_change(functools.partial(self._blocked_changed, connection))
+            self._blocked_changed(connection)
+
+    def _blocked_changed(self, connection: Connection) -> None:
+        """``connection.blocked`` (or its end) is a pause whatever the sender
+        is doing (waiting for confirms, or for the socket, which a blocking
+        RabbitMQ stops reading)."""
+        if connection is not self._watched:
+            return
+        blocked = connection.blocked and connection.is_open
+        if blocked and self._blocked is None:
+            reason = connection.blocked_reason or "no reason given"
+            self._blocked = self._begin(f"the broker blocked the connection ({reason})")
+        elif not blocked and self._blocked is not None:
+            self._end(self._blocked)
+            self._blocked = None
 
     def confirmed(self) -> None:
         """The broker confirmed a message: a rejection episode is over."""
         self._rejections = None
-
-    async def while_blocked(self, connection: Connection) -> None:
-        """Wait while the broker blocks ``connection`` (``connection.blocked``)."""
-        reason = connection.blocked_reason or "no reason given"
-        with self._paused(f"the broker blocked the connection (connection.blocked: {reason})"):
-            await connection.wait_unblocked()
 
     async def after_channel_closed(self, error: ChannelClosed) -> None:
         """The broker closed the publishing channel with ``error``: wait
@@ -95,8 +118,12 @@ class Pauses:
         if error.reply_code is None:
             return  # we closed it ourselves
         if error.reply_code == PRECONDITION_FAILED:
-            with self._paused(f"the broker refused a publish (low on disk?): {error}"):
+            self._low_disk = self._begin(f"the broker refused a publish (low on disk?): {error}")
+            try:
                 await self._probe_until_flowing()
+            finally:
+                pause, self._low_disk = self._low_disk, None
+            self._end(pause)  # not after an exception: the producer is ending
             return
         config = self._client.config
         lasted = trio.current_time() - self._channel_opened_at >= config.reconnect_max_delay
@@ -144,18 +171,16 @@ class Pauses:
             await channel.aclose()
         return True
 
-    @contextlib.contextmanager
-    def _paused(self, reason: str) -> Iterator[None]:
-        """Report a pause around the wait in the ``with`` block."""
+    def _begin(self, reason: str) -> tuple[str, float]:
+        """A pause begins: report it; (reason, since)."""
         since = trio.current_time()
-        self.reason = reason
         self.count += 1
         logger.warning("publishing to %r paused: %s", self._target, reason)
         self._client.report(PublishingPaused(self._target, reason, since))
-        try:
-            yield
-        finally:
-            self.reason = None
-        now = trio.current_time()  # not after an exception: the producer is ending
-        logger.info("publishing to %r resumed after %.2f s", self._target, now - since)
-        self._client.report(PublishingResumed(self._target, now, now - since))
+        return reason, since
+
+    def _end(self, pause: tuple[str, float]) -> None:
+        now = trio.current_time()
+        paused_for = now - pause[1]
+        logger.info("publishing to %r resumed after %.2f s", self._target, paused_for)
+        self._client.report(PublishingResumed(self._target, now, paused_for))

@@ -648,7 +648,7 @@ class Producer:
             if not confirm_mode:
                 channel.on_return(self._on_return)
             self._channel = channel
-            self._pauses.channel_opened()
+            self._pauses.channel_opened(channel.connection)
             return channel
 
     async def run_sender(self) -> None:
@@ -676,7 +676,7 @@ class Producer:
             channel = await self._open_channel()
             connection = channel.connection
             if connection.blocked:
-                await self._pauses.while_blocked(connection)
+                await connection.wait_unblocked()  # a pause (see Pauses)
                 continue
             if confirm and self._in_flight >= self.confirm_window:
                 await self._window_lot.park()
