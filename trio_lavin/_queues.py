@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["QueueType", "check_queue_type", "queue_arguments"]
+__all__ = ["QueueType", "check_queue_type", "queue_arguments", "unhonoured_queue_type"]
 
 #: The ``x-`` argument that selects the type.
 QUEUE_TYPE_ARGUMENT: Final = "x-queue-type"
@@ -181,3 +181,40 @@ def check_queue_type(
     if queue_type is None or given is not None:
         return None if arguments is None else dict(arguments)
     return {**(arguments or {}), QUEUE_TYPE_ARGUMENT: queue_type.value}
+
+
+def _version(text: object) -> tuple[int, ...]:
+    """``"1.0.1"`` as (1, 0, 1); what does not parse as numbers gives ()."""
+    numbers = []
+    for part in str(text).split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def unhonoured_queue_type(
+    server_properties: Mapping[str, Any], queue: str, arguments: Mapping[str, Any] | None
+) -> str | None:
+    """What to warn of when ``queue`` is declared with ``arguments`` on the
+    broker that sent ``server_properties`` in Connection.Start, if that
+    broker will make it a classic queue though ``arguments`` ask for another
+    type; None if, as far as is known, it honours the type.
+
+    LavinMQ takes any ``x-queue-type`` and ignores the ones it lacks: it has
+    no quorum queues (a LavinMQ cluster replicates every queue), and stream
+    queues only from 1.2.0.
+    """
+    wanted = None if arguments is None else arguments.get(QUEUE_TYPE_ARGUMENT)
+    if wanted not in (QueueType.QUORUM.value, QueueType.STREAM.value):
+        return None
+    if server_properties.get("product") != "LavinMQ":
+        return None
+    version = server_properties.get("version")
+    if wanted == QueueType.QUORUM.value:
+        lacking = f"LavinMQ {version} has no quorum queues"
+    elif _version(version) < (1, 2):
+        lacking = f"LavinMQ {version} has no stream queues (they came in 1.2.0)"
+    else:
+        return None
+    return f"queue {queue!r}: {lacking}; it is a classic queue ({QUEUE_TYPE_ARGUMENT} ignored)"

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import BrokerNode
+from tests._broker import BrokerNode, RabbitNode
 
 from ._names import unique
 
@@ -102,3 +102,16 @@ async def test_failover_across_transports_tries_the_next_url(amqp_url: str) -> N
     assert connection.params.scheme == "amqp"
     assert stats.failed_attempts == 1
     assert stats.endpoint == tl.parse_url(amqp_url).endpoint
+
+
+async def test_a_quorum_queue_on_rabbitmq_is_one_and_warns_of_nothing(
+    rabbit_node: RabbitNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = unique()
+    async with tl.open_client(rabbit_node.url) as client:
+        await client.declare_queue(queue, durable=True, queue_type=tl.QueueType.QUORUM)
+        listed = rabbit_node.rabbitmqctl("list_queues", "name", "type", "--no-table-headers")
+        channel = await client.open_channel()
+        await channel.queue_delete(queue)
+    assert f"{queue}\tquorum" in listed
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []

@@ -214,3 +214,20 @@ async def test_consistent_hash_exchange_spreads_by_routing_key_and_keeps_a_key_o
     assert min(counts) > 0
     for bodies in held.values():  # both copies of a key went to the same queue
         assert all(bodies.count(body) == 2 for body in bodies)
+
+
+async def test_a_quorum_queue_on_lavinmq_warns_that_it_is_a_classic_queue(
+    lavinmq_node: LavinNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = unique()
+    async with tl.open_client(lavinmq_node.url) as client:
+        await client.declare_queue(queue, durable=True, queue_type=tl.QueueType.QUORUM)
+        connection = await client.wait_connected()
+        version = connection.server_properties["version"]
+        channel = await client.open_channel()
+        await channel.queue_delete(queue)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"queue {queue!r}: LavinMQ {version} has no quorum queues; it is a classic queue "
+        "(x-queue-type ignored)"
+    ]

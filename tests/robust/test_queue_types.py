@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import trio_lavin as tl
+from trio_lavin._queues import unhonoured_queue_type
 from trio_lavin._robust._topology import QueueDeclaration
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
@@ -151,3 +152,35 @@ async def test_declare_queue_checks_the_type_given_in_the_arguments(
             await client.declare_queue("s", arguments={"x-queue-type": "stream"})
         with pytest.raises(ValueError, match="x-queue-type must be one of 'classic', 'quorum'"):
             await client.declare_queue("s", arguments={"x-queue-type": "qourum"})
+
+
+@pytest.mark.parametrize(
+    ("product", "version", "queue_type", "warning"),
+    [
+        ("LavinMQ", "1.0.1", "quorum", "LavinMQ 1.0.1 has no quorum queues"),
+        ("LavinMQ", "2.6.1", "quorum", "LavinMQ 2.6.1 has no quorum queues"),
+        ("LavinMQ", "1.0.1", "stream", "LavinMQ 1.0.1 has no stream queues (they came in 1.2.0)"),
+        ("LavinMQ", "1.2.0", "stream", None),
+        ("LavinMQ", "1.0.1", "classic", None),
+        ("RabbitMQ", "3.10.8", "quorum", None),
+        ("RabbitMQ", "3.10.8", "stream", None),
+    ],
+)
+def test_a_queue_type_the_broker_lacks_is_named_with_the_broker_and_its_version(
+    product: str, version: str, queue_type: str, warning: str | None
+) -> None:
+    found = unhonoured_queue_type(
+        {"product": product, "version": version}, "orders", {"x-queue-type": queue_type}
+    )
+    if warning is None:
+        assert found is None
+    else:
+        assert found == (
+            f"queue 'orders': {warning}; it is a classic queue (x-queue-type ignored)"
+        )
+
+
+def test_no_queue_type_or_no_arguments_warns_of_nothing() -> None:
+    lavinmq = {"product": "LavinMQ", "version": "1.0.1"}
+    assert unhonoured_queue_type(lavinmq, "q", None) is None
+    assert unhonoured_queue_type(lavinmq, "q", {"x-max-length": 5}) is None

@@ -26,6 +26,7 @@ from .._exceptions import (
     ConnectionClosedByBroker,
     ConsumerCancelled,
 )
+from .._queues import unhonoured_queue_type
 from .._sansio import _events as ev
 from .._sansio._channel_state import ChannelState
 from .._sansio._connection import AMQPConnection
@@ -281,7 +282,13 @@ class Channel:
     ) -> QueueDeclareOk:
         """Declare a queue; an empty name asks the broker to make one up
         (read it from the result).  Redeclaring with other settings closes
-        the channel with 406 PRECONDITION_FAILED."""
+        the channel with 406 PRECONDITION_FAILED.  Asking a LavinMQ that
+        lacks it for a quorum or stream queue (``x-queue-type``) logs a
+        WARNING: LavinMQ declares a classic queue instead."""
+        if not passive and arguments:
+            warning = unhonoured_queue_type(self.connection.server_properties, queue, arguments)
+            if warning is not None:
+                logger.warning("%s", warning)
         reply = await self._call(
             commands.Queue.Declare(
                 queue=queue,
