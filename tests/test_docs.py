@@ -23,6 +23,7 @@ GUIDE = [
     "reliability.md",
     "testing.md",
     "tuning.md",
+    "brokers.md",
     "api.md",
 ]
 
