@@ -101,6 +101,8 @@ class Channel:
         self._last_tag = 0
         #: Every delivery up to this tag was settled by a ``multiple`` ack/nack.
         self.settled_up_to = 0
+        #: Told ``(tag, multiple)`` of every ack, nack and reject the application sends.
+        self.settle_listener: Callable[[int, bool], None] | None = None
 
     def __repr__(self) -> str:
         state = "open" if self.is_open else "closed"
@@ -618,7 +620,10 @@ class Channel:
                 f"{self.number} ({latest})"
             )
         if multiple:
-            self.settled_up_to = max(self.settled_up_to, delivery_tag or self._last_tag)
+            delivery_tag = delivery_tag or self._last_tag
+            self.settled_up_to = max(self.settled_up_to, delivery_tag)
+        if self.settle_listener is not None:
+            self.settle_listener(delivery_tag, multiple)
 
     def _reject_nowait(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         sent = self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))
@@ -642,8 +647,6 @@ class Channel:
 
     async def tx_rollback(self) -> None:
         await self._call(commands.Tx.Rollback())
-
-    # -- events from the connection's reader ------------------------------------
 
     # -- what the connection hands over ------------------------------------------------
 

@@ -90,6 +90,15 @@ class Delivery:
             properties = self._properties = BasicProperties()
         return properties
 
+    @property
+    def stream_offset(self) -> int | None:
+        """For a delivery from a stream queue, its offset in the stream (the
+        ``x-stream-offset`` header the broker adds); else None."""
+        properties = self._properties
+        headers = None if properties is None else properties.headers
+        offset = None if headers is None else headers.get("x-stream-offset")
+        return offset if type(offset) is int else None
+
     def __repr__(self) -> str:
         return (
             f"<Delivery {self.delivery_tag} on channel {self.channel.number} from "

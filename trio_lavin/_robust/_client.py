@@ -49,6 +49,7 @@ from ._message import (
     BufferPolicy,
     PublishMode,
 )
+from ._offsets import StreamOffset, check_stream_offset
 from ._producer import Producer
 from ._rpc import DEFAULT_RPC_PREFETCH, DEFAULT_RPC_TIMEOUT, RpcCaller, serve_rpc
 from ._statistics import ClientStatistics, consumer_statistics, summarize
@@ -508,6 +509,7 @@ class Client(Declarations):
         exclusive: bool = False,
         consumer_tag: str | None = None,
         arguments: dict[str, Any] | None = None,
+        stream_offset: StreamOffset | None = None,
     ) -> AsyncIterator[RecoveringConsumer]:
         """Consume ``queue`` on a channel of its own, across reconnects.
 
@@ -518,16 +520,28 @@ class Client(Declarations):
         returns False for deliveries from a channel that has since died (the
         broker redelivers those).
 
+        ``stream_offset`` reads a stream queue from there: "first", "last",
+        "next", an offset, a datetime, or an interval such as "1h".  Each
+        re-subscription starts at the first offset the application has not
+        settled, and what it settled is not handed over again (see
+        docs/streams.md); the consumer's ``stream_offset`` is where to start
+        next run.  A stream needs a prefetch; with ``no_ack`` the consumer
+        acks each delivery as it hands it over.
+
         Raises:
             ChannelClosed: entering the block, when the broker refuses the
                 first subscription (404: no such queue; 405: another
                 connection's exclusive queue): it is not tried again.
             CommandRefused: from the iteration, when the broker refused a
                 subscription with a hard error (closing the connection).
-            ValueError: ``prefetch`` is not in 0..65535.
+            ValueError: ``prefetch`` is not in 0..65535 (1..65535 for a
+                stream), or ``stream_offset`` is given twice (in
+                ``arguments`` too) or is not an offset.
         """
         if not 0 <= prefetch <= 65_535:
             raise ValueError(f"prefetch must be in 0..65535, not {prefetch!r}")
+        if stream_offset is not None:
+            check_stream_offset(stream_offset, prefetch, arguments)
         counters = self._delivery_counters.get(queue)
         if counters is None:
             counters = self._delivery_counters[queue] = DeliveryCounters()
@@ -541,6 +555,7 @@ class Client(Declarations):
             arguments,
             counters,
             rng=self._supervisor.rng,
+            stream_offset=stream_offset,
         )
         self._consumers.add(consumer)
         try:

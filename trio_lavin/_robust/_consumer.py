@@ -17,6 +17,7 @@ from .._client._delivery import Delivery
 from .._exceptions import AMQPConnectionError, ChannelClosed, CommandRefused, ConsumerCancelled
 from .._sansio._errors import CONTENT_TOO_LARGE
 from ._backoff import Backoff
+from ._offsets import STREAM_OFFSET, StreamOffset, StreamOffsets
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -83,6 +84,7 @@ class RecoveringConsumer:
         arguments: dict[str, Any] | None,
         counters: DeliveryCounters | None = None,
         rng: random.Random | None = None,
+        stream_offset: StreamOffset | None = None,
     ) -> None:
         self._client = client
         #: For the jitter of its backoff (the client's).
@@ -108,6 +110,8 @@ class RecoveringConsumer:
         self.subscriptions = 0
         #: Shared by the client's consumers of the same queue.
         self._counters = counters if counters is not None else DeliveryCounters()
+        #: For a stream: what the application settled, and where to subscribe again.
+        self._offsets = None if stream_offset is None else StreamOffsets(stream_offset)
 
     def __repr__(self) -> str:
         return f"<RecoveringConsumer of queue {self.queue!r}>"
@@ -139,15 +143,22 @@ class RecoveringConsumer:
                 return
             channel = await self._client.open_channel(connection)
             channel.counters = self._counters
+            arguments, offsets = self.arguments, self._offsets
+            if offsets is not None:
+                # From the first offset the application has not settled (a
+                # stream takes no no_ack consumers: we ack for it).
+                offsets.new_subscription()
+                arguments = {**(arguments or {}), STREAM_OFFSET: offsets.resume_from()}
+                channel.settle_listener = offsets.settled
             try:
                 if self.prefetch:
                     await channel.basic_qos(self.prefetch)
                 consumer = await channel.basic_consume(
                     self._client.current_queue_name(self.queue),
-                    no_ack=self.no_ack,
+                    no_ack=self.no_ack and offsets is None,
                     exclusive=self.exclusive,
                     consumer_tag=self.consumer_tag,
-                    arguments=self.arguments,
+                    arguments=arguments,
                 )
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -193,6 +204,8 @@ class RecoveringConsumer:
                 continue
             try:
                 delivery = await current.__anext__()
+                if self._offsets is not None and not await self._take_from_stream(delivery):
+                    continue
                 counters = self._counters
                 counters.consumed += 1
                 if delivery.redelivered:
@@ -228,6 +241,29 @@ class RecoveringConsumer:
                 await trio.sleep(refusals.delay(self._rng))
                 refusals = refusals.next()
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
+
+    async def _take_from_stream(self, delivery: Delivery) -> bool:
+        """Whether to hand ``delivery`` of a stream to the application: not if
+        it settled that offset already (it is acked, for the broker's credit)."""
+        assert self._offsets is not None
+        offset = delivery.stream_offset
+        if offset is None:
+            return True  # not from a stream after all: nothing to count
+        if not self._offsets.delivered(delivery.delivery_tag, offset, settled=self.no_ack):
+            await delivery.ack()
+            return False
+        if self.no_ack:
+            await delivery.ack()
+        return True
+
+    @property
+    def stream_offset(self) -> StreamOffset | None:
+        """For a stream: where to start next time to read only what the
+        application has not settled (the first offset it did not ack, nack
+        or reject, or the one after the last delivered); store it, and pass
+        it as ``stream_offset`` to the next run's ``consume``.  Before any
+        delivery, the offset the consumer was asked to start from."""
+        return None if self._offsets is None else self._offsets.resume_from()
 
     async def _resubscribe(self, backoff: Backoff) -> Backoff:
         """Subscribe again on the live connection (waiting for one) after our

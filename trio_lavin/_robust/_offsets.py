@@ -1,0 +1,126 @@
+"""Where a stream consumer subscribes again: :class:`StreamOffsets`.
+
+A stream queue keeps its messages; a consumer reads it from an offset
+(``x-stream-offset`` in its ``basic.consume`` arguments) and every delivery
+carries its own offset in the ``x-stream-offset`` header.  Subscribed again
+with the same arguments after a reconnect, it would read everything again
+from the same place.  So the consumer counts, for each offset delivered to
+the application, whether the application settled it (ack, nack or reject; or
+at once, with ``no_ack``), and subscribes again from the first offset it did
+not settle (or after the last one delivered, if it settled them all).  What
+comes again from there that the application already settled is acked and
+skipped, so nothing settled is handed over twice and nothing is skipped.
+
+Deliveries of one subscription come in offset order; the delivery tags of a
+subscription mean nothing on the next one.  Pure: no trio, no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+#: Where a stream consumer may start: "first", "last", "next", an offset, a
+#: time (the first message at or after it), or an interval such as "1h" ago.
+StreamOffset = str | int | datetime.datetime
+
+#: The consumer argument, and the delivery header, that carry an offset.
+STREAM_OFFSET: Final = "x-stream-offset"
+_INTERVAL: Final = re.compile(r"[1-9][0-9]*(Y|M|D|h|m|s)")
+
+
+def check_stream_offset(
+    offset: object, prefetch: int, arguments: Mapping[str, Any] | None
+) -> None:
+    """Refuse a ``stream_offset`` that no stream takes, naming it.
+
+    Raises:
+        ValueError: ``offset`` is not "first", "last", "next", an int >= 0,
+            a datetime or an interval ("1h", "30m", "7D", ...); ``prefetch``
+            is 0; or ``arguments`` give an ``x-stream-offset`` too.
+    """
+    valid = (
+        offset in ("first", "last", "next")
+        or (type(offset) is int and offset >= 0)
+        or isinstance(offset, datetime.datetime)
+        or (isinstance(offset, str) and _INTERVAL.fullmatch(offset) is not None)
+    )
+    if not valid:
+        raise ValueError(
+            f"stream_offset must be 'first', 'last', 'next', an offset >= 0, a datetime or "
+            f"an interval such as '1h' (Y, M, D, h, m, s), not {offset!r}"
+        )
+    if prefetch == 0:
+        raise ValueError("a stream consumer needs a prefetch (1..65535), not 0")
+    if arguments is not None and STREAM_OFFSET in arguments:
+        raise ValueError(
+            f"stream_offset={offset!r} and arguments[{STREAM_OFFSET!r}]="
+            f"{arguments[STREAM_OFFSET]!r}: give one"
+        )
+
+
+class StreamOffsets:
+    """The settled and unsettled offsets of one stream consumer (see the module doc)."""
+
+    def __init__(self, start: StreamOffset) -> None:
+        #: Where the first subscription starts, as asked.
+        self.start = start
+        #: Offsets handed to the application and not settled, sorted.
+        self._unsettled: list[int] = []
+        #: The current subscription's unsettled deliveries: tag -> offset.
+        self._tags: dict[int, int] = {}
+        #: The highest offset handed to the application.
+        self.last_delivered: int | None = None
+
+    def resume_from(self) -> StreamOffset:
+        """The ``x-stream-offset`` of the next subscription."""
+        if self._unsettled:
+            return self._unsettled[0]
+        if self.last_delivered is not None:
+            return self.last_delivered + 1
+        return self.start
+
+    def new_subscription(self) -> None:
+        """A subscription begins: the tags of the last one mean nothing now."""
+        self._tags.clear()
+
+    def delivered(self, tag: int, offset: int, *, settled: bool) -> bool:
+        """A delivery of the current subscription; False if the application
+        settled that offset already (ack it and skip it).  ``settled``: it is
+        settled on arrival (``no_ack``)."""
+        last = self.last_delivered
+        unsettled = self._unsettled
+        if last is not None and offset <= last:
+            i = bisect.bisect_left(unsettled, offset)
+            if i == len(unsettled) or unsettled[i] != offset:
+                return False  # settled before the last subscription ended
+            if settled:
+                del unsettled[i]
+            else:
+                self._tags[tag] = offset
+            return True
+        self.last_delivered = offset
+        if not settled:
+            bisect.insort(unsettled, offset)
+            self._tags[tag] = offset
+        return True
+
+    def settled(self, tag: int, multiple: bool = False) -> None:
+        """The application settled the delivery ``tag`` of the current
+        subscription (``multiple``: and every earlier one)."""
+        tags = [t for t in self._tags if t <= tag] if multiple else [tag]
+        for t in tags:
+            offset = self._tags.pop(t, None)
+            if offset is None:
+                continue
+            i = bisect.bisect_left(self._unsettled, offset)
+            if i < len(self._unsettled) and self._unsettled[i] == offset:
+                del self._unsettled[i]
+
+    @property
+    def unsettled(self) -> int:
+        """Offsets handed to the application and not settled yet."""
+        return len(self._unsettled)
