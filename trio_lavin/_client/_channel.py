@@ -287,10 +287,8 @@ class Channel:
         the channel with 406 PRECONDITION_FAILED.  Asking a LavinMQ that
         lacks it for a quorum or stream queue (``x-queue-type``) logs a
         WARNING: LavinMQ declares a classic queue instead."""
-        if not passive and arguments:
-            warning = unhonoured_queue_type(self.connection.server_properties, queue, arguments)
-            if warning is not None:
-                logger.warning("%s", warning)
+        if warning := unhonoured_queue_type(self.connection.server_properties, queue, arguments):
+            logger.warning("%s", warning)
         reply = await self._call(
             commands.Queue.Declare(
                 queue=queue,
@@ -636,8 +634,6 @@ class Channel:
     async def basic_recover(self, *, requeue: bool = True) -> None:
         """Redeliver all unacked messages of this channel."""
         await self._call(commands.Basic.Recover(requeue=requeue))
-
-    # transactions
 
     async def tx_select(self) -> None:
         await self._call(commands.Tx.Select())
