@@ -42,6 +42,7 @@ from wsproto.events import (
 import trio_lavin as tl
 from trio_lavin._io._transport import open_stream
 from trio_lavin._io._websocket import (
+    FAST_FRAME_MAX,
     RECEIVE_SIZE,
     WebSocketHandshakeError,
     WebSocketStream,
@@ -248,6 +249,28 @@ async def test_a_message_larger_than_max_bytes_is_kept_for_the_next_reads() -> N
         assert await client.receive_some(4) == b"0123"
         assert await client.receive_some(4) == b"4567"
         assert await client.receive_some() == b"89ab"
+
+
+async def test_a_frame_larger_than_the_fast_path_takes_comes_through_wsproto_whole(
+    nursery: trio.Nursery,
+) -> None:
+    """Binary frames up to FAST_FRAME_MAX are gathered and taken without wsproto; a larger
+    one goes to wsproto as it arrives (so it is never held whole), and the frames after it
+    take the fast path again."""
+    client, server = await connected_pair()
+    big = os.urandom(FAST_FRAME_MAX * 3 + 17)
+    wire = server.frames(BytesMessage(b"before"), BytesMessage(big), BytesMessage(b"after"))
+    nursery.start_soon(partial(send_in_pieces, server.transport, wire, 1000))
+    got = b""
+    async with client:
+        while len(got) < len(big) + 11:
+            got += await client.receive_some()
+    assert got == b"before" + big + b"after"
+
+
+async def send_in_pieces(transport: trio.abc.Stream, data: bytes, size: int) -> None:
+    for i in range(0, len(data), size):
+        await transport.send_all(data[i : i + size])
 
 
 async def test_send_all_sends_one_binary_message_per_call() -> None:

@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -94,6 +96,116 @@ CONTROL_SEND_TIMEOUT: Final = 5.0
 _DEFAULT_HTTP_PORTS: Final = {"ws": 80, "wss": 443}
 #: Linux's TCP_QUICKACK (None elsewhere): see WebSocketStream._acknowledge_at_once.
 _TCP_QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
+
+
+#: A binary frame larger than this goes to wsproto as it arrives, rather than being
+#: gathered whole for the fast path (which would hold it all in memory at once).
+FAST_FRAME_MAX: Final = 64 * 1024
+_U16: Final = struct.Struct(">H")
+_U64: Final = struct.Struct(">Q")
+
+
+class _FrameSplitter:
+    """Splits the bytes from the server into the payloads of whole, unfragmented binary
+    frames, taken here without wsproto, and everything else (control frames, fragmented
+    or large messages, anything malformed), handed to wsproto frame by frame, in the
+    order they came.  wsproto is only ever given whole frames (or the rest of a large
+    one), so it never holds a frame that this splitter does not know the end of.
+
+    The usual case (LavinMQ's output: one binary frame per AMQP frame) then costs a
+    header check per frame instead of wsproto's frame and message machinery.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        #: Bytes of the current frame still to go to wsproto.
+        self._to_wsproto = 0
+        #: A fragmented data message is under way: wsproto assembles it.
+        self._fragmented = False
+        #: A header wsproto will refuse (a 64-bit length with the top bit set): wsproto
+        #: gets everything from here on.
+        self._lost = False
+
+    def feed(self, data: bytes | bytearray) -> list[tuple[bool, bytes]]:
+        """``(is_payload, bytes)`` pieces of ``data`` (with what was held back before):
+        a payload for the byte stream, or bytes for wsproto."""
+        buffer = self._buffer
+        buffer += data
+        pieces: list[tuple[bool, bytes]] = []
+        pos, end = 0, len(buffer)
+        while pos < end:
+            if self._lost:
+                pieces.append((False, bytes(buffer[pos:])))
+                pos = end
+                break
+            if self._to_wsproto:
+                n = min(self._to_wsproto, end - pos)
+                pieces.append((False, bytes(buffer[pos : pos + n])))
+                pos += n
+                self._to_wsproto -= n
+                continue
+            if end - pos < 2:
+                break
+            first, second = buffer[pos], buffer[pos + 1]
+            size = second & 0x7F
+            header = 2
+            if size == 126:
+                if end - pos < 4:
+                    break
+                (size,) = _U16.unpack_from(buffer, pos + 2)
+                header = 4
+            elif size == 127:
+                if end - pos < 10:
+                    break
+                (size,) = _U64.unpack_from(buffer, pos + 2)
+                header = 10
+                if size >> 63:
+                    self._lost = True
+                    continue
+            if second & 0x80:
+                header += 4  # masked: not from a server, wsproto refuses it
+            total = header + size
+            if first == 0x82 and not second & 0x80 and not self._fragmented:
+                # FIN, no RSV bits, binary, unmasked: the usual frame.
+                if end - pos >= total:
+                    pieces.append((True, bytes(buffer[pos + header : pos + total])))
+                    pos += total
+                    continue
+                if size <= FAST_FRAME_MAX:
+                    break  # wait for the rest of it
+            elif first & 0x0F in (0, 1, 2):  # data (fragmented, text) or continuation
+                self._fragmented = not first & 0x80
+            self._to_wsproto = total
+        del buffer[:pos]
+        return pieces
+
+
+_keys = bytearray()
+
+
+def _masking_key() -> bytes:
+    """4 bytes from the system's random source, drawn 4 KiB at a time (one system call
+    per 1024 frames rather than one per frame)."""
+    if not _keys:
+        _keys.extend(os.urandom(4096))
+    key = bytes(_keys[-4:])
+    del _keys[-4:]
+    return key
+
+
+def _client_frame(payload: bytes) -> bytes:
+    """One binary frame (FIN) from a client: masked, as clients must."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x82, 0x80 | size))
+    elif size < 65_536:
+        header = b"\x82\xfe" + _U16.pack(size)
+    else:
+        header = b"\x82\xff" + _U64.pack(size)
+    key = _masking_key()
+    keystream = (key * (size // 4 + 1))[:size]
+    masked = int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")
+    return header + key + masked.to_bytes(size, "big")
 
 
 def _tcp_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -163,14 +275,18 @@ class WebSocketStream(trio.abc.Stream):
     :class:`trio.abc.Stream`, not a :class:`~trio.abc.HalfCloseableStream`.
     """
 
-    def __init__(self, transport: trio.abc.Stream, ws: WSConnection) -> None:
-        """Wrap ``ws``, whose opening handshake has completed on ``transport``.  The stream
-        owns ``transport`` from now on."""
+    def __init__(self, transport: trio.abc.Stream, ws: WSConnection, pending: bytes = b"") -> None:
+        """Wrap ``ws``, whose opening handshake has completed on ``transport``; ``pending``:
+        what the peer sent after its handshake and wsproto was not given.  The stream owns
+        ``transport`` from now on."""
         if ws.state is not ConnectionState.OPEN:
             raise ValueError(f"the WebSocket connection must be open, not {ws.state.name}")
         self.transport = transport
         self._ws = ws
         self._received = bytearray()
+        # A client takes the server's usual frames itself (see _FrameSplitter).
+        self._splitter = _FrameSplitter() if ws.client else None
+        self._pending = pending
         # Frames generated but not written yet, in the order wsproto made them.  Whoever
         # holds _write_lock writes all of it (see _flush), so pongs and close replies
         # queued from receive_some during a send go out right after it.
@@ -219,7 +335,10 @@ class WebSocketStream(trio.abc.Stream):
                 return
             async with self._write_lock:
                 self._check_sendable()
-                self._outgoing += self._ws.send(BytesMessage(data=payload))
+                if self._splitter is not None:
+                    self._outgoing += _client_frame(payload)  # as wsproto would, faster
+                else:
+                    self._outgoing += self._ws.send(BytesMessage(data=payload))
                 await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -326,14 +445,34 @@ class WebSocketStream(trio.abc.Stream):
                 await trio.aclose_forcefully(self.transport)
             if self._received or self._eof or self._broken is not None:
                 return
-            try:
-                data = await self.transport.receive_some(read_size)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise self._transport_failed(exc) from exc
-            if self._quickack is not None and data:
-                self._acknowledge_at_once(self._quickack)
-            # EOF (b"") becomes wsproto's CloseConnection(1006) event.
-            self._ws.receive_data(bytes(data) if data else None)
+            data: bytes | bytearray
+            if self._pending:
+                data, self._pending = self._pending, b""
+            else:
+                try:
+                    data = await self.transport.receive_some(read_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise self._transport_failed(exc) from exc
+                if self._quickack is not None and data:
+                    self._acknowledge_at_once(self._quickack)
+            if not data:
+                self._ws.receive_data(None)  # EOF: wsproto's CloseConnection(1006) event
+            elif self._splitter is None:
+                self._ws.receive_data(bytes(data))
+            else:
+                self._take(self._splitter.feed(data))
+
+    def _take(self, pieces: list[tuple[bool, bytes]]) -> None:
+        """Payloads to the byte stream, the rest through wsproto, in order; nothing after
+        the peer's close or a protocol error."""
+        for is_payload, piece in pieces:
+            if is_payload:
+                self._received += piece
+            else:
+                self._ws.receive_data(piece)
+                self._process_events()
+            if self._eof or self._broken is not None:
+                return
 
     def _acknowledge_at_once(self, sock: trio.socket.SocketType) -> None:
         try:
@@ -446,19 +585,23 @@ async def client_handshake(
         await transport.send_all(
             ws.send(Request(host=host, target=target, subprotocols=list(subprotocols)))
         )
-        await _receive_upgrade_response(transport, ws)
+        pending = await _receive_upgrade_response(transport, ws)
     except BaseException:
         await trio.aclose_forcefully(transport)
         raise
-    # Anything the server sent after its response stays queued in wsproto for the
-    # stream's first receive_some.
-    return WebSocketStream(transport, ws)
+    # What the server sent after its response is the stream's first data.
+    return WebSocketStream(transport, ws, pending)
 
 
-async def _receive_upgrade_response(transport: trio.abc.Stream, ws: WSConnection) -> None:
+async def _receive_upgrade_response(transport: trio.abc.Stream, ws: WSConnection) -> bytes:
+    """Read the server's response into ``ws``; what came after it (frames already)."""
     start = b""  # the beginning of the response, for the error message
+    tail = b""  # the last bytes given to wsproto, to find the blank line across reads
+    after = b""  # what came after a blank line
     while True:
-        data = await transport.receive_some(RECEIVE_SIZE)
+        data, after = (
+            (after, b"") if after else (bytes(await transport.receive_some(RECEIVE_SIZE)), b"")
+        )
         if not data:
             hint = ""
             if start.startswith(b"AMQP"):
@@ -469,6 +612,12 @@ async def _receive_upgrade_response(transport: trio.abc.Stream, ws: WSConnection
                 f"the server closed the connection during the WebSocket handshake{hint}"
             )
         start = (start + data)[:40]
+        # wsproto gets the response only: frames after it go to the stream's splitter.
+        end = (tail + data).find(b"\r\n\r\n")
+        if end >= 0:
+            cut = end + 4 - len(tail)
+            data, after = data[:cut], bytes(data[cut:])
+        tail = b"" if end >= 0 else (tail + data)[-3:]
         try:
             ws.receive_data(bytes(data))
         except RemoteProtocolError as exc:
@@ -477,7 +626,7 @@ async def _receive_upgrade_response(transport: trio.abc.Stream, ws: WSConnection
             if isinstance(event, AcceptConnection):
                 if event.subprotocol is None:
                     logger.debug("the WebSocket server chose no subprotocol")
-                return
+                return after
             if isinstance(event, RejectConnection):
                 raise WebSocketHandshakeError(
                     f"the server refused the WebSocket upgrade with HTTP {event.status_code}",
