@@ -53,6 +53,7 @@ def queue_arguments(
     max_length: int | None = None,
     max_length_bytes: int | None = None,
     overflow: str | None = None,
+    single_active_consumer: bool | None = None,
     delivery_limit: int | None = None,
     initial_group_size: int | None = None,
     max_age: str | None = None,
@@ -69,8 +70,11 @@ def queue_arguments(
     Arguments for all types: ``max_length`` (messages, ``x-max-length``),
     ``max_length_bytes`` (``x-max-length-bytes``), ``overflow``
     (``x-overflow``: ``"drop-head"``, ``"reject-publish"`` or
-    ``"reject-publish-dlx"``).  Quorum only: ``delivery_limit`` (redeliveries
-    before a message is dropped or dead-lettered, ``x-delivery-limit``),
+    ``"reject-publish-dlx"``).  Classic and quorum: ``single_active_consumer``
+    (``x-single-active-consumer``: of the queue's consumers one at a time gets
+    deliveries, in order; when it goes away the next one takes over).
+    Quorum only: ``delivery_limit`` (redeliveries before a message is dropped
+    or dead-lettered, ``x-delivery-limit``),
     ``initial_group_size`` (replicas, ``x-quorum-initial-group-size``).
     Stream only: ``max_age`` (``x-max-age``, e.g. ``"7D"``; units Y, M, D, h,
     m, s) and ``max_segment_size_bytes`` (``x-stream-max-segment-size-bytes``).
@@ -95,6 +99,14 @@ def queue_arguments(
         if queue_type is QueueType.STREAM:
             raise ValueError(f"overflow is not supported by stream queues (got {overflow!r})")
         arguments["x-overflow"] = overflow
+    if single_active_consumer is not None:
+        if not isinstance(single_active_consumer, bool):
+            raise ValueError(
+                f"single_active_consumer must be True or False, not {single_active_consumer!r}"
+            )
+        if queue_type is QueueType.STREAM:
+            raise ValueError("single_active_consumer is for classic and quorum queues here")
+        arguments["x-single-active-consumer"] = single_active_consumer
     only: dict[str, tuple[QueueType, object]] = {
         "delivery_limit": (QueueType.QUORUM, delivery_limit),
         "initial_group_size": (QueueType.QUORUM, initial_group_size),

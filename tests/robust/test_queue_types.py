@@ -50,6 +50,18 @@ def test_queue_arguments_name_each_type_and_its_settings() -> None:
     }
 
 
+def test_single_active_consumer_is_for_classic_and_quorum_queues() -> None:
+    for queue_type in (tl.QueueType.CLASSIC, tl.QueueType.QUORUM):
+        assert tl.queue_arguments(queue_type, single_active_consumer=True) == {
+            "x-queue-type": queue_type.value,
+            "x-single-active-consumer": True,
+        }
+    with pytest.raises(ValueError, match="single_active_consumer is for classic and quorum"):
+        tl.queue_arguments(tl.QueueType.STREAM, single_active_consumer=True)
+    with pytest.raises(ValueError, match="must be True or False, not 'yes'"):
+        tl.queue_arguments(single_active_consumer="yes")  # type: ignore[arg-type]
+
+
 def test_queue_arguments_refuse_a_type_given_as_a_string() -> None:
     with pytest.raises(TypeError, match="queue_type must be a QueueType, not 'quorum'"):
         tl.queue_arguments("quorum")  # type: ignore[arg-type]
