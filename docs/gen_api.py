@@ -57,7 +57,7 @@ SECTIONS: dict[str, list[str]] = {
         "PublishingPaused",
         "PublishingResumed",
     ],
-    "Consuming": ["RecoveringConsumer", "Delivery"],
+    "Consuming": ["RecoveringConsumer", "Delivery", "StreamOffset"],
     "RPC": ["RpcError", "RpcTimeout", "RpcUnroutable", "RpcRemoteError", "RpcReplyLost"],
     "Low-level API: one connection, its channels": [
         "open_connection",

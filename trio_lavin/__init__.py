@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from ._robust._message import ProducerStatistics as ProducerStatistics
     from ._robust._message import PublishMode as PublishMode
     from ._robust._message import PublishTimeout as PublishTimeout
+    from ._robust._offsets import StreamOffset as StreamOffset
     from ._robust._producer import Producer as Producer
     from ._robust._rpc import RpcError as RpcError
     from ._robust._rpc import RpcRemoteError as RpcRemoteError
@@ -115,6 +116,7 @@ _LAZY = {
     "MessageTooLarge": "._robust._message",
     "Producer": "._robust._producer",
     "ProducerClosed": "._robust._message",
+    "StreamOffset": "._robust._offsets",
     "ProducerStatistics": "._robust._message",
     "PublishMode": "._robust._message",
     "PublishTimeout": "._robust._message",
@@ -196,6 +198,7 @@ __all__ = [
     "RpcTimeout",
     "RpcUnroutable",
     "StateChange",
+    "StreamOffset",
     "__version__",
     "open_client",
     "open_connection",
