@@ -19,6 +19,7 @@ GUIDE = [
     "connecting.md",
     "producing.md",
     "consuming.md",
+    "streams.md",
     "rpc.md",
     "reliability.md",
     "testing.md",
