@@ -38,6 +38,7 @@ async def read_with_severs(
     rng = random.Random(7)
     sever_at = sorted(rng.sample(range(100, stop_after - 100), SEVERS))
     offsets: list[int] = []
+    settled_up_to = -1  # every offset up to this one was acked (or taken with no_ack)
     async with client.consume(
         queue, prefetch=200, no_ack=no_ack, stream_offset="first"
     ) as consumer:
@@ -45,9 +46,13 @@ async def read_with_severs(
             offset = delivery.stream_offset
             assert offset is not None
             assert int(delivery.body) == offset  # a fresh stream: the offsets are 0, 1, ...
+            assert offset > settled_up_to, f"offset {offset} came again after it was acked"
             offsets.append(offset)
-            if not no_ack and (offset % 50 == 49 or offset == stop_after - 1):
-                await delivery.ack(multiple=True)
+            if no_ack:
+                settled_up_to = offset
+            elif offset % 50 == 49 or offset == stop_after - 1:
+                if await delivery.ack(multiple=True):
+                    settled_up_to = offset
             if sever_at and len(offsets) >= sever_at[0]:
                 sever_at.pop(0)
                 proxy.sever()
