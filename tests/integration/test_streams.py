@@ -48,11 +48,9 @@ async def read_with_severs(
             assert int(delivery.body) == offset  # a fresh stream: the offsets are 0, 1, ...
             assert offset > settled_up_to, f"offset {offset} came again after it was acked"
             offsets.append(offset)
-            if no_ack:
+            ack_now = not no_ack and (offset % 50 == 49 or offset == stop_after - 1)
+            if no_ack or (ack_now and await delivery.ack(multiple=True)):
                 settled_up_to = offset
-            elif offset % 50 == 49 or offset == stop_after - 1:
-                if await delivery.ack(multiple=True):
-                    settled_up_to = offset
             if sever_at and len(offsets) >= sever_at[0]:
                 sever_at.pop(0)
                 proxy.sever()
