@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ class RecoveringConsumer:
                 # stream takes no no_ack consumers: we ack for it).
                 offsets.new_subscription()
                 arguments = {**(arguments or {}), STREAM_OFFSET: offsets.resume_from()}
-                channel.settle_listener = offsets.settled
+                channel.settle_listener = functools.partial(self._settled, channel)
             try:
                 if self.prefetch:
                     await channel.basic_qos(self.prefetch)
@@ -241,6 +242,13 @@ class RecoveringConsumer:
                 await trio.sleep(refusals.delay(self._rng))
                 refusals = refusals.next()
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
+
+    def _settled(self, channel: Channel, tag: int, multiple: bool) -> None:
+        """The application settled delivery ``tag`` (``multiple``: and the earlier ones) of
+        ``channel``: for a stream's offsets, only on the current subscription's channel
+        counts (on another, the tag names another delivery)."""
+        if channel is self._channel and self._offsets is not None:
+            self._offsets.settled(tag, multiple)
 
     async def _take_from_stream(self, delivery: Delivery) -> bool:
         """Whether to hand ``delivery`` of a stream to the application: not if
