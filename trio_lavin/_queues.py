@@ -225,7 +225,7 @@ def unhonoured_queue_type(
     version = server_properties.get("version")
     if wanted == QueueType.QUORUM.value:
         lacking = f"LavinMQ {version} has no quorum queues"
-    elif _version(version) < (1, 2):
+    elif (1, 0) <= _version(version) < (1, 2):  # an unknown version: no warning
         lacking = f"LavinMQ {version} has no stream queues (they came in 1.2.0)"
     else:
         return None

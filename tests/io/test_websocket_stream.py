@@ -411,7 +411,13 @@ async def test_aclose_sends_a_normal_close_and_closes_the_socket() -> None:
     assert "closed" in repr(client)
 
 
-async def test_the_server_sending_data_with_its_upgrade_response_is_not_lost() -> None:
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+@pytest.mark.parametrize("split", [None, 3, 1])
+async def test_the_server_sending_data_with_its_upgrade_response_is_not_lost(
+    line_end: bytes, split: int | None
+) -> None:
+    """Frames right after the response (in the same read, or cut anywhere, after headers
+    that end in CRLF or, as h11 also takes, bare LF) are the stream's first data."""
     client_transport, server_transport = trio.testing.memory_stream_pair()
     streams: list[WebSocketStream] = []
 
@@ -423,10 +429,17 @@ async def test_the_server_sending_data_with_its_upgrade_response_is_not_lost() -
         ws = WSConnection(ConnectionType.SERVER)
         ws.receive_data(bytes(await server_transport.receive_some(RECEIVE_SIZE)))
         assert isinstance(next(ws.events()), Request)
-        response = ws.send(AcceptConnection(subprotocol="amqp"))
-        await server_transport.send_all(response + ws.send(BytesMessage(b"early")))
+        response = ws.send(AcceptConnection(subprotocol="amqp")).replace(b"\r\n", line_end)
+        wire = response + ws.send(BytesMessage(b"early")) + ws.send(BytesMessage(b" and more"))
+        step = split or len(wire)
+        for i in range(0, len(wire), step):
+            await server_transport.send_all(wire[i : i + step])
+            await trio.testing.wait_all_tasks_blocked()
     async with streams[0] as client:
-        assert await client.receive_some() == b"early"
+        got = b""
+        while len(got) < len(b"early and more"):
+            got += await client.receive_some()
+        assert got == b"early and more"
 
 
 # -- connecting over real sockets -----------------------------------------------------------

@@ -20,6 +20,7 @@ class StreamConsumerMachine(RuleBasedStateMachine):
         super().__init__()
         self.start = 0
         self.offsets = StreamOffsets("first")
+        self.subscription = self.offsets.new_subscription()
         self.no_ack = False
         self.cursor = 0  # the broker's next offset for this subscription
         self.tag = 0
@@ -39,7 +40,7 @@ class StreamConsumerMachine(RuleBasedStateMachine):
         offset = self.cursor
         self.cursor += 1
         self.tag += 1
-        if not self.offsets.delivered(self.tag, offset, settled=self.no_ack):
+        if not self.offsets.delivered(self.subscription, self.tag, offset, settled=self.no_ack):
             assert offset in self.settled  # acked and skipped by the consumer: only those
             return
         assert offset not in self.settled  # nothing settled is handed over again
@@ -56,15 +57,24 @@ class StreamConsumerMachine(RuleBasedStateMachine):
         tags = [t for t in self.held if t <= tag] if multiple else [tag]
         for t in tags:
             self.settled.append(self.held.pop(t))
-        self.offsets.settled(tag, multiple=multiple)
+        self.offsets.settled(self.subscription, tag, multiple=multiple)
 
     @rule()
     def reconnect(self) -> None:
         # The app's unsettled deliveries are now on a dead channel: ack() returns False.
         self.held.clear()
-        self.offsets.new_subscription()
+        self.offsets.end_subscription(self.subscription)
+        self.subscription = self.offsets.new_subscription()
+        self.tag = 0  # tags start over on the new channel
         resume = self.offsets.resume_from()
         self.cursor = resume if isinstance(resume, int) else 0  # "first"
+
+    @precondition(lambda self: self.subscription > 1)
+    @rule(tag=st.integers(1, 50), multiple=st.booleans())
+    def a_settle_of_an_old_subscription_counts_for_nothing(self, tag: int, multiple: bool) -> None:
+        before = (self.offsets.resume_from(), self.offsets.unsettled)
+        self.offsets.settled(self.subscription - 1, tag, multiple=multiple)
+        assert (self.offsets.resume_from(), self.offsets.unsettled) == before
 
     @invariant()
     def each_offset_is_settled_at_most_once(self) -> None:
@@ -85,7 +95,7 @@ class StreamConsumerMachine(RuleBasedStateMachine):
             self.broker_delivers_the_next_offset()
             for tag in sorted(self.held):
                 self.settled.append(self.held.pop(tag))
-                self.offsets.settled(tag)
+                self.offsets.settled(self.subscription, tag)
         assert sorted(self.settled) == list(range(STREAM_LENGTH))
         assert self.offsets.unsettled == 0
 
@@ -116,3 +126,27 @@ def test_a_bad_stream_offset_is_refused_naming_it(
 def test_every_kind_of_stream_offset_is_taken(offset: object) -> None:
     check_stream_offset(offset, 1, None)
     assert StreamOffsets(offset).resume_from() == offset  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("start", "pinned"),
+    [
+        ("next", datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)),
+        ("last", datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)),
+        ("90m", datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)),
+        ("2D", datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)),
+        ("first", "first"),
+        (17, 17),
+    ],
+)
+def test_a_start_relative_to_subscribing_is_pinned_to_the_first_subscription(
+    start: str | int, pinned: object
+) -> None:
+    """Regression: a subscription made again before anything came re-read "next" (or
+    "1h") from the new time, skipping what was published meanwhile."""
+    offsets = StreamOffsets(start)
+    offsets.pin(datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC))
+    assert offsets.resume_from() == pinned
+    subscription = offsets.new_subscription()
+    assert offsets.delivered(subscription, 1, 40, settled=False)
+    assert offsets.resume_from() == 40  # from the first delivery on, offsets count

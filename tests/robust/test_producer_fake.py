@@ -469,6 +469,33 @@ async def test_channel_closed_with_406_while_publishing_is_reopened_after_a_paus
         ]
 
 
+async def test_a_406_that_is_not_about_disk_is_a_rejection_not_a_pause(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """RabbitMQ closes a publishing channel with 406 for things waiting does not fix (an
+    invalid expiration, say): that is a rejection (retried up to publish_retries, then
+    dropped as REJECTED), not a low-disk pause (regression: every 406 was taken for
+    LavinMQ's low disk, so a message the broker always refuses was probed for and
+    republished every 0.5 s for ever, never dropped)."""
+    config = tl.Config(heartbeat=10, reconnect_jitter=0.0)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", confirm_window=10)
+        assert await producer.publish(b"before")
+        channel = producer._channel
+        assert channel is not None
+        broker.close_channel(
+            broker.connections[0], channel.number, 406, "PRECONDITION_FAILED - invalid expiration"
+        )
+        for i in range(3):
+            producer.publish_nowait(b"%d" % i)
+        with trio.fail_after(30):
+            await producer.drain()
+        stats = producer.statistics()
+    assert (stats.pauses, stats.paused, stats.confirmed) == (0, None, 4)
+    assert [m.body for m in broker.queue("q").messages] == [b"before", b"0", b"1", b"2"]
+
+
 async def test_low_disk_pauses_publishing_without_dropping_and_a_probe_resumes_it(
     broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import re
 import socket
 import ssl
 import struct
@@ -102,6 +103,8 @@ _TCP_QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
 #: gathered whole for the fast path (which would hold it all in memory at once).
 FAST_FRAME_MAX: Final = 64 * 1024
 _U16: Final = struct.Struct(">H")
+#: The end of an HTTP response's headers, bare LFs included (as h11 takes them).
+_HEADERS_END: Final = re.compile(rb"\r?\n\r?\n")
 _U64: Final = struct.Struct(">Q")
 
 
@@ -180,19 +183,6 @@ class _FrameSplitter:
         return pieces
 
 
-_keys = bytearray()
-
-
-def _masking_key() -> bytes:
-    """4 bytes from the system's random source, drawn 4 KiB at a time (one system call
-    per 1024 frames rather than one per frame)."""
-    if not _keys:
-        _keys.extend(os.urandom(4096))
-    key = bytes(_keys[-4:])
-    del _keys[-4:]
-    return key
-
-
 def _client_frame(payload: bytes) -> bytes:
     """One binary frame (FIN) from a client: masked, as clients must."""
     size = len(payload)
@@ -202,7 +192,7 @@ def _client_frame(payload: bytes) -> bytes:
         header = b"\x82\xfe" + _U16.pack(size)
     else:
         header = b"\x82\xff" + _U64.pack(size)
-    key = _masking_key()
+    key = os.urandom(4)
     keystream = (key * (size // 4 + 1))[:size]
     masked = int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")
     return header + key + masked.to_bytes(size, "big")
@@ -613,9 +603,10 @@ async def _receive_upgrade_response(transport: trio.abc.Stream, ws: WSConnection
             )
         start = (start + data)[:40]
         # wsproto gets the response only: frames after it go to the stream's splitter.
-        end = (tail + data).find(b"\r\n\r\n")
+        blank = _HEADERS_END.search(tail + data)
+        end = -1 if blank is None else blank.end()
         if end >= 0:
-            cut = end + 4 - len(tail)
+            cut = end - len(tail)
             data, after = data[:cut], bytes(data[cut:])
         tail = b"" if end >= 0 else (tail + data)[-3:]
         try:

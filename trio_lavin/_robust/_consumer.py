@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import random
@@ -113,6 +114,8 @@ class RecoveringConsumer:
         self._counters = counters if counters is not None else DeliveryCounters()
         #: For a stream: what the application settled, and where to subscribe again.
         self._offsets = None if stream_offset is None else StreamOffsets(stream_offset)
+        #: The current subscription's number in ``_offsets``.
+        self._subscription = 0
 
     def __repr__(self) -> str:
         return f"<RecoveringConsumer of queue {self.queue!r}>"
@@ -148,9 +151,7 @@ class RecoveringConsumer:
             if offsets is not None:
                 # From the first offset the application has not settled (a
                 # stream takes no no_ack consumers: we ack for it).
-                offsets.new_subscription()
                 arguments = {**(arguments or {}), STREAM_OFFSET: offsets.resume_from()}
-                channel.settle_listener = functools.partial(self._settled, channel)
             try:
                 if self.prefetch:
                     await channel.basic_qos(self.prefetch)
@@ -165,11 +166,22 @@ class RecoveringConsumer:
                 with trio.CancelScope(shield=True):
                     await channel.aclose()
                 raise
+            previous = self._channel
             self._channel, self._current = channel, consumer
+            if offsets is not None:
+                if not self.subscriptions:
+                    offsets.pin(datetime.datetime.now(datetime.UTC))
+                offsets.end_subscription(self._subscription)
+                self._subscription = offsets.new_subscription()
+                channel.settle_listener = functools.partial(offsets.settled, self._subscription)
             self._refused = None
             self.subscriptions += 1
             self._counters.subscriptions += 1
             self._wake()
+            if previous is not None and previous.is_open:
+                # Its consumer was cancelled (by the broker): return what it holds
+                # unacked to the queue now, rather than when the connection ends.
+                await previous.aclose()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -199,13 +211,15 @@ class RecoveringConsumer:
                 raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
-            current = self._current
+            current, subscription = self._current, self._subscription
             if current is None:
                 await self._changed.wait()
                 continue
             try:
                 delivery = await current.__anext__()
-                if self._offsets is not None and not await self._take_from_stream(delivery):
+                if self._offsets is not None and not await self._take_from_stream(
+                    delivery, subscription
+                ):
                     continue
                 counters = self._counters
                 counters.consumed += 1
@@ -243,24 +257,22 @@ class RecoveringConsumer:
                 refusals = refusals.next()
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
-    def _settled(self, channel: Channel, tag: int, multiple: bool) -> None:
-        """The application settled delivery ``tag`` (``multiple``: and the earlier ones) of
-        ``channel``: for a stream's offsets, only on the current subscription's channel
-        counts (on another, the tag names another delivery)."""
-        if channel is self._channel and self._offsets is not None:
-            self._offsets.settled(tag, multiple)
-
-    async def _take_from_stream(self, delivery: Delivery) -> bool:
-        """Whether to hand ``delivery`` of a stream to the application: not if
-        it settled that offset already (it is acked, for the broker's credit)."""
+    async def _take_from_stream(self, delivery: Delivery, subscription: int) -> bool:
+        """Whether to hand ``delivery`` (of ``subscription``) of a stream to the
+        application: not if it settled that offset already (it is acked, for the
+        broker's credit, unless an ack with ``multiple`` did that)."""
         assert self._offsets is not None
         offset = delivery.stream_offset
         if offset is None:
             return True  # not from a stream after all: nothing to count
-        if not self._offsets.delivered(delivery.delivery_tag, offset, settled=self.no_ack):
-            await delivery.ack()
+        settled = delivery.settled
+        if not self._offsets.delivered(
+            subscription, delivery.delivery_tag, offset, settled=self.no_ack or settled
+        ):
+            if not settled:
+                await delivery.ack()
             return False
-        if self.no_ack:
+        if self.no_ack and not settled:
             await delivery.ack()
         return True
 

@@ -188,13 +188,25 @@ def new_message(
     return Message(body, properties, exchange, routing_key, mandatory, sequence, encoded)
 
 
+def is_low_disk(error: BaseException | None) -> bool:
+    """Is ``error`` LavinMQ refusing a publish because it is low on disk (406
+    PRECONDITION_FAILED "Server low on disk space"), which waiting fixes?  A
+    406 for anything else (RabbitMQ: an invalid ``expiration``, a wrong
+    ``user_id``, a message over its size limit) is not."""
+    return (
+        isinstance(error, ChannelClosed)
+        and error.reply_code == PRECONDITION_FAILED
+        and "disk" in error.reply_text.lower()
+    )
+
+
 def is_rejection(error: BaseException | None) -> bool:
     """Did the broker close the publishing channel with an error that no
-    amount of waiting fixes (not 406: LavinMQ's low disk)?"""
+    amount of waiting fixes (not LavinMQ's low disk)?"""
     return (
         isinstance(error, ChannelClosed)
         and error.reply_code is not None
-        and error.reply_code != PRECONDITION_FAILED
+        and not is_low_disk(error)
     )
 
 

@@ -62,16 +62,35 @@ def check_stream_offset(
         )
 
 
+#: Seconds per unit of an interval offset (a year and a month as RabbitMQ counts them
+#: roughly: 365 and 30 days).
+_UNIT_SECONDS: Final = {
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "D": 86_400,
+    "M": 30 * 86_400,
+    "Y": 365 * 86_400,
+}
+
+
 class StreamOffsets:
-    """The settled and unsettled offsets of one stream consumer (see the module doc)."""
+    """The settled and unsettled offsets of one stream consumer (see the module doc).
+
+    Each subscription has its own delivery tags: :meth:`new_subscription` gives it a
+    number, and deliveries and settles name the subscription they belong to, so a
+    delivery taken from an ended subscription (or a settle on its channel) never stands
+    for one of the current subscription with the same tag.
+    """
 
     def __init__(self, start: StreamOffset) -> None:
         #: Where the first subscription starts, as asked.
         self.start = start
         #: Offsets handed to the application and not settled, sorted.
         self._unsettled: list[int] = []
-        #: The current subscription's unsettled deliveries: tag -> offset.
-        self._tags: dict[int, int] = {}
+        #: Per subscription: its unsettled deliveries, tag -> offset.
+        self._tags: dict[int, dict[int, int]] = {}
+        self._subscriptions = 0
         #: The highest offset handed to the application.
         self.last_delivered: int | None = None
 
@@ -83,16 +102,38 @@ class StreamOffsets:
             return self.last_delivered + 1
         return self.start
 
-    def new_subscription(self) -> None:
-        """A subscription begins: the tags of the last one mean nothing now."""
-        self._tags.clear()
+    def pin(self, now: datetime.datetime) -> None:
+        """The first subscription began at ``now``: a start relative to the time of
+        subscribing ("next", "last", an interval) becomes that time (or that long before
+        it), so that a subscription made again before anything came does not skip what
+        was published meanwhile."""
+        start = self.start
+        if start in ("next", "last"):
+            self.start = now
+        elif isinstance(start, str) and _INTERVAL.fullmatch(start):
+            seconds = int(start[:-1]) * _UNIT_SECONDS[start[-1]]
+            self.start = now - datetime.timedelta(seconds=seconds)
 
-    def delivered(self, tag: int, offset: int, *, settled: bool) -> bool:
-        """A delivery of the current subscription; False if the application
-        settled that offset already (ack it and skip it).  ``settled``: it is
-        settled on arrival (``no_ack``)."""
+    def new_subscription(self) -> int:
+        """A subscription begins; its number, for :meth:`delivered` and :meth:`settled`.
+        What ended subscriptions held unsettled stays unsettled (it comes again)."""
+        self._tags = {number: tags for number, tags in self._tags.items() if tags}
+        self._subscriptions += 1
+        self._tags[self._subscriptions] = {}
+        return self._subscriptions
+
+    def end_subscription(self, subscription: int) -> None:
+        """Its channel is gone: its tags will never be settled (their offsets stay
+        unsettled and come again)."""
+        self._tags.pop(subscription, None)
+
+    def delivered(self, subscription: int, tag: int, offset: int, *, settled: bool) -> bool:
+        """A delivery of ``subscription``; False if the application settled that offset
+        already (ack it and skip it).  ``settled``: it is settled on arrival (``no_ack``,
+        or acked already by a ``multiple`` ack)."""
         last = self.last_delivered
         unsettled = self._unsettled
+        tags = self._tags.setdefault(subscription, {})
         if last is not None and offset <= last:
             i = bisect.bisect_left(unsettled, offset)
             if i == len(unsettled) or unsettled[i] != offset:
@@ -100,20 +141,22 @@ class StreamOffsets:
             if settled:
                 del unsettled[i]
             else:
-                self._tags[tag] = offset
+                tags[tag] = offset
             return True
         self.last_delivered = offset
         if not settled:
             bisect.insort(unsettled, offset)
-            self._tags[tag] = offset
+            tags[tag] = offset
         return True
 
-    def settled(self, tag: int, multiple: bool = False) -> None:
-        """The application settled the delivery ``tag`` of the current
-        subscription (``multiple``: and every earlier one)."""
-        tags = [t for t in self._tags if t <= tag] if multiple else [tag]
-        for t in tags:
-            offset = self._tags.pop(t, None)
+    def settled(self, subscription: int, tag: int, multiple: bool = False) -> None:
+        """The application settled the delivery ``tag`` of ``subscription``
+        (``multiple``: and every earlier one)."""
+        tags = self._tags.get(subscription)
+        if not tags:
+            return
+        for t in [t for t in tags if t <= tag] if multiple else [tag]:
+            offset = tags.pop(t, None)
             if offset is None:
                 continue
             i = bisect.bisect_left(self._unsettled, offset)

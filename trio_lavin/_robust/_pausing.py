@@ -42,9 +42,9 @@ import trio
 
 from .._client._connection import Connection
 from .._exceptions import AMQPConnectionError, ChannelClosed, MessageNacked
-from .._sansio._errors import PRECONDITION_FAILED
 from ._backoff import Backoff
 from ._events import PublishingPaused, PublishingResumed
+from ._message import is_low_disk
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -117,7 +117,7 @@ class Pauses:
         until publishing may go on (see the module doc)."""
         if error.reply_code is None:
             return  # we closed it ourselves
-        if error.reply_code == PRECONDITION_FAILED:
+        if is_low_disk(error):
             self._low_disk = self._begin(f"the broker refused a publish (low on disk?): {error}")
             try:
                 await self._probe_until_flowing()
@@ -160,7 +160,11 @@ class Pauses:
     async def _probe(self) -> bool:
         """Whether the broker takes a publish now: one empty message that no
         queue takes, on a channel of its own in confirm mode."""
-        channel = await self._client.open_channel()
+        try:
+            channel = await self._client.open_channel()
+        except ChannelClosed as exc:  # the broker refuses channels: not flowing either
+            logger.debug("flow probe for %r: no channel (%s)", self._target, exc)
+            return False
         try:
             await channel.confirm_select()
             await channel.publish(b"", routing_key=self._probe_key)
