@@ -26,10 +26,8 @@ def low_disk_node(lavinmq_broker: Broker) -> Iterator[LavinNode]:
     """A LavinMQ of its own whose data directory is a 12 MiB tmpfs: below the 16 MiB it
     needs free (2 x segment_size), so it is low on disk from the start.  It samples its
     disk every 500 ms (``stats_interval``; 5 s by default)."""
-    if os.geteuid() != 0 and not os.environ.get("CI"):
-        pytest.skip(
-            "a data directory of limited size (a tmpfs) needs root"
-        )  # allowed-skip: CI is root
+    if os.geteuid() != 0 and not os.environ.get("CI"):  # CI runs as root
+        pytest.skip("a tmpfs data directory needs root")  # allowed-skip
     del lavinmq_broker  # only for its binary: this node is a second one
     node = LavinNode(config="[main]\nstats_interval = 500\n", disk_mib=12)
     node.start()
