@@ -590,6 +590,8 @@ async def test_every_read_acknowledges_at_once_so_a_nagling_peer_is_not_held_40_
         quickack = getattr(socket, "TCP_QUICKACK", None)  # Linux's; elsewhere nothing to check
         for round_trip in range(5):
             await stream.send_all(b"ab")
+            if quickack is not None:  # and after each write: the answer's first segment
+                assert sock.getsockopt(socket.IPPROTO_TCP, quickack) == 1, round_trip
             received = b""
             while len(received) < 2:
                 received += await stream.receive_some()

@@ -368,6 +368,10 @@ class WebSocketStream(trio.abc.Stream):
             except BaseException:
                 self._break("a WebSocket write was interrupted midway (cancelled)")
                 raise
+            if self._quickack is not None:
+                # The answer's first segment is then acknowledged as it arrives, so
+                # the peer's next one follows it before we even wake up to read.
+                self._acknowledge_at_once(self._quickack)
 
     async def _flush_control(self) -> None:
         """Write queued control frames (pong, close) from ``receive_some`` or ``aclose``, if
