@@ -1187,6 +1187,7 @@ def test_public_api_is_exactly_the_documented_names() -> None:
         "ConnectionState",
         "FakeBroker",
         "FakeBrokerServer",
+        "Fault",
         "FaultProxy",
         "Message",
         "QueueInfo",

@@ -11,11 +11,12 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
 
-from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing import Fault, FaultProxy, open_fault_proxy
 
 #: Seconds a test waits for something that should happen at once (generous for slow CI).
 TIMEOUT = 10
@@ -528,3 +529,69 @@ async def test_aclose_is_idempotent_and_the_block_can_continue() -> None:
         await proxy.aclose()
         await trio.lowlevel.checkpoint()  # not cancelled: aclose() stops the proxy's tasks only
         assert "closed" in repr(proxy)
+
+
+# -- fault plans -------------------------------------------------------------------------
+
+
+async def test_replay_does_each_fault_in_turn_and_leaves_the_network_as_it_was() -> None:
+    plan = [
+        Fault(0.0, "blackhole", duration=0.2),
+        Fault(0.0, "refuse", duration=0.2),
+        Fault(0.0, "latency", duration=0.3, latency=0.1),
+        Fault(0.0, "sever_rst"),
+    ]
+    seen: list[tuple[bool, bool, float]] = []
+    async with (
+        open_target(echo) as target,
+        open_fault_proxy("127.0.0.1", target.port) as proxy,
+        connected(proxy) as client,
+    ):
+        await client.send_all(b"x")
+        assert await receive_exactly(client, 1) == b"x"
+
+        async def watch() -> None:
+            while True:
+                state = (proxy.blackholed, proxy.refuse, proxy.latency)
+                if not seen or seen[-1] != state:
+                    seen.append(state)
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            with trio.fail_after(TIMEOUT):
+                await proxy.replay(plan)
+            nursery.cancel_scope.cancel()
+        with trio.fail_after(TIMEOUT), pytest.raises(trio.BrokenResourceError):
+            await client.receive_some()  # the last step severed it
+        assert (proxy.blackholed, proxy.refuse, proxy.latency) == (False, False, 0.0)
+    faults = [state for state in seen if state != (False, False, 0.0)]  # between steps
+    assert faults == [(True, False, 0.0), (False, True, 0.0), (False, False, 0.1)]
+
+
+async def test_a_cancelled_replay_ends_the_fault_it_was_in() -> None:
+    async with open_target(echo) as target, open_fault_proxy("127.0.0.1", target.port) as proxy:
+        with trio.move_on_after(0.1):
+            await proxy.replay([Fault(0.0, "blackhole", duration=60)])
+        assert not proxy.blackholed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"wait": 0.0, "kind": "explode"},
+            "fault kind must be one of sever_rst, .* not 'explode'",
+        ),
+        (
+            {"wait": -1.0, "kind": "refuse"},
+            "wait must be a finite number of seconds >= 0, not -1.0",
+        ),
+        ({"wait": 0.0, "kind": "refuse", "duration": math.inf}, "duration must be .* not inf"),
+    ],
+)
+def test_a_fault_that_cannot_be_done_is_refused_naming_it(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Fault(**kwargs)

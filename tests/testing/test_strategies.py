@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 import trio_lavin as tl
 from trio_lavin._sansio._fieldtable import encode_table, table
 from trio_lavin._sansio._properties import decode_properties, encode_properties
-from trio_lavin.testing import strategies
+from trio_lavin.testing import Fault, strategies
+from trio_lavin.testing._fault_proxy import FAULT_KINDS
 
 #: What a field table's scalars decode to.
 SCALARS = (type(None), bool, int, float, str, bytes, Decimal, datetime.datetime)
@@ -61,3 +62,29 @@ def test_field_values_are_of_the_types_a_table_carries(value: object) -> None:
 
     check(value)
     encode_table({"v": value})  # encodable, or this raises
+
+
+@given(strategies.fault_plans(max_faults=4, max_wait=0.2, max_duration=0.3))
+def test_fault_plans_are_lists_of_faults_within_the_bounds(plan: list[Fault]) -> None:
+    assert len(plan) <= 4
+    for fault in plan:
+        assert fault.kind in FAULT_KINDS
+        assert 0 <= fault.wait <= 0.2
+        assert 0 <= fault.duration <= 0.3
+        assert 0 <= fault.latency <= 0.05
+
+
+def test_fault_plans_of_a_kind_that_does_not_exist_are_refused() -> None:
+    with pytest.raises(ValueError, match="not fault kinds: explode"):
+        strategies.fault_plans(kinds=("sever_rst", "explode"))
+
+
+@given(strategies.messages(routing_keys=st.just("orders"), max_body=16, user_id=st.none()))
+def test_messages_have_a_body_properties_and_a_routing_key(
+    message: strategies.DrawnMessage,
+) -> None:
+    assert len(message.body) <= 16
+    assert message.routing_key == "orders"
+    assert message.properties.user_id is None
+    encoded = encode_properties(message.properties)
+    assert decode_properties(encoded, 0, len(encoded)) == message.properties

@@ -23,6 +23,7 @@ from ._fake_model import Message as Message
 from ._fake_model import QueueInfo as QueueInfo
 from ._fake_server import FakeBrokerServer as FakeBrokerServer
 from ._fake_server import open_fake_broker as open_fake_broker
+from ._fault_proxy import Fault as Fault
 from ._fault_proxy import FaultProxy as FaultProxy
 from ._fault_proxy import open_fault_proxy as open_fault_proxy
 
@@ -31,6 +32,7 @@ __all__ = [
     "ConnectionState",
     "FakeBroker",
     "FakeBrokerServer",
+    "Fault",
     "FaultProxy",
     "Message",
     "QueueInfo",

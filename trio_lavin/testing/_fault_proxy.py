@@ -41,8 +41,9 @@ import ipaddress
 import math
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +51,45 @@ import trio
 
 #: How :meth:`FaultProxy.sever` ends a connection: ``"rst"`` (TCP reset) or ``"fin"`` (close).
 SeverMode: TypeAlias = Literal["rst", "fin"]
+#: What a :class:`Fault` does: sever the connections (``sever_rst``, ``sever_fin``), or,
+#: for its ``duration``, blackhole the network, refuse new connections, or add latency.
+FaultKind: TypeAlias = Literal["sever_rst", "sever_fin", "blackhole", "refuse", "latency"]
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
+    "sever_rst",
+    "sever_fin",
+    "blackhole",
+    "refuse",
+    "latency",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One step of a fault plan for :meth:`FaultProxy.replay`: ``wait`` seconds after
+    the step before, do ``kind``; a blackhole, a refusal or added latency (of
+    ``latency`` seconds per chunk) lasts ``duration`` seconds, then the network is as
+    before.  :func:`trio_lavin.testing.strategies.fault_plans` draws lists of them.
+
+    Raises:
+        ValueError: a kind that is not one of :data:`FAULT_KINDS`, or a time that is
+            not a finite number of seconds >= 0.
+    """
+
+    wait: float
+    kind: FaultKind
+    duration: float = 0.0
+    latency: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(
+                f"fault kind must be one of {', '.join(FAULT_KINDS)}, not {self.kind!r}"
+            )
+        for name in ("wait", "duration", "latency"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+
 
 _Direction: TypeAlias = Literal["up", "down"]
 
@@ -332,6 +372,39 @@ class FaultProxy:
     @refuse.setter
     def refuse(self, value: bool) -> None:
         self._refuse = bool(value)
+
+    async def replay(self, plan: Iterable[Fault]) -> None:
+        """Do the faults of ``plan`` in order (see :class:`Fault`), and return when the
+        last one is over, the network as it was before it.
+
+        Cancellation: cancelled during a blackhole, a refusal or added latency, that
+        fault is ended first (the network restored), then the cancellation goes on.
+        """
+        for fault in plan:
+            await trio.sleep(fault.wait)
+            if fault.kind == "sever_rst":
+                self.sever("rst")
+            elif fault.kind == "sever_fin":
+                self.sever("fin")
+            else:
+                await self._for_a_while(fault)
+
+    async def _for_a_while(self, fault: Fault) -> None:
+        if fault.kind == "blackhole":
+            self.blackhole()
+        elif fault.kind == "refuse":
+            self.refuse = True
+        else:
+            before, self.latency = self.latency, fault.latency
+        try:
+            await trio.sleep(fault.duration)
+        finally:
+            if fault.kind == "blackhole":
+                self.restore()
+            elif fault.kind == "refuse":
+                self.refuse = False
+            else:
+                self.latency = before
 
     # -- counters ---------------------------------------------------------------
 

@@ -21,6 +21,7 @@ Needs hypothesis (``pip install hypothesis``).
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from typing import Any, Final
 
 try:
@@ -31,10 +32,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._sansio._properties import BasicProperties
+from ._fault_proxy import FAULT_KINDS, Fault
 
 __all__ = [
+    "fault_plans",
     "field_tables",
     "field_values",
+    "messages",
     "properties",
     "relayed_text",
     "short_strings",
@@ -135,3 +139,57 @@ def properties(**overrides: st.SearchStrategy[Any]) -> st.SearchStrategy[BasicPr
     if unknown:
         raise TypeError(f"not message properties: {', '.join(sorted(unknown))}")
     return st.builds(BasicProperties, **{**fields, **overrides})
+
+
+@dataclass(frozen=True)
+class DrawnMessage:
+    """A message :func:`messages` drew: publish it with
+    ``producer.publish(m.body, properties=m.properties, routing_key=m.routing_key)``."""
+
+    body: bytes
+    properties: BasicProperties
+    routing_key: str
+
+
+def messages(
+    routing_keys: st.SearchStrategy[str] | None = None,
+    max_body: int = 1024,
+    **properties_overrides: st.SearchStrategy[Any],
+) -> st.SearchStrategy[DrawnMessage]:
+    """Whole messages: a body of up to ``max_body`` bytes, :func:`properties` (with
+    ``properties_overrides``), and a routing key from ``routing_keys`` (default: any
+    short string)."""
+    return st.builds(
+        DrawnMessage,
+        body=st.binary(max_size=max_body),
+        properties=properties(**properties_overrides),
+        routing_key=short_strings() if routing_keys is None else routing_keys,
+    )
+
+
+def fault_plans(
+    max_faults: int = 5,
+    max_wait: float = 0.5,
+    max_duration: float = 0.5,
+    kinds: tuple[str, ...] = FAULT_KINDS,
+) -> st.SearchStrategy[list[Fault]]:
+    """Plans for :meth:`~trio_lavin.testing.FaultProxy.replay`: up to ``max_faults``
+    faults of ``kinds``, each after up to ``max_wait`` seconds, the lasting ones for up
+    to ``max_duration`` seconds (latency up to 50 ms a chunk).  Shrinking makes plans
+    shorter, calmer and sooner.
+
+    Raises:
+        ValueError: a kind that is not a fault kind.
+    """
+    unknown = set(kinds) - set(FAULT_KINDS)
+    if unknown:
+        raise ValueError(f"not fault kinds: {', '.join(sorted(unknown))}")
+    seconds = st.floats(0, max_wait, allow_nan=False)
+    fault = st.builds(
+        Fault,
+        wait=seconds,
+        kind=st.sampled_from(kinds),
+        duration=st.floats(0, max_duration, allow_nan=False),
+        latency=st.floats(0, 0.05, allow_nan=False),
+    )
+    return st.lists(fault, max_size=max_faults)
