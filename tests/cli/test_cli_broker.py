@@ -75,6 +75,24 @@ async def test_perf_throughput_json_reports_publish_and_consume_rates(
     assert "Publish rate: " in err  # the live lines go to stderr
 
 
+async def test_perf_throughput_without_a_queue_uses_its_own_and_deletes_it(amqp_url: str) -> None:
+    """Regression: it used the shared durable queue perf-test and left it behind (on a
+    shared broker it consumed other people's messages)."""
+    code, out, err = await run_cli(
+        "perf", "throughput", "-j", "-q", "-C", "500", "-c", "100", "--uri", amqp_url
+    )
+    assert code == 0, err
+    summary = _json_line(out)
+    assert (summary["published"], summary["consumed"]) == (500, 500)
+    assert str(summary["queue"]).startswith("perf-test-")
+    assert summary["queue_deleted"] is True
+    async with lavin.open_connection(amqp_url) as connection:
+        channel = await connection.channel()
+        with pytest.raises(lavin.ChannelClosed) as refused:
+            await channel.queue_declare(str(summary["queue"]), passive=True)
+    assert refused.value.reply_code == 404
+
+
 async def test_perf_throughput_with_a_message_count_and_confirms_stops_by_itself(
     amqp_url: str, queue: str
 ) -> None:

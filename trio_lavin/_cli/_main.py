@@ -121,8 +121,9 @@ consumers) -D (default: -C) were consumed, or at Ctrl-C (then the exit code is 1
 no -z and no -C it runs until Ctrl-C.  --json prints the summary as one JSON line with
 lavinmqperf's keys (elapsed_seconds, avg_pub_rate, avg_consume_rate) and the totals.
 A message counts as published once handed to its connection (up to 4 MiB per connection
-may still be on the way when the run ends).  The queue (-u) is declared durable, as
-lavinmqperf does, and is left in place afterwards.
+may still be on the way when the run ends).  Without -u the run has a queue of its own,
+deleted when it ends; a queue named with -u is declared durable, as lavinmqperf does,
+and left in place afterwards (with the messages no consumer took).
 
 Publishers and consumers share one thread here (lavinmqperf uses threads): when consumers
 fall 10 000 messages behind, publishers pause until they are 5 000 behind, so the rates
@@ -229,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="max msgs/s per consumer",
     )
     add("-p", "--persistent", action="store_true", help="delivery_mode 2")
-    add("-u", "--queue", type=_name("queue"), default="perf-test", help="(default perf-test)")
+    add(
+        "-u",
+        "--queue",
+        type=_name("queue"),
+        default="",
+        help="(default: a queue of the run's own, deleted when it ends)",
+    )
     add("-e", "--exchange", type=_name("exchange"), default="", help='(default "")')
     add("-k", "--routing-key", type=_name("routing key"), help="(default: the queue name)")
     add("--queue-args", type=_json_object, default={}, metavar="JSON", help="queue arguments")

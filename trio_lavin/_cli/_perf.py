@@ -17,6 +17,7 @@ holds exactly one JSON line.
 from __future__ import annotations
 
 import math
+import secrets
 import sys
 import time
 from collections import deque
@@ -30,7 +31,7 @@ import trio
 from .._client._channel import Channel
 from .._client._consumer import Consumer
 from .._client._delivery import BasicProperties, Confirmation
-from .._exceptions import ChannelClosed, MessageNacked
+from .._exceptions import AMQPError, ChannelClosed, MessageNacked
 from .._params import Parameters
 from .._sansio._errors import PRECONDITION_FAILED
 from ._common import (
@@ -71,6 +72,8 @@ CONFIRM_TIMEOUT: Final = 30.0
 
 #: How long ``perf latency`` waits for one message to come back.
 ROUNDTRIP_TIMEOUT: Final = 10.0
+#: Longest the run waits to delete its own queue at the end.
+CLEANUP_TIMEOUT: Final = 10.0
 
 #: ``perf latency`` round trips when neither a count nor a duration is given.
 DEFAULT_ROUNDTRIPS: Final = 1000
@@ -111,7 +114,8 @@ class ThroughputOptions:
     rate: int = 0
     consume_rate: int = 0
     persistent: bool = False
-    queue: str = "perf-test"
+    #: "" (the default): a queue of the run's own, deleted when it ends.
+    queue: str = ""
     exchange: str = ""
     #: None: the queue's name.
     routing_key: str | None = None
@@ -207,8 +211,12 @@ class _Throughput:
         async with connect(options.params, "trio-lavin perf setup") as connection:
             channel = await connection.channel()
             if not options.queue:
+                # Deleted when the run ends (auto-delete alone would keep it while no
+                # consumer ever came, with -y 0).
                 declared = await channel.queue_declare(
-                    "", auto_delete=True, arguments=options.queue_args or None
+                    f"perf-test-{secrets.token_hex(4)}",
+                    auto_delete=True,
+                    arguments=options.queue_args or None,
                 )
                 self.queue = declared.queue
             else:
@@ -226,6 +234,15 @@ class _Throughput:
             if options.exchange:
                 await channel.queue_bind(self.queue, options.exchange, self.routing_key)
             await channel.aclose()
+
+    async def delete_queue(self) -> None:
+        """Delete the run's own queue (no -u); a broker that is gone takes it along."""
+        try:
+            async with connect(self.options.params, "trio-lavin perf cleanup") as connection:
+                channel = await connection.channel()
+                await channel.queue_delete(self.queue)
+        except AMQPError as exc:
+            print(f"could not delete the queue {self.queue!r}: {exc}", file=self.err)
 
     # -- clients --
 
@@ -413,17 +430,24 @@ async def run_throughput(
     interrupt.on_interrupt(run.stop)
     with run.scope:
         await run.declare()
-        async with trio.open_nursery() as nursery:
-            for index in range(options.consumers):
-                nursery.start_soon(run.consumer, index)
-            for index in range(options.publishers):
-                nursery.start_soon(run.publisher, index)
-            nursery.start_soon(run.report)
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(options.consumers):
+                    nursery.start_soon(run.consumer, index)
+                for index in range(options.publishers):
+                    nursery.start_soon(run.publisher, index)
+                nursery.start_soon(run.report)
+        finally:
+            if not options.queue:
+                with trio.move_on_after(CLEANUP_TIMEOUT) as cleanup:
+                    cleanup.shield = True
+                    await run.delete_queue()
     if run.started is None:  # interrupted before every client was connected
         return EXIT_INTERRUPTED
     if run.stopped is None:
         run.stopped = trio.current_time()
-    _throughput_summary(options, run.stats, run.stopped - run.started, interrupt.received, out)
+    elapsed = run.stopped - run.started
+    _throughput_summary(options, run.stats, elapsed, interrupt.received, out, run.queue)
     return EXIT_INTERRUPTED if interrupt.received else EXIT_OK
 
 
@@ -433,6 +457,7 @@ def _throughput_summary(
     elapsed: float,
     interrupted: bool,
     out: TextIO,
+    queue: str = "",
 ) -> None:
     elapsed = max(elapsed, 1e-9)
     avg_pub = round(stats.published / elapsed, 1)
@@ -450,6 +475,8 @@ def _throughput_summary(
                 "publishers": options.publishers,
                 "consumers": options.consumers,
                 "size": options.size,
+                "queue": queue or options.queue,
+                "queue_deleted": not options.queue,
                 "interrupted": interrupted,
             },
             out,
