@@ -12,10 +12,11 @@ Needs the extra (``pip install 'trio-lavin[prometheus]'``) and a broker::
     AMQP_URL=amqp://guest:guest@localhost/ python examples/prometheus_metrics.py
 
 In a real service, keep the server running and point Prometheus at
-``http://<host>:9100/metrics``::
+``http://<host>:9100/metrics``; ``serve_metrics`` listens on 127.0.0.1 unless told
+otherwise, so give it the address Prometheus reaches (``"0.0.0.0"``: every one)::
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_metrics, 9100, client)
+        await nursery.start(serve_metrics, 9100, client, "0.0.0.0")
 
 It exits 0 when the scrape showed every message published, confirmed,
 consumed and acked.

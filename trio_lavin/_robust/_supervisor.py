@@ -164,7 +164,7 @@ class Detection(enum.Enum):
 
 @dataclass(frozen=True)
 class StateChange:
-    """One move of the client's state, as published by ``state_changes()``."""
+    """One move of the client's state, as :meth:`Client.events` publishes it."""
 
     old: ClientState
     new: ClientState
