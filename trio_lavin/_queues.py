@@ -47,6 +47,12 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+def _non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
+    return value
+
+
 def queue_arguments(
     queue_type: QueueType = QueueType.CLASSIC,
     *,
@@ -54,6 +60,11 @@ def queue_arguments(
     max_length_bytes: int | None = None,
     overflow: str | None = None,
     single_active_consumer: bool | None = None,
+    dead_letter_exchange: str | None = None,
+    dead_letter_routing_key: str | None = None,
+    message_ttl: int | None = None,
+    expires: int | None = None,
+    max_priority: int | None = None,
     delivery_limit: int | None = None,
     initial_group_size: int | None = None,
     max_age: str | None = None,
@@ -72,7 +83,12 @@ def queue_arguments(
     (``x-overflow``: ``"drop-head"``, ``"reject-publish"`` or
     ``"reject-publish-dlx"``).  Classic and quorum: ``single_active_consumer``
     (``x-single-active-consumer``: of the queue's consumers one at a time gets
-    deliveries, in order; when it goes away the next one takes over).
+    deliveries, in order; when it goes away the next one takes over),
+    ``dead_letter_exchange`` and ``dead_letter_routing_key`` (where rejected,
+    expired and overflowing messages go: ``x-dead-letter-exchange``,
+    ``x-dead-letter-routing-key``), ``message_ttl`` (milliseconds a message may
+    wait, ``x-message-ttl``), ``expires`` (milliseconds an unused queue lives,
+    ``x-expires``).  Classic only: ``max_priority`` (1-255, ``x-max-priority``).
     Quorum only: ``delivery_limit`` (redeliveries before a message is dropped
     or dead-lettered, ``x-delivery-limit``),
     ``initial_group_size`` (replicas, ``x-quorum-initial-group-size``).
@@ -107,6 +123,39 @@ def queue_arguments(
         if queue_type is QueueType.STREAM:
             raise ValueError("single_active_consumer is for classic and quorum queues here")
         arguments["x-single-active-consumer"] = single_active_consumer
+    if queue_type is not QueueType.STREAM:
+        for name, key, text in (
+            ("dead_letter_exchange", "x-dead-letter-exchange", dead_letter_exchange),
+            ("dead_letter_routing_key", "x-dead-letter-routing-key", dead_letter_routing_key),
+        ):
+            if text is not None:
+                if not isinstance(text, str) or len(text.encode()) > 255:
+                    raise ValueError(f"{name} must be a name of at most 255 bytes, not {text!r}")
+                arguments[key] = text
+    elif dead_letter_exchange is not None or dead_letter_routing_key is not None:
+        raise ValueError(
+            "stream queues do not dead-letter: no dead_letter_exchange or _routing_key"
+        )
+    if dead_letter_routing_key is not None and dead_letter_exchange is None:
+        raise ValueError(
+            f"dead_letter_routing_key={dead_letter_routing_key!r} needs a dead_letter_exchange"
+        )
+    if queue_type is QueueType.STREAM and (message_ttl is not None or expires is not None):
+        raise ValueError("stream queues keep messages by max_age, not message_ttl or expires")
+    if message_ttl is not None:
+        arguments["x-message-ttl"] = _non_negative_int("message_ttl", message_ttl)
+    if expires is not None:
+        arguments["x-expires"] = _positive_int("expires", expires)
+    if max_priority is not None:
+        if queue_type is not QueueType.CLASSIC:
+            raise ValueError(f"max_priority is for classic queues, not {queue_type.value} ones")
+        if isinstance(max_priority, bool) or not isinstance(max_priority, int):
+            raise ValueError(
+                f"max_priority must be an integer from 1 to 255, not {max_priority!r}"
+            )
+        if not 1 <= max_priority <= 255:
+            raise ValueError(f"max_priority must be from 1 to 255, not {max_priority!r}")
+        arguments["x-max-priority"] = max_priority
     only: dict[str, tuple[QueueType, object]] = {
         "delivery_limit": (QueueType.QUORUM, delivery_limit),
         "initial_group_size": (QueueType.QUORUM, initial_group_size),

@@ -115,3 +115,27 @@ async def test_a_quorum_queue_on_rabbitmq_is_one_and_warns_of_nothing(
         await channel.queue_delete(queue)
     assert f"{queue}\tquorum" in listed
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+async def test_an_expired_message_is_dead_lettered_with_its_x_death(amqp_url: str) -> None:
+    """queue_arguments' dead-letter and TTL keywords, on the real broker: a message that
+    waits longer than message_ttl goes to the dead-letter exchange, with an x-death."""
+    work, dead, dlx = unique(), unique(), unique("dlx")
+    async with tl.open_client(amqp_url) as client:
+        await client.declare_exchange(dlx, "fanout")
+        await client.declare_queue(dead)
+        await client.bind_queue(dead, dlx)
+        arguments = tl.queue_arguments(dead_letter_exchange=dlx, message_ttl=100)
+        await client.declare_queue(work, arguments=arguments)
+        assert await client.producer(work).publish(b"too late")
+        channel = await client.open_channel()
+        with trio.fail_after(10):
+            while (delivery := await channel.basic_get(dead, no_ack=True)) is None:
+                await trio.sleep(0.05)
+        for name in (work, dead):
+            await channel.queue_delete(name)
+        await channel.exchange_delete(dlx)
+    assert delivery.body == b"too late"
+    deaths = (delivery.properties.headers or {})["x-death"]
+    assert deaths[0]["queue"] == work
+    assert deaths[0]["reason"] == "expired"

@@ -196,3 +196,52 @@ def test_no_queue_type_or_no_arguments_warns_of_nothing() -> None:
     lavinmq = {"product": "LavinMQ", "version": "1.0.1"}
     assert unhonoured_queue_type(lavinmq, "q", None) is None
     assert unhonoured_queue_type(lavinmq, "q", {"x-max-length": 5}) is None
+
+
+def test_dead_lettering_ttls_and_priorities_by_keyword() -> None:
+    assert tl.queue_arguments(
+        dead_letter_exchange="dlx",
+        dead_letter_routing_key="failed",
+        message_ttl=60_000,
+        expires=3_600_000,
+        max_priority=10,
+    ) == {
+        "x-queue-type": "classic",
+        "x-dead-letter-exchange": "dlx",
+        "x-dead-letter-routing-key": "failed",
+        "x-message-ttl": 60_000,
+        "x-expires": 3_600_000,
+        "x-max-priority": 10,
+    }
+    assert tl.queue_arguments(tl.QueueType.QUORUM, dead_letter_exchange="", message_ttl=0) == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",  # the default exchange: by the routing key
+        "x-message-ttl": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"dead_letter_routing_key": "k"},
+            "dead_letter_routing_key='k' needs a dead_letter_exchange",
+        ),
+        (
+            {"dead_letter_exchange": "x" * 256},
+            "dead_letter_exchange must be a name of at most 255",
+        ),
+        ({"message_ttl": -1}, r"message_ttl must be an integer >= 0, not -1"),
+        ({"expires": 0}, r"expires must be an integer >= 1, not 0"),
+        ({"max_priority": 0}, "max_priority must be from 1 to 255, not 0"),
+        ({"max_priority": "9"}, "max_priority must be an integer from 1 to 255, not '9'"),
+        ({"queue_type": tl.QueueType.QUORUM, "max_priority": 5}, "max_priority is for classic"),
+        ({"queue_type": tl.QueueType.STREAM, "message_ttl": 5}, "stream queues keep messages by"),
+        ({"queue_type": tl.QueueType.STREAM, "dead_letter_exchange": "d"}, "do not dead-letter"),
+    ],
+)
+def test_a_dead_letter_ttl_or_priority_argument_that_cannot_work_is_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        tl.queue_arguments(**kwargs)
