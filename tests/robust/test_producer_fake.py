@@ -435,6 +435,23 @@ def test_every_message_handed_over_gets_exactly_one_outcome(
         assert stats.dropped[tl.DropReason.CLOSED] == 0
 
 
+async def publish_into_a_406(
+    client: tl.Client, broker: FakeBrokerServer, reply_text: str, count: int
+) -> tuple[tl.Producer, tl.Channel]:
+    """A producer for "q" whose channel the broker closes with 406 ``reply_text`` while
+    ``count`` messages are on their way (the client only learns of it after publishing
+    them); the producer and that channel."""
+    await client.declare_queue("q")
+    producer = client.producer("q", confirm_window=10)
+    assert await producer.publish(b"before")
+    channel = producer._channel
+    assert channel is not None
+    broker.close_channel(broker.connections[0], channel.number, 406, reply_text)
+    for i in range(count):
+        producer.publish_nowait(b"%d" % i)
+    return producer, channel
+
+
 async def test_channel_closed_with_406_while_publishing_is_reopened_after_a_pause(
     broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -442,18 +459,9 @@ async def test_channel_closed_with_406_while_publishing_is_reopened_after_a_paus
     the producer treats that as "blocked", pauses, reopens and loses nothing."""
     config = tl.Config(heartbeat=10, reconnect_jitter=0.0)
     async with tl.open_client(config=config, stream_factory=broker.connect) as client:
-        await client.declare_queue("q")
-        producer = client.producer("q", confirm_window=10)
-        assert await producer.publish(b"before")
-        channel = producer._channel
-        assert channel is not None
-        # The broker closes the channel while these are on their way: the
-        # client only learns of it after publishing them.
-        broker.close_channel(
-            broker.connections[0], channel.number, 406, "PRECONDITION_FAILED - low disk"
+        producer, channel = await publish_into_a_406(
+            client, broker, "PRECONDITION_FAILED - low disk", 5
         )
-        for i in range(5):
-            producer.publish_nowait(b"%d" % i)
         start = trio.current_time()
         with trio.fail_after(30):
             await producer.drain()
@@ -479,16 +487,9 @@ async def test_a_406_that_is_not_about_disk_is_a_rejection_not_a_pause(
     republished every 0.5 s for ever, never dropped)."""
     config = tl.Config(heartbeat=10, reconnect_jitter=0.0)
     async with tl.open_client(config=config, stream_factory=broker.connect) as client:
-        await client.declare_queue("q")
-        producer = client.producer("q", confirm_window=10)
-        assert await producer.publish(b"before")
-        channel = producer._channel
-        assert channel is not None
-        broker.close_channel(
-            broker.connections[0], channel.number, 406, "PRECONDITION_FAILED - invalid expiration"
+        producer, _ = await publish_into_a_406(
+            client, broker, "PRECONDITION_FAILED - invalid expiration", 3
         )
-        for i in range(3):
-            producer.publish_nowait(b"%d" % i)
         with trio.fail_after(30):
             await producer.drain()
         stats = producer.statistics()
