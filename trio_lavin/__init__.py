@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from ._robust._message import PublishTimeout as PublishTimeout
     from ._robust._offsets import StreamOffset as StreamOffset
     from ._robust._producer import Producer as Producer
+    from ._robust._retry import Retry as Retry
     from ._robust._rpc import RpcError as RpcError
     from ._robust._rpc import RpcRemoteError as RpcRemoteError
     from ._robust._rpc import RpcReplyLost as RpcReplyLost
@@ -86,6 +87,7 @@ if TYPE_CHECKING:
     from ._robust._statistics import ClientStatistics as ClientStatistics
     from ._robust._supervisor import ClientState as ClientState
     from ._robust._supervisor import StateChange as StateChange
+    from ._robust._worker import WorkerStatistics as WorkerStatistics
     from ._sansio._properties import BasicProperties as BasicProperties
 
 #: Names loaded lazily (they import trio): name -> module.
@@ -120,6 +122,7 @@ _LAZY = {
     "ProducerStatistics": "._robust._message",
     "PublishMode": "._robust._message",
     "PublishTimeout": "._robust._message",
+    "Retry": "._robust._retry",
     "RpcError": "._robust._rpc",
     "RpcRemoteError": "._robust._rpc",
     "RpcReplyLost": "._robust._rpc",
@@ -127,6 +130,7 @@ _LAZY = {
     "RpcUnroutable": "._robust._rpc",
     "ClientState": "._robust._supervisor",
     "StateChange": "._robust._supervisor",
+    "WorkerStatistics": "._robust._worker",
 }
 
 
@@ -191,6 +195,7 @@ __all__ = [
     "RecoveringConsumer",
     "RecoveryFailed",
     "RemoteProtocolError",
+    "Retry",
     "ReturnedMessage",
     "RpcError",
     "RpcRemoteError",
@@ -199,6 +204,7 @@ __all__ = [
     "RpcUnroutable",
     "StateChange",
     "StreamOffset",
+    "WorkerStatistics",
     "__version__",
     "open_client",
     "open_connection",

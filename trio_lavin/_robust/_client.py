@@ -61,6 +61,7 @@ from ._supervisor import (
     Supervisor,
     Wait,
 )
+from ._worker import Serving
 
 logger = logging.getLogger("trio_lavin.client")
 
@@ -74,7 +75,7 @@ CONNECT_ERRORS = (AMQPError, ProtocolError, OSError, TimeoutError, trio.BrokenRe
 EVENT_BUFFER = 1_000
 
 
-class Client(Declarations):
+class Client(Declarations, Serving):
     """A self-healing AMQP client.  Made by :func:`open_client`.
 
     Declarations made through the client (``declare_queue``,
@@ -99,7 +100,8 @@ class Client(Declarations):
         )
         self._connection: Connection | None = None
         self._connected = trio.Event()
-        super().__init__()
+        Declarations.__init__(self)
+        Serving.__init__(self)
         self._subscribers: list[trio.MemorySendChannel[ClientEvent]] = []
         self._consumers: set[RecoveringConsumer] = set()
         self._producers: list[Producer] = []
@@ -204,6 +206,7 @@ class Client(Declarations):
             events_dropped=self._events_dropped,
             producers=tuple(producer.statistics() for producer in tuple(self._producers)),
             consumers=consumer_statistics(self._delivery_counters, tuple(self._consumers)),
+            workers=self._worker_snapshots(),
         )
 
     def _in_own_run(self) -> bool:
@@ -460,11 +463,15 @@ class Client(Declarations):
         confirm_window: int = DEFAULT_CONFIRM_WINDOW,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         publish_timeout: float | None = None,
+        message_ids: bool = False,
     ) -> Producer:
         """A buffered producer for ``queue`` (through the default exchange),
         or for ``exchange`` with ``routing_key``.
 
         ``publish_timeout`` is the default limit of ``producer.publish()``.
+        ``message_ids`` gives every message without a ``message_id`` a unique
+        one (a UUID4 in hex), kept when it is republished after a reconnect,
+        so a worker's duplicate window (:meth:`serve`) can skip the copies.
         Its sender task runs in the client's nursery until the client closes;
         messages still buffered then are reported to ``on_drop`` as CLOSED
         (call ``await producer.drain()`` first to avoid that).
@@ -484,12 +491,22 @@ class Client(Declarations):
             max_message_size=max_message_size,
             publish_timeout=publish_timeout,
             rng=self._supervisor.rng,
+            message_ids=message_ids,
         )
         self._producers.append(producer)
         self._nursery.start_soon(
             producer.run_sender, name=f"trio-lavin producer {producer.target}"
         )
         return producer
+
+    _shared_producer: Producer | None = None
+
+    def shared_producer(self) -> Producer:
+        """Internal: the client's producer for copies to any queue (a worker's
+        retries and dead letters): default exchange, CONFIRM, mandatory."""
+        if self._shared_producer is None:
+            self._shared_producer = self.producer(exchange="", routing_key="", mandatory=True)
+        return self._shared_producer
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Internal: run ``fn(*args)`` in the client's nursery (a producer's

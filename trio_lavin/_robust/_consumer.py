@@ -325,6 +325,20 @@ class RecoveringConsumer:
             return 0
         return current.buffered
 
+    async def stop(self) -> None:
+        """Stop the deliveries (``basic.cancel``) but keep the channel, so
+        what was delivered can still be acked; the iteration ends and the
+        consumer does not subscribe again.  :meth:`aclose` then closes the
+        channel (what is still unacked goes back to the queue)."""
+        self._closed = True
+        self._changed.set()
+        current = self._current
+        if current is not None:
+            try:
+                await current.cancel()
+            except (ChannelClosed, ConsumerCancelled, AMQPConnectionError):
+                pass  # the subscription is gone already: nothing more comes
+
     async def aclose(self) -> None:
         """Stop consuming: cancel the subscription and close its channel
         (unacked deliveries go back to the queue)."""

@@ -56,6 +56,7 @@ import itertools
 import logging
 import math
 import random
+import uuid
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final
@@ -128,6 +129,7 @@ class Producer:
         max_message_size: int,
         publish_timeout: float | None = None,
         rng: random.Random | None = None,
+        message_ids: bool = False,
     ) -> None:
         if confirm_window < 1:
             raise ValueError(f"confirm_window must be >= 1, not {confirm_window!r}")
@@ -151,6 +153,8 @@ class Producer:
             )
         #: Default limit for :meth:`publish` (None: wait as long as it takes).
         self.publish_timeout = publish_timeout
+        #: Every message without a ``message_id`` gets a unique one.
+        self.message_ids = message_ids
         self._capacity = client.config.buffer_size
         self._send, self._receive = trio.open_memory_channel[Message](self._capacity)
         self._retry: deque[Message] = deque()
@@ -233,6 +237,13 @@ class Producer:
         if self._closed:
             raise ProducerClosed(f"the producer for {self.target!r} is closed")
         sequence = next(self._sequence)
+        if self.message_ids and (properties is None or properties.message_id is None):
+            unique = uuid.uuid4().hex
+            properties = (
+                BasicProperties(message_id=unique)
+                if properties is None
+                else properties.replace(message_id=unique)
+            )
         if properties is None and headers is None and routing_key is None and type(body) is bytes:
             # Nothing to check or encode: the producer's own routing key was checked.
             message = Message(

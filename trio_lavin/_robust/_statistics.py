@@ -12,6 +12,7 @@ from .._client._counters import DeliveryCounters
 from ._consumer import ConsumerStatistics, RecoveringConsumer
 from ._message import DropReason, ProducerStatistics
 from ._supervisor import ClientState, Detection, Supervisor
+from ._worker import WorkerStatistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,8 @@ class ClientStatistics:
     producers: tuple[ProducerStatistics, ...]
     #: One snapshot per consumed queue, in order of first use.
     consumers: tuple[ConsumerStatistics, ...]
+    #: One snapshot per queue served by workers (:meth:`Client.serve`).
+    workers: tuple[WorkerStatistics, ...] = ()
 
 
 def summarize(
@@ -83,6 +86,7 @@ def summarize(
     events_dropped: int,
     producers: tuple[ProducerStatistics, ...],
     consumers: tuple[ConsumerStatistics, ...],
+    workers: tuple[WorkerStatistics, ...] = (),
 ) -> ClientStatistics:
     """One snapshot of a client: the supervisor's state and counts, plus the
     sums of its producers' and consumers' counts."""
@@ -123,6 +127,7 @@ def summarize(
         acked=sum(c.acked for c in consumers),
         producers=producers,
         consumers=consumers,
+        workers=workers,
     )
 
 
