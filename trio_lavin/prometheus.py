@@ -51,6 +51,14 @@ trio_lavin_consumer_stale_acks_total        counter  queue
 trio_lavin_consumer_subscriptions_total     counter  queue
 trio_lavin_consumer_buffered_messages       gauge    queue
 trio_lavin_consumers                        gauge    queue
+trio_lavin_consumer_stream_offset           gauge    queue
+trio_lavin_worker_handled_total             counter  queue
+trio_lavin_worker_failed_total              counter  queue
+trio_lavin_worker_retried_total             counter  queue
+trio_lavin_worker_dead_lettered_total       counter  queue
+trio_lavin_worker_duplicates_total          counter  queue
+trio_lavin_worker_in_flight_handlers        gauge    queue
+trio_lavin_workers                          gauge    queue
 ==========================================  =======  ============================
 """
 
@@ -162,6 +170,18 @@ def _dropped(stats: ClientStatistics) -> Values:
 
 def _per_queue(field: str) -> Callable[[ClientStatistics], Values]:
     return lambda stats: [((c.queue,), float(getattr(c, field))) for c in stats.consumers]
+
+
+def _stream_offsets(stats: ClientStatistics) -> Values:
+    return [
+        ((c.queue,), float(c.stream_offset))
+        for c in stats.consumers
+        if c.stream_offset is not None
+    ]
+
+
+def _per_worker_queue(field: str) -> Callable[[ClientStatistics], Values]:
+    return lambda stats: [((w.queue,), float(getattr(w, field))) for w in stats.workers]
 
 
 #: (name, type, help, extra labels, values): every metric the collector makes.
@@ -372,6 +392,31 @@ METRICS: Final[tuple[_Row, ...]] = (
         ("queue",),
         _per_queue("consumers"),
     ),
+    (
+        "trio_lavin_consumer_stream_offset",
+        "gauge",
+        "Of a stream queue: the next offset to read (the first one not settled)",
+        ("queue",),
+        _stream_offsets,
+    ),
+    *(
+        (f"trio_lavin_worker_{field}", "counter", help_text, ("queue",), _per_worker_queue(field))
+        for field, help_text in (
+            ("handled", "Worker handlers that returned"),
+            ("failed", "Worker handlers that raised"),
+            ("retried", "Messages a worker published again for a later attempt"),
+            ("dead_lettered", "Messages that failed their last attempt, dead-lettered"),
+            ("duplicates", "Deliveries a worker's duplicate window acked without handling"),
+        )
+    ),
+    (
+        "trio_lavin_worker_in_flight_handlers",
+        "gauge",
+        "Worker handlers running now",
+        ("queue",),
+        _per_worker_queue("in_flight"),
+    ),
+    ("trio_lavin_workers", "gauge", "Workers running", ("queue",), _per_worker_queue("workers")),
 )
 
 

@@ -64,6 +64,13 @@ EXPECTATIONS: dict[str, Expectation] = {
         ),
         brokers=("rabbitmq",),
     ),
+    "worker.py": Expectation(
+        (
+            r"^handled 9 of 10 orders: \[0, 1, 2, 4, 5, 6, 7, 8, 9\]$",
+            r"^failed 4, retried 3, dead-lettered 1, duplicates skipped 1$",
+            r"^parked: order 3 \(RuntimeError: order 3 failed on attempt 3\)$",
+        )
+    ),
     "consume_ack.py": Expectation(
         (
             r"^handled b'job 0' \(redelivered: False\)$",

@@ -189,6 +189,14 @@ EXPECTED_TYPES = {
     "trio_lavin_consumer_subscriptions": "counter",
     "trio_lavin_consumer_buffered_messages": "gauge",
     "trio_lavin_consumers": "gauge",
+    "trio_lavin_consumer_stream_offset": "gauge",
+    "trio_lavin_worker_handled": "counter",
+    "trio_lavin_worker_failed": "counter",
+    "trio_lavin_worker_retried": "counter",
+    "trio_lavin_worker_dead_lettered": "counter",
+    "trio_lavin_worker_duplicates": "counter",
+    "trio_lavin_worker_in_flight_handlers": "gauge",
+    "trio_lavin_workers": "gauge",
 }
 
 
@@ -257,6 +265,47 @@ async def test_metrics_scraped_over_http_have_the_names_types_and_values_of_the_
     assert values[key("trio_lavin_consumer_nacked_total", **consumer)] == 1
     assert values[key("trio_lavin_consumer_subscriptions_total", **consumer)] == 1
     assert values[key("trio_lavin_consumers", **consumer)] == 0
+
+
+async def test_worker_metrics_count_handled_failed_retried_dead_lettered_and_duplicates(
+    amqp_url: str,
+) -> None:
+    queue, parking = unique("work"), unique("parked")
+    handled: list[bytes] = []
+
+    async def handler(delivery: tl.Delivery) -> None:
+        retried = "x-trio-lavin-attempt" in (delivery.properties.headers or {})
+        if delivery.body == b"poison" or (delivery.body == b"flaky" and not retried):
+            raise RuntimeError(delivery.body.decode())
+        handled.append(delivery.body)
+
+    retry = tl.Retry(attempts=2, delays=(0,), dead_letter_queue=parking)
+    async with tl.open_client(amqp_url, CONFIG) as client, trio.open_nursery() as nursery:
+        await client.declare_queue(queue)
+        port = await nursery.start(serve_metrics, 0, {"main": client})
+        await nursery.start(lambda task_status: client.serve(
+            queue, handler, retry=retry, duplicate_window=10, task_status=task_status
+        ))  # fmt: skip
+        producer = client.producer(queue)
+        for body, message_id in [(b"ok", "1"), (b"ok", "1"), (b"flaky", "2"), (b"poison", "3")]:
+            await producer.publish(body, properties=tl.BasicProperties(message_id=message_id))
+        with trio.fail_after(10):
+            while client.statistics().workers[0].dead_lettered < 1 or len(handled) < 2:
+                await trio.sleep(0.01)
+        _, _, text = await fetch(port)
+        await client.delete_queue(queue)
+        await client.delete_queue(parking)
+        nursery.cancel_scope.cancel()
+    _, values = samples(text)
+    worker = {"client": "main", "queue": queue}
+    assert sorted(handled) == [b"flaky", b"ok"]
+    assert values[key("trio_lavin_worker_handled_total", **worker)] == 2
+    assert values[key("trio_lavin_worker_failed_total", **worker)] == 3  # flaky once, poison twice
+    assert values[key("trio_lavin_worker_retried_total", **worker)] == 2
+    assert values[key("trio_lavin_worker_dead_lettered_total", **worker)] == 1
+    assert values[key("trio_lavin_worker_duplicates_total", **worker)] == 1  # the second "1"
+    assert values[key("trio_lavin_worker_in_flight_handlers", **worker)] == 0
+    assert values[key("trio_lavin_workers", **worker)] == 1
 
 
 async def test_metrics_server_answers_404_elsewhere_405_to_post_and_an_empty_head(

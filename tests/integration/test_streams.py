@@ -95,6 +95,8 @@ async def test_a_consumer_started_at_a_stored_offset_reads_exactly_the_rest(
                 await delivery.ack()
                 if delivery.stream_offset == 599:
                     break
+            [statistics] = client.statistics().consumers
+            assert statistics.stream_offset == 600  # the next one to read, while it runs
         stored = consumer.stream_offset
         assert stored == 600
         rest = []

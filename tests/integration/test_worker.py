@@ -119,6 +119,37 @@ async def test_a_message_failing_every_attempt_lands_in_the_dead_letter_queue(
     await delete_queues(broker.url, queue, parking, f"{queue}.retry.100ms")
 
 
+async def test_a_message_goes_through_the_same_delay_queue_on_every_retry(
+    broker: Broker,
+) -> None:
+    """Each copy is a new message: the broker's x-death history of the last pass
+    through the delay queue is not carried over, or the broker would take the next
+    pass for a dead-letter cycle and drop the message (LavinMQ does)."""
+    queue, parking = unique("work"), unique("parked")
+    attempts: list[int] = []
+
+    async def handler(delivery: tl.Delivery) -> None:
+        attempts.append((delivery.properties.headers or {}).get(ATTEMPT, 1))
+        raise ValueError("never works")
+
+    retry = tl.Retry(attempts=4, delays=(0.05,), dead_letter_queue=parking)
+    async with tl.open_client(broker.url, CONFIG) as client, trio.open_nursery() as nursery:
+        await client.declare_queue(queue, durable=True)
+        await nursery.start(lambda task_status: client.serve(
+            queue, handler, retry=retry, task_status=task_status
+        ))  # fmt: skip
+        await client.producer(queue).publish(b"poison")
+        await wait_until(lambda: client.statistics().workers[0].dead_lettered == 1, 10)
+        nursery.cancel_scope.cancel()
+    assert attempts == [1, 2, 3, 4]
+    async with tl.open_connection(broker.url) as connection:
+        channel = await connection.channel()
+        parked = await channel.basic_get(parking, no_ack=True)
+        assert parked is not None
+        assert "x-death" not in (parked.properties.headers or {})
+    await delete_queues(broker.url, queue, parking, f"{queue}.retry.50ms")
+
+
 async def test_without_a_dead_letter_queue_the_last_failure_goes_to_the_queues_dlx(
     broker: Broker,
 ) -> None:
@@ -252,7 +283,7 @@ async def test_cancelling_a_worker_mid_run_finishes_its_handlers_and_loses_nothi
             await nursery.start(lambda task_status: client.serve(
                 queue, handler_into(first), concurrency=20, grace=5, task_status=task_status
             ))  # fmt: skip
-            await wait_until(lambda: len(first) >= 500, 30)
+            await wait_until(lambda: len(first) >= 500 and running > 0, 30)
             nursery.cancel_scope.cancel()
             still_running_at_stop.append(running)
         assert running == 0  # the running handlers finished within the grace period

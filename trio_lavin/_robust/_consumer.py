@@ -54,6 +54,11 @@ class ConsumerStatistics:
     stale_acks: int
     #: Deliveries received and not yet taken by the application.
     buffered: int
+    #: Of a stream queue: the next offset its consumers read, the first one
+    #: the application has not settled (the highest, with several
+    #: consumers; before any delivery, the offset they started from if it is
+    #: one; None for other queues).
+    stream_offset: int | None = None
 
 
 class RecoveringConsumer:

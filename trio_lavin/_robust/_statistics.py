@@ -139,6 +139,7 @@ def consumer_statistics(
     result = []
     for queue, queue_counters in tuple(counters.items()):
         mine = [consumer for consumer in live if consumer.counters is queue_counters]
+        offsets = [offset for c in mine if type(offset := c.stream_offset) is int]
         result.append(
             ConsumerStatistics(
                 queue=queue,
@@ -151,6 +152,7 @@ def consumer_statistics(
                 rejected=queue_counters.rejected,
                 stale_acks=queue_counters.stale_acks,
                 buffered=sum(consumer.buffered for consumer in mine),
+                stream_offset=max(offsets) if offsets else None,
             )
         )
     return tuple(result)

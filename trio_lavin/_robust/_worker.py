@@ -60,6 +60,18 @@ DEFAULT_RETRY: Final = Retry()
 CANCEL_TIMEOUT: Final = 5.0
 #: Seconds a handler that finished within the grace period has for its ack.
 ACK_TIMEOUT: Final = 5.0
+#: The headers a broker adds when it dead-letters a message.
+BROKER_DEATH_HEADERS: Final = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
+)
 #: Characters of a handler's error kept in a dead-lettered message's header.
 MAX_ERROR_TEXT: Final = 1000
 
@@ -303,7 +315,14 @@ class Worker:
             )  # fmt: skip
             return
         properties = delivery.properties
-        headers = dict(properties.headers or {})
+        # A copy is a new message: the broker's history of the last pass through a
+        # delay queue stays behind (brokers drop a message whose x-death shows it
+        # expired in the queue it is about to expire in again: a dead-letter cycle).
+        headers = {
+            name: value
+            for name, value in (properties.headers or {}).items()
+            if name not in BROKER_DEATH_HEADERS
+        }
         if isinstance(decision, DeadLetter):
             logger.error(
                 "handler for queue %r failed attempt %d of %d (%s); dead-lettering the message",
