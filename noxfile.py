@@ -1,12 +1,12 @@
 """Development sessions: ``tests``, ``lint``, ``typecheck``, ``demo`` and ``fuzz``.
 
 ``tests`` and ``demo`` need a real broker: with ``AMQP_URL`` set that one is used; otherwise a
-throwaway RabbitMQ node is started on free loopback ports (see ``tests/_broker.py``), and
+throwaway RabbitMQ node is started on free loopback ports (``trio_lavin.testing.RabbitNode``), and
 Debian's ``rabbitmq-server`` is installed with apt first if it is missing and we are root.
 ``tests`` also runs every broker test on a throwaway LavinMQ node when there is a LavinMQ
 binary (``LAVINMQ``, ``lavinmq`` on PATH, or ``../shared/lavinmq/lavinmq``; see
-``tests/_lavinmq.py``), installing its runtime libraries with apt when they are missing and
-we are root; without a binary those runs are deselected, except in CI (``CI`` set).
+``trio_lavin.testing.LavinNode``), installing its runtime libraries with apt when they are
+missing and we are root; without a binary those runs are deselected, except in CI (``CI`` set).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ LAVINMQ_LIBS = ["libgc1", "libpcre3", "libevent-2.1-7", "libevent-pthreads-2.1-7
 
 
 def _rabbitmq_installed() -> bool:
-    """Whether RabbitMQ's own scripts are there (the same places ``tests/_broker.py`` looks)."""
+    """Whether RabbitMQ's own scripts are there (where ``trio_lavin.testing.RabbitNode`` looks)."""
     dirs = [
         *glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin"),
         "/usr/lib/rabbitmq/bin",
@@ -88,7 +88,7 @@ def ensure_broker(session: nox.Session) -> None:
 
 
 def _lavinmq_binary() -> Path | None:
-    """The LavinMQ binary the tests will use (the same lookup as ``tests/_lavinmq.py``)."""
+    """The LavinMQ binary the tests will use (``tests/conftest.py`` looks in the same places)."""
     if os.environ.get("LAVINMQ"):
         return Path(os.environ["LAVINMQ"])
     if on_path := shutil.which("lavinmq"):
@@ -175,7 +175,7 @@ def demo(session: nox.Session) -> None:
     if os.environ.get("AMQP_URL"):
         session.run(*command)
     else:
-        session.run("python", "-m", "tests._broker", "exec", "--", *command)
+        session.run("python", "-m", "trio_lavin.testing", "rabbitmq", "exec", "--", *command)
 
 
 @nox.session
@@ -253,6 +253,10 @@ def bench(session: nox.Session) -> None:
     if os.environ.get("AMQP_URL"):
         session.run(*command)
     elif broker == "lavinmq":
-        session.run("python", "-m", "tests._lavinmq", "exec", "--", *command)
+        binary = str(_lavinmq_binary())
+        session.run(
+            "python", "-m", "trio_lavin.testing", "lavinmq", "exec", "--", *command,
+            env={"LAVINMQ": binary},
+        )  # fmt: skip
     else:
-        session.run("python", "-m", "tests._broker", "exec", "--", *command)
+        session.run("python", "-m", "trio_lavin.testing", "rabbitmq", "exec", "--", *command)

@@ -12,7 +12,7 @@ measures its share of the client's CPU time at a publishing rate of about
   poll effectively off (1 hour), same workload.
 
 Needs a broker: ``AMQP_URL=... python benchmarks/bench_health_poll.py``, or
-``python -m tests._broker exec -- python benchmarks/bench_health_poll.py``.
+``python -m trio_lavin.testing rabbitmq exec -- python benchmarks/bench_health_poll.py``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the messages spread evenly over them, published by one task per connection, in t
 
 Rounds interleave the connection counts; medians are printed with the ratio to one
 connection.  Run (against a throwaway node, or AMQP_URL):
-``python -m tests._broker exec -- python benchmarks/bench_pool.py --rounds 5``.
+``python -m trio_lavin.testing rabbitmq exec -- python benchmarks/bench_pool.py --rounds 5``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--url",
         default=os.environ.get("AMQP_URL"),
-        help="the broker (default: $AMQP_URL; `python -m tests._broker exec -- ...` sets it)",
+        help=(
+            "the broker (default: $AMQP_URL, which "
+            "`python -m trio_lavin.testing rabbitmq exec -- ...` sets)"
+        ),
     )
     parser.add_argument(
         "--broker",
@@ -126,7 +129,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if not args.url:
-        parser.error("no broker: set AMQP_URL or pass --url (or run under tests._broker exec)")
+        parser.error(
+            "no broker: set AMQP_URL or pass --url (or run under trio_lavin.testing rabbitmq exec)"
+        )
     where = args.pyinstrument
     if where is not None and where.exists() and not where.is_dir():
         parser.error(f"--pyinstrument {where} exists and is not a directory")

@@ -34,8 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests._broker import BrokerError, _kill_group, _spawn, _tail, free_port
 from trio_lavin import parse_url
+from trio_lavin.testing._rabbitmq import BrokerError, _kill_group, _spawn, _tail, free_port
 
 __all__ = ["Websockify", "WebsockifyError"]
 

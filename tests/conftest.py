@@ -3,15 +3,15 @@
 Tests that talk to a broker are marked ``@pytest.mark.broker`` and use one of:
 
 ``broker``       (session, parametrized: ``rabbitmq`` and ``lavinmq``) a
-                 :class:`tests._broker.Broker`: ``.kind``, ``.url`` and ``.node``, the
-                 node the harness started (a :class:`tests._broker.RabbitNode` or a
-                 :class:`tests._lavinmq.LavinNode`; None for the broker at AMQP_URL).  A
+                 :class:`trio_lavin.testing.Broker`: ``.kind``, ``.url`` and ``.node``, the
+                 node the harness started (a :class:`trio_lavin.testing.RabbitNode` or a
+                 :class:`trio_lavin.testing.LavinNode`; None for the broker at AMQP_URL).  A
                  test that uses it runs once on each broker; the LavinMQ runs get the
                  ``lavinmq`` marker.
 ``amqp_url``     (session, parametrized with ``broker``) the broker's URL, a str.
 ``node``         (function, parametrized with ``broker``) the harness's node, for tests that
                  kill and restart the broker or close its connections as an operator
-                 would (:class:`tests._broker.BrokerNode`: ``kill``, ``start``,
+                 would (:class:`trio_lavin.testing.BrokerNode`: ``kill``, ``start``,
                  ``close_all_connections``); fails when AMQP_URL points at an outside
                  broker.  The node is running when the test starts and is started again
                  afterwards if the test left it down.
@@ -21,7 +21,7 @@ Tests that talk to a broker are marked ``@pytest.mark.broker`` and use one of:
 ``lavinmq_node`` (function) the harness's LavinNode, for tests of LavinMQ's own behaviour
                  (its HTTP API, its WebSocket endpoint); like ``node`` otherwise.  Such a test
                  runs on LavinMQ only and gets the ``lavinmq`` marker.
-``rabbit_cluster`` (function) a :class:`tests._cluster.RabbitCluster`: three throwaway nodes
+``rabbit_cluster`` (function) a :class:`trio_lavin.testing.RabbitCluster`: three throwaway nodes
                  joined into one cluster, started once per session (also with AMQP_URL set);
                  ``.urls``, ``.kill(i)``, ``.start(i)``.  Every node is running when a test
                  starts.  Tests that use it get the ``cluster`` and ``broker`` markers.
@@ -30,7 +30,7 @@ With ``AMQP_URL`` set, that broker is used for the ``rabbitmq`` runs; otherwise 
 RabbitMQ node is started once per session (needs ``apt-get install rabbitmq-server``; never
 skipped, it fails).  The ``lavinmq`` runs get a throwaway LavinMQ node, started once per
 session (the binary: ``LAVINMQ``, else ``lavinmq`` on PATH, else ``../shared/lavinmq/lavinmq``
-beside the repository; see tests/_lavinmq.py).  Where there is no LavinMQ binary, the
+beside the repository; see trio_lavin/testing/_lavinmq.py).  Where there is no LavinMQ binary, the
 ``lavinmq`` runs are deselected (not skipped) with one line saying how to get them, except
 in CI (``CI`` set), where they run and fail: CI never passes without LavinMQ.
 """
@@ -40,22 +40,29 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests._broker import (
-    INSTALL_HINT,
+from trio_lavin.testing import (
     Broker,
     BrokerError,
     BrokerNode,
+    LavinNode,
+    RabbitCluster,
     RabbitNode,
-    find_rabbitmq_sbin,
+    find_lavinmq,
 )
-from tests._cluster import RabbitCluster
-from tests._lavinmq import LAVINMQ_HINT, LavinNode, find_lavinmq
+from trio_lavin.testing._lavinmq import LAVINMQ_HINT
+from trio_lavin.testing._rabbitmq import INSTALL_HINT, find_rabbitmq_sbin
+
+#: Where this project's machines keep a LavinMQ 1.0.1 build: beside the repository.
+SHARED_LAVINMQ = Path(__file__).resolve().parents[2] / "shared" / "lavinmq" / "lavinmq"
+if not os.environ.get("LAVINMQ") and not shutil.which("lavinmq") and SHARED_LAVINMQ.is_file():
+    os.environ["LAVINMQ"] = str(SHARED_LAVINMQ)  # for the tests and what they start
 
 _BROKER_FIXTURES = frozenset(
     {

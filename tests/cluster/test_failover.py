@@ -21,7 +21,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._cluster import RabbitCluster
+from trio_lavin.testing import RabbitCluster
 
 pytestmark = [pytest.mark.broker, pytest.mark.cluster]
 

@@ -12,9 +12,15 @@ import pytest
 import trustme
 
 import trio_lavin as tl
-from tests._broker import Broker, BrokerError, RabbitNode, free_port
 from tests._websockify import Websockify
-from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing import (
+    Broker,
+    BrokerError,
+    FaultProxy,
+    RabbitNode,
+    free_port,
+    open_fault_proxy,
+)
 
 
 @pytest.fixture

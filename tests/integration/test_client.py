@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import BrokerNode, RabbitNode
+from trio_lavin.testing import BrokerNode, RabbitNode
 
 from ._names import unique
 

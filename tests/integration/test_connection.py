@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import Broker, BrokerNode
+from trio_lavin.testing import Broker, BrokerNode
 
 from ._names import unique
 

@@ -23,8 +23,7 @@ from typing import Literal
 import pytest
 import trio
 
-from tests._broker import Broker
-from tests._lavinmq import LavinNode
+from trio_lavin.testing import Broker, LavinNode
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

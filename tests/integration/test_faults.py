@@ -11,8 +11,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import BrokerNode
-from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing import BrokerNode, FaultProxy, open_fault_proxy
 
 from ._names import unique
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import RabbitNode
+from trio_lavin.testing import RabbitNode
 
 from ._names import unique
 

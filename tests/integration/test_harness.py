@@ -18,8 +18,7 @@ import pytest
 from pamqp import body, commands, frame, header, heartbeat
 from pamqp.base import Frame
 
-from tests._broker import BrokerNode, RabbitNode
-from tests._lavinmq import LavinNode, LavinNotFound, find_lavinmq
+from trio_lavin.testing import BrokerNode, LavinNode, LavinNotFound, RabbitNode, find_lavinmq
 
 F = TypeVar("F", bound=Frame)
 

@@ -13,8 +13,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import Broker
-from tests._lavinmq import LavinNode
+from trio_lavin.testing import Broker, LavinNode
 
 from ._names import unique
 

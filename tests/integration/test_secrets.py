@@ -8,9 +8,8 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import BrokerNode
 from tests.conftest import SECRETS
-from trio_lavin.testing import open_fault_proxy
+from trio_lavin.testing import BrokerNode, open_fault_proxy
 
 pytestmark = pytest.mark.broker
 

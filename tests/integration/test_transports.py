@@ -15,10 +15,9 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import Broker
-from tests._lavinmq import LavinNode
 from tests._websockify import Websockify
 from tests.integration.conftest import TLSBroker
+from trio_lavin.testing import Broker, LavinNode
 
 #: (transport, broker) pairs.
 CASES = [

@@ -21,10 +21,9 @@ import trio
 import trustme
 
 import trio_lavin as tl
-from tests._broker import Broker
-from tests._lavinmq import LavinNode
 from tests._websockify import Websockify
 from trio_lavin._io._websocket import WebSocketStream
+from trio_lavin.testing import Broker, LavinNode
 
 pytestmark = pytest.mark.broker
 

@@ -11,8 +11,7 @@ import pytest
 import trio
 
 import trio_lavin as tl
-from tests._broker import Broker
-from trio_lavin.testing import FaultProxy
+from trio_lavin.testing import Broker, FaultProxy
 
 from ._names import unique
 

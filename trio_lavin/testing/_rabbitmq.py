@@ -11,8 +11,8 @@ broker behind.
 
 Only the standard library is used, so this module also works outside the test environment::
 
-    python -m tests._broker exec -- python examples/demo.py   # runs it with AMQP_URL set
-    python -m tests._broker serve                             # prints AMQP_URL, runs until ^C
+    python -m trio_lavin.testing rabbitmq exec -- python app.py   # runs it with AMQP_URL set
+    python -m trio_lavin.testing rabbitmq serve                   # prints AMQP_URL until ^C
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class RabbitNotInstalled(BrokerError):
 
 class BrokerNode(Protocol):
     """What every throwaway node of the harness can do (:class:`RabbitNode`, and
-    ``tests._lavinmq.LavinNode``): the tests that crash and restart a broker, or close its
+    ``LavinNode``): the tests that crash and restart a broker, or close its
     connections as an operator would, use only this, so they run on both brokers."""
 
     #: "rabbitmq" or "lavinmq".
@@ -549,12 +549,12 @@ def _sigterm_as_exit() -> Iterator[None]:
 
 
 def _log(msg: str, stream: IO[str] = sys.stderr) -> None:
-    print(f"[tests._broker] {msg}", file=stream, flush=True)
+    print(f"[trio_lavin.testing] {msg}", file=stream, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests._broker", description="Run a throwaway RabbitMQ node."
+        prog="python -m trio_lavin.testing rabbitmq", description="Run a throwaway RabbitMQ node."
     )
     parser.add_argument("--plugin", action="append", default=[], help="enable a plugin")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -569,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if args.cmd == "exec" and not command:
-        parser.error("exec needs a command: python -m tests._broker exec -- COMMAND [ARGS...]")
+        parser.error("exec needs a command: python -m trio_lavin.testing rabbitmq exec -- COMMAND")
 
     with _sigterm_as_exit():
         try:

@@ -1,6 +1,6 @@
 """A private, throwaway 3-node RabbitMQ cluster on 127.0.0.1 for tests.
 
-Three :class:`tests._broker.RabbitNode` nodes that share one Erlang cookie and one private
+Three :class:`RabbitNode` nodes that share one Erlang cookie and one private
 ``epmd`` (the nodes find each other through it), joined with ``rabbitmqctl join_cluster``.
 Every port is chosen free, including the range the ``rabbitmqctl`` CLI listens on (RabbitMQ's
 default, 35672-35682, is shared by every broker on the machine), so the cluster coexists with
@@ -13,7 +13,7 @@ raises :class:`BrokerError` with the tails of the nodes' logs.
 
 Only the standard library is used::
 
-    python -m tests._cluster      # starts a cluster, prints the URLs, waits for ^C
+    python -m trio_lavin.testing cluster   # starts a cluster, prints the URLs, waits for ^C
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests._broker import (
+from ._rabbitmq import (
     BrokerError,
     RabbitNode,
     _can_connect,

@@ -1,13 +1,10 @@
-"""A private, throwaway LavinMQ node for tests, beside the RabbitMQ one of ``tests/_broker.py``.
+"""A private, throwaway LavinMQ node for tests, beside the RabbitMQ one of ``_rabbitmq.py``.
 
-The binary is :envvar:`LAVINMQ` (a path), else ``lavinmq`` on ``PATH``, else
-``../shared/lavinmq/lavinmq`` relative to the repository's root (where this project's
-machines keep a LavinMQ 1.0.1 build; see its README there for the runtime libraries it
-needs).  Every :class:`LavinNode` gets two free ports on 127.0.0.1 (AMQP, and HTTP: the
-management API and AMQP over WebSocket), its own data directory and an empty config file
-(``-c``), so it reads nothing system-wide, all under a temporary directory that
-:meth:`LavinNode.stop` removes.  TLS listeners are off, and ``guest`` may only log in from
-loopback.
+The binary is :envvar:`LAVINMQ` (a path), else ``lavinmq`` on ``PATH``. Every
+:class:`LavinNode` gets two free ports on 127.0.0.1 (AMQP, and HTTP: the management API and
+AMQP over WebSocket), its own data directory and an empty config file (``-c``), so it reads
+nothing system-wide, all under a temporary directory that :meth:`LavinNode.stop` removes.
+TLS listeners are off, and ``guest`` may only log in from loopback.
 
 The node is killed by the kernel (``PR_SET_PDEATHSIG``) if the process that started it dies,
 so a crashed test run leaves no broker behind.
@@ -19,8 +16,8 @@ does what the tests need.
 
 Only the standard library is used::
 
-    python -m tests._lavinmq serve      # prints AMQP_URL (and the HTTP URL), runs until ^C
-    python -m tests._lavinmq exec -- python benchmarks/bench_suite.py   # runs it with AMQP_URL
+    python -m trio_lavin.testing lavinmq serve   # prints AMQP_URL (and the HTTP URL) until ^C
+    python -m trio_lavin.testing lavinmq exec -- python my_benchmark.py   # with AMQP_URL set
 """
 
 from __future__ import annotations
@@ -42,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests._broker import (
+from ._rabbitmq import (
     BrokerError,
     StartedNode,
     _answers_amqp,
@@ -62,14 +59,11 @@ __all__ = [
     "find_lavinmq",
 ]
 
-#: Where this project's machines keep a LavinMQ build, relative to the repository's root.
-SHARED_BINARY = Path("..") / "shared" / "lavinmq" / "lavinmq"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: What to tell people who have no LavinMQ.
 LAVINMQ_HINT = (
-    "set LAVINMQ=/path/to/lavinmq (a LavinMQ binary; this project's machines have one at "
-    f"{SHARED_BINARY} beside the repository) or put `lavinmq` on PATH"
+    "set LAVINMQ=/path/to/lavinmq (a LavinMQ binary: https://lavinmq.com/download) or put "
+    "`lavinmq` on PATH"
 )
 
 _BASEDIR_PREFIX = "trio-lavin-lavinmq-"
@@ -95,9 +89,6 @@ def find_lavinmq() -> Path | None:
     on_path = shutil.which("lavinmq")
     if on_path:
         return Path(on_path)
-    shared = (REPO_ROOT / SHARED_BINARY).resolve()
-    if shared.is_file() and os.access(shared, os.X_OK):
-        return shared
     return None
 
 
@@ -357,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m tests._lavinmq", description="Run a throwaway LavinMQ node."
+        prog="python -m trio_lavin.testing lavinmq", description="Run a throwaway LavinMQ node."
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_exec = sub.add_parser(
@@ -372,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if args.cmd == "exec" and not command:
-        parser.error("exec needs a command: python -m tests._lavinmq exec -- COMMAND [ARGS...]")
+        parser.error("exec needs a command: python -m trio_lavin.testing lavinmq exec -- COMMAND")
 
     with _sigterm_as_exit():
         try:
@@ -398,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_command(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` to its end (as ``tests._broker exec`` does); its exit status."""
+    """Run ``command`` to its end (as the RabbitMQ ``exec`` does); its exit status."""
     with subprocess.Popen(command, env=env) as child:
         try:
             return child.wait()
