@@ -379,7 +379,8 @@ def render() -> str:
         "",
         "Everything below is importable from `trio_lavin` (`import trio_lavin as lavin`).",
         "Names starting with an underscore, and modules whose name does, are private.",
-        "The test helpers are in `trio_lavin.testing` (see [Testing your app](testing.md)).",
+        "The test helpers, `trio_lavin.testing`, are at the end (and in [Testing your "
+        "app](testing.md)).",
         "",
     ]
     for title, names in sections.items():
@@ -398,9 +399,33 @@ def render() -> str:
                 out += render_class(name, obj)
             else:
                 out += render_function(name, obj)
+    out += render_testing()
     text = "\n".join(out)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.rstrip("\n") + "\n"
+
+
+def render_testing() -> list[str]:
+    """The test helpers: ``trio_lavin.testing``, its strategies and its pytest fixtures."""
+    import trio_lavin.testing
+    import trio_lavin.testing.pytest_plugin
+    import trio_lavin.testing.strategies
+
+    out = ["## Test helpers", ""]
+    out += [markdown(inspect.getdoc(trio_lavin.testing) or ""), ""]
+    for module in (trio_lavin.testing, trio_lavin.testing.strategies):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            title = f"{module.__name__.removeprefix('trio_lavin.')}.{name}"
+            if inspect.isclass(obj):
+                out += render_class(title, obj)
+            elif callable(obj):
+                out += render_function(title, obj)
+            else:  # a strategy value
+                out += [f"### `{title}`", "", f"A strategy: `{obj!r}`."[:300], ""]
+    out += ["### pytest fixtures", ""]
+    out += [markdown(inspect.getdoc(trio_lavin.testing.pytest_plugin) or ""), ""]
+    return out
 
 
 def _anchor(title: str) -> str:

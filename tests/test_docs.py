@@ -8,6 +8,8 @@ from pathlib import Path
 from types import ModuleType
 
 import trio_lavin
+import trio_lavin.testing
+from trio_lavin.testing import strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -20,6 +22,7 @@ GUIDE = [
     "producing.md",
     "consuming.md",
     "streams.md",
+    "workers.md",
     "rpc.md",
     "reliability.md",
     "testing.md",
@@ -53,6 +56,8 @@ def test_api_reference_documents_every_public_name() -> None:
     text = (DOCS / "api.md").read_text()
     headings = set(re.findall(r"^### `([^`]+)`$", text, flags=re.MULTILINE))
     public = set(trio_lavin.__all__) - {"__version__"}
+    public |= {f"testing.{name}" for name in trio_lavin.testing.__all__}
+    public |= {f"testing.strategies.{name}" for name in strategies.__all__}
     assert sorted(public - headings) == []
     assert sorted(headings - public) == []
 
@@ -119,3 +124,23 @@ def test_every_python_block_in_the_guide_compiles() -> None:
                 compile(source, f"{page.name} block {number}", "exec")
             except SyntaxError as exc:  # pragma: no cover - the assertion reports it
                 raise AssertionError(f"{page.name}, python block {number}: {exc}") from exc
+
+
+#: An import of this repository's tests, which a user's checkout does not have.
+IMPORTS_TESTS = re.compile(
+    r"^\s*(from|import)\s+tests(\.|\s|$)|-m\s+tests\.|\"-m\", \"tests\.", re.MULTILINE
+)
+
+
+def test_examples_docs_benchmarks_and_nox_sessions_use_only_the_public_package() -> None:
+    files = [
+        *sorted((ROOT / "examples").glob("*.py")),
+        *pages(),
+        *sorted((ROOT / "benchmarks").glob("*.py")),
+        ROOT / "benchmarks" / "README.md",
+        ROOT / "README.md",
+        ROOT / "noxfile.py",
+    ]
+    assert [path.name for path in files if IMPORTS_TESTS.search(path.read_text())] == []
+    assert IMPORTS_TESTS.search("from tests._broker import RabbitNode")  # it would see one
+    assert IMPORTS_TESTS.search('session.run("python", "-m", "tests._broker", "exec")')

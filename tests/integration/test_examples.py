@@ -125,6 +125,7 @@ EXPECTATIONS: dict[str, Expectation] = {
         endpoint="tls",
     ),
     "test_my_app_with_faults.py": Expectation((r"^2 passed in ",), runner="pytest"),
+    "test_with_the_pytest_plugin.py": Expectation((r"^4 passed in ",), runner="pytest"),
     # Written on another branch (metrics); covered here as soon as it is merged.
     "prometheus_metrics.py": Expectation((r"scraped \d+ trio_lavin_ metrics",)),
 }
