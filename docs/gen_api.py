@@ -408,12 +408,14 @@ def render() -> str:
 def render_testing() -> list[str]:
     """The test helpers: ``trio_lavin.testing``, its strategies and its pytest fixtures."""
     import trio_lavin.testing
+    import trio_lavin.testing.machines
     import trio_lavin.testing.pytest_plugin
     import trio_lavin.testing.strategies
 
     out = ["## Test helpers", ""]
     out += [markdown(inspect.getdoc(trio_lavin.testing) or ""), ""]
-    for module in (trio_lavin.testing, trio_lavin.testing.strategies):
+    modules = (trio_lavin.testing, trio_lavin.testing.strategies, trio_lavin.testing.machines)
+    for module in modules:
         for name in module.__all__:
             obj = getattr(module, name)
             title = f"{module.__name__.removeprefix('trio_lavin.')}.{name}"

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import trio_lavin
 import trio_lavin.testing
-from trio_lavin.testing import strategies
+from trio_lavin.testing import machines, strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -58,6 +58,7 @@ def test_api_reference_documents_every_public_name() -> None:
     public = set(trio_lavin.__all__) - {"__version__"}
     public |= {f"testing.{name}" for name in trio_lavin.testing.__all__}
     public |= {f"testing.strategies.{name}" for name in strategies.__all__}
+    public |= {f"testing.machines.{name}" for name in machines.__all__}
     assert sorted(public - headings) == []
     assert sorted(headings - public) == []
 

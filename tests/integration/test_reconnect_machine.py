@@ -23,8 +23,8 @@ from hypothesis.stateful import (
 )
 
 import trio_lavin as tl
-from tests.robust._trio_thread import TrioThread
 from trio_lavin.testing import FaultProxy, open_fault_proxy
+from trio_lavin.testing._trio_thread import TrioThread
 
 T = TypeVar("T")
 

@@ -55,8 +55,7 @@ from trio_lavin._robust._consumer import RecoveringConsumer
 from trio_lavin._robust._events import ClientEvent
 from trio_lavin._robust._supervisor import broke_the_protocol
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
-
-from ._trio_thread import TrioThread, advance, settle
+from trio_lavin.testing._trio_thread import TrioThread, advance, settle
 
 #: Heartbeat interval proposed by the broker and asked for by the client.
 HEARTBEAT = 2

@@ -1183,14 +1183,25 @@ def test_public_api_is_exactly_the_documented_names() -> None:
     import trio_lavin.testing as testing
 
     assert sorted(testing.__all__) == [
+        "Broker",
         "BrokerConnection",
+        "BrokerError",
+        "BrokerNode",
+        "ClusterNode",
         "ConnectionState",
         "FakeBroker",
         "FakeBrokerServer",
         "Fault",
         "FaultProxy",
+        "LavinNode",
+        "LavinNotFound",
         "Message",
         "QueueInfo",
+        "RabbitCluster",
+        "RabbitNode",
+        "RabbitNotInstalled",
+        "find_lavinmq",
+        "free_port",
         "open_fake_broker",
         "open_fault_proxy",
     ]

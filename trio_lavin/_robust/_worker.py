@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import trio
 
 from .._client._delivery import Delivery
-from .._exceptions import AMQPConnectionError, AMQPError
+from .._exceptions import AMQPConnectionError, AMQPError, MessageReturned
 from .._queues import queue_arguments
+from .._sansio._properties import BasicProperties
 from ._retry import (
     ATTEMPT_HEADER,
     ERROR_HEADER,
@@ -72,6 +73,10 @@ BROKER_DEATH_HEADERS: Final = frozenset(
         "x-last-death-reason",
     }
 )
+#: Seconds before a message whose copy could not be published is requeued, doubling
+#: while that goes on, up to the maximum.
+FAILED_COPY_PAUSE: Final = 0.1
+MAX_FAILED_COPY_PAUSE: Final = 30.0
 #: Characters of a handler's error kept in a dead-lettered message's header.
 MAX_ERROR_TEXT: Final = 1000
 
@@ -196,6 +201,8 @@ class Worker:
         #: gives them ``grace`` seconds by setting their deadlines).
         self._running: set[trio.CancelScope] = set()
         self._stopping = False
+        #: Copies in a row that could not be published (the pause grows with it).
+        self._failed_copies = 0
 
     def __repr__(self) -> str:
         return f"<Worker of queue {self.queue!r}, concurrency {self.concurrency}>"
@@ -203,13 +210,8 @@ class Worker:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Declare the delay and dead-letter queues, consume, and handle until
         cancelled (or the client gives up)."""
-        for name, ttl in self._delay_queues.items():
-            arguments = queue_arguments(
-                message_ttl=ttl, dead_letter_exchange="", dead_letter_routing_key=self.queue
-            )
-            await self._client.declare_queue(name, durable=True, arguments=arguments)
-        if self.retry.dead_letter_queue is not None:
-            await self._client.declare_queue(self.retry.dead_letter_queue, durable=True)
+        for name in self._own_queues():
+            await self._declare(name)
         self._counters.workers += 1
         try:
             deliveries: RecoveringConsumer
@@ -229,6 +231,23 @@ class Worker:
         raise AssertionError(
             "a recovering consumer never ends while it is open"
         )  # pragma: no cover
+
+    def _own_queues(self) -> list[str]:
+        """The delay queues and the dead-letter queue the worker declares."""
+        dead_letters = self.retry.dead_letter_queue
+        return [*self._delay_queues, *([] if dead_letters is None else [dead_letters])]
+
+    async def _declare(self, name: str) -> None:
+        """Declare one of :meth:`_own_queues` (durable)."""
+        ttl = self._delay_queues.get(name)
+        arguments = (
+            None
+            if ttl is None
+            else queue_arguments(
+                message_ttl=ttl, dead_letter_exchange="", dead_letter_routing_key=self.queue
+            )
+        )
+        await self._client.declare_queue(name, durable=True, arguments=arguments)
 
     async def _stop(self, deliveries: RecoveringConsumer) -> None:
         """No more deliveries; the running handlers have ``grace`` seconds."""
@@ -258,7 +277,7 @@ class Worker:
         settle it."""
         attempt = attempt_of(delivery.properties.headers)
         window = self._window
-        key = None if window is None else self._key(delivery)
+        key = None if window is None else self._key_of(delivery)
         if key is None or window is None:
             await self._run_handler(delivery, None, attempt)
             return
@@ -274,6 +293,16 @@ class Worker:
         finally:
             del self._keys_in_flight[key]
             done.set()
+
+    def _key_of(self, delivery: Delivery) -> Hashable | None:
+        """The delivery's duplicate key; None (not filtered) if the key function raised."""
+        try:
+            return self._key(delivery)
+        except Exception:
+            logger.exception(
+                "the duplicate key function failed for %r; handling it unfiltered", delivery
+            )
+            return None
 
     async def _run_handler(self, delivery: Delivery, key: Hashable | None, attempt: int) -> None:
         counters = self._counters
@@ -345,14 +374,20 @@ class Worker:
             headers[ATTEMPT_HEADER] = decision.attempt
             target = decision.delay_queue or self._client.current_queue_name(self.queue)
         try:
-            await self._client.shared_producer().publish(
-                delivery.body, properties=properties, headers=headers, routing_key=target
-            )
+            await self._publish_copy(delivery.body, properties, headers, target)
         except (AMQPError, AMQPConnectionError) as exc:
-            # Not published (e.g. the queue is gone): back to the work queue as it is.
-            logger.error("could not publish to %r (%s); requeueing the message", target, exc)
+            # Not published: back to the work queue as it is, after a pause that
+            # grows while this goes on (not a hot loop at the head of the queue).
+            pause = min(FAILED_COPY_PAUSE * 2**self._failed_copies, MAX_FAILED_COPY_PAUSE)
+            self._failed_copies += 1
+            logger.error(
+                "could not publish to %r (%s); requeueing the message in %.1f s",
+                target, exc, pause,
+            )  # fmt: skip
+            await trio.sleep(pause)
             await self._settle(delivery.reject(requeue=True))
             return
+        self._failed_copies = 0
         if isinstance(decision, DeadLetter):
             self._dead_lettered(key)
         else:
@@ -360,6 +395,30 @@ class Worker:
             if key is not None and self._window is not None:
                 self._window.retried(key, attempt)  # its copy carries on
         await self._settle(delivery.ack())
+
+    async def _publish_copy(
+        self, body: bytes, properties: BasicProperties, headers: dict[str, Any], target: str
+    ) -> None:
+        """Publish a retry or dead-letter copy to ``target``, confirmed; if the
+        broker returns it (an operator deleted one of our queues), declare that
+        queue again and publish once more.
+
+        Raises:
+            AMQPError, AMQPConnectionError: it could not be published.
+        """
+        producer = self._client.shared_producer()
+        try:
+            await producer.publish(
+                body, properties=properties, headers=headers, routing_key=target
+            )
+        except MessageReturned:
+            if target not in self._own_queues():
+                raise
+            logger.warning("queue %r is gone; declaring it again", target)
+            await self._declare(target)
+            await producer.publish(
+                body, properties=properties, headers=headers, routing_key=target
+            )
 
     def _dead_lettered(self, key: Hashable | None) -> None:
         self._counters.dead_lettered += 1

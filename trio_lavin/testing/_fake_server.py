@@ -38,6 +38,8 @@ class _Served:
         self.scope = trio.CancelScope()  # the whole serve task: cancelled by sever
         self.io_scope = trio.CancelScope()  # reading and writing: cancelled by blackhole
         self.blackholed = False
+        #: Seconds a blackholed connection lives on (None: until severed).
+        self.broker_timeout: float | None = None
 
 
 class FakeBrokerServer(FakeBroker):
@@ -128,13 +130,16 @@ class FakeBrokerServer(FakeBroker):
             self._drop(served)
             served.scope.cancel()
 
-    def blackhole_all(self) -> None:
+    def blackhole_all(self, broker_timeout: float | None = None) -> None:
         """Stop reading from and writing to every current connection, but keep
         them open: a half-open connection, as after a network partition.  Only
         the client's heartbeat timeout (or :meth:`sever_all`) can end it; the
-        broker keeps the connections, and their unacked messages, until then."""
+        broker keeps the connections, and their unacked messages, until then,
+        or, with ``broker_timeout``, for that many seconds (a real broker's own
+        heartbeat check, two intervals) before it drops them and requeues."""
         for served in self._served:
             served.blackholed = True
+            served.broker_timeout = broker_timeout
             served.io_scope.cancel()
 
     def wakeup(self) -> None:
@@ -169,7 +174,9 @@ class FakeBrokerServer(FakeBroker):
                         nursery.start_soon(self._read_loop, served)
                         nursery.start_soon(self._write_loop, served, nursery.cancel_scope)
                 if served.blackholed:
-                    await trio.sleep_forever()  # until sever_all() or the broker stops
+                    # Until sever_all(), the broker stops, or it times the connection out.
+                    timeout = served.broker_timeout
+                    await trio.sleep(math.inf if timeout is None else timeout)
             finally:
                 self._drop(served)
 
