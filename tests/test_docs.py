@@ -145,3 +145,11 @@ def test_examples_docs_benchmarks_and_nox_sessions_use_only_the_public_package()
     assert [path.name for path in files if IMPORTS_TESTS.search(path.read_text())] == []
     assert IMPORTS_TESTS.search("from tests._broker import RabbitNode")  # it would see one
     assert IMPORTS_TESTS.search('session.run("python", "-m", "tests._broker", "exec")')
+
+
+def test_tuning_lists_every_config_field() -> None:
+    import dataclasses
+
+    text = (DOCS / "tuning.md").read_text()
+    fields = [field.name for field in dataclasses.fields(trio_lavin.Config)]
+    assert [name for name in fields if f"| `{name}` |" not in text] == []

@@ -311,3 +311,35 @@ async def test_ctrl_c_ends_consume_promptly_with_exit_130_and_unacked_messages_k
     assert err_bytes == b""
     code, out_text, err = await run_cli("consume", "-u", queue, "-n", "1", "--uri", amqp_url)
     assert (code, out_text) == (0, "kept\n"), err
+
+
+def help_examples() -> list[str]:
+    """The example command lines of every ``--help`` epilog, in order."""
+    from trio_lavin._cli._main import _CONSUME_EPILOG, _PUBLISH_EPILOG
+
+    lines = [*_PUBLISH_EPILOG.splitlines(), *_CONSUME_EPILOG.splitlines()]
+    return [line.strip() for line in lines if line.startswith("  ") and "trio-lavin " in line]
+
+
+async def test_every_example_in_the_help_runs_as_written(amqp_url: str) -> None:
+    examples = help_examples()
+    assert len(examples) == 5
+    try:
+        for example in examples:
+            shell = example.replace("trio-lavin ", f"{sys.executable} -m trio_lavin ")
+            with trio.fail_after(COMMAND_DEADLINE):
+                result = await trio.run_process(
+                    ["bash", "-o", "pipefail", "-c", shell],
+                    env={"AMQP_URL": amqp_url, "PATH": "/usr/bin:/bin"},
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            assert result.returncode == 0, (example, result.stderr.decode())
+            if "consume -u orders" in example:
+                assert result.stdout.decode().splitlines() == ["first order", "second order"]
+    finally:
+        async with lavin.open_connection(amqp_url) as connection:
+            channel = await connection.channel()
+            for queue in ("orders", "numbers"):
+                await channel.queue_delete(queue)

@@ -151,10 +151,11 @@ ending).  By default every message is published with mandatory=true in confirm m
 command exits 0 only once the broker confirmed all of them, and 1 at the first message
 that was nacked or could not be routed.
 
-examples:
+examples (the last one fire and forget: with nothing bound to amq.topic yet, a mandatory
+message would come back unroutable and the command exit 1):
   trio-lavin publish -u orders --declare "first order" "second order"
-  seq 1 1000 | trio-lavin publish -u numbers
-  trio-lavin publish -e amq.topic -k logs.error -H source=cron "disk full"
+  seq 1 1000 | trio-lavin publish -u numbers --declare
+  trio-lavin publish -e amq.topic -k logs.error -H source=cron --no-confirm "disk full"
 """
 
 _CONSUME_EPILOG = """\
@@ -163,8 +164,8 @@ with routing information and properties).  Without --ack nothing is acknowledged
 messages stay in the queue (the broker re-queues them when the command exits).
 
 examples:
-  trio-lavin consume -u orders --count 10 --ack
-  trio-lavin consume -u orders --json --timeout 5
+  trio-lavin consume -u orders --count 2 --ack
+  trio-lavin consume -u numbers --json --timeout 1
 """
 
 
