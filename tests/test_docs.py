@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -153,3 +154,46 @@ def test_tuning_lists_every_config_field() -> None:
     text = (DOCS / "tuning.md").read_text()
     fields = [field.name for field in dataclasses.fields(trio_lavin.Config)]
     assert [name for name in fields if f"| `{name}` |" not in text] == []
+
+
+#: A code span (`x` in markdown, ``x`` in a docstring), on one line or across lines.
+CODE_SPAN = re.compile(r"(`{1,2})([^`]+?)\1")
+
+
+def nursery_starts_with_keywords(text: str) -> list[str]:
+    """The code spans and blocks of ``text`` that pass keywords to
+    ``nursery.start``/``start_soon`` (which take none: a TypeError)."""
+    found = []
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    spans = [span for _, span in CODE_SPAN.findall(prose)]
+    for code in [*blocks, *(" ".join(span.split()) for span in spans)]:
+        if "nursery.start" not in code:
+            continue
+        try:
+            tree = ast.parse(
+                "async def _():\n" + "".join(f"    {line}\n" for line in code.splitlines())
+            )
+        except SyntaxError:
+            found.append(f"does not parse: {code}")
+            continue
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("start", "start_soon")
+                and node.keywords
+            ):
+                found.append(ast.unparse(node))
+    return found
+
+
+def test_no_doc_passes_keywords_to_nursery_start() -> None:
+    """``nursery.start(client.serve, q, h, concurrency=20)`` raises TypeError: the
+    docs and docstrings pass keywords with functools.partial."""
+    files = [ROOT / "README.md", *pages(), *sorted((ROOT / "trio_lavin").rglob("*.py"))]
+    found = {
+        path.name: bad for path in files if (bad := nursery_starts_with_keywords(path.read_text()))
+    }
+    assert found == {}
+    assert nursery_starts_with_keywords("`await nursery.start(f, x,\n  y=1)`")  # it would see one

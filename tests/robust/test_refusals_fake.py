@@ -403,3 +403,31 @@ async def test_recovery_keeps_a_binding_refused_while_its_exchange_is_missing(
         assert client.connected
         assert client.statistics().recovery_failures == 1  # recovered this time
         assert broker.publish("ext", "k", b"routed") == 1
+
+
+async def test_requeued_says_whether_the_message_comes_back(broker: FakeBrokerServer) -> None:
+    """``Delivery.requeued`` is True after a nack or reject with requeue, and False
+    after an ack or a nack or reject without it."""
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("work")
+        for number in range(5):
+            broker.publish("", "work", b"%d" % number)
+        requeued = {}
+        async with await channel.basic_consume("work") as consumer:
+            for settle in ("ack", "nack", "nack-discard", "reject", "reject-discard"):
+                delivery = await consumer.__anext__()
+                if settle == "ack":
+                    assert await delivery.ack()
+                elif settle.startswith("nack"):
+                    assert await delivery.nack(requeue=settle == "nack")
+                else:
+                    assert await delivery.reject(requeue=settle == "reject")
+                requeued[settle] = delivery.requeued
+    assert requeued == {
+        "ack": False,
+        "nack": True,
+        "nack-discard": False,
+        "reject": True,
+        "reject-discard": False,
+    }

@@ -548,3 +548,35 @@ async def test_a_duplicate_key_function_that_raises_leaves_that_message_unfilter
         assert bodies(broker, QUEUE) == []
         assert worker_of(client).handled == 2
     assert sorted(handled) == [b"one", b"two"]
+
+
+async def test_a_handler_that_requeues_its_delivery_gets_it_again_with_the_window_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The handler nacks its first delivery with requeue (it wants another go):
+    the duplicate window must not count that message as finished, or the
+    redelivery would be acked unrun and the message lost."""
+    handled: list[bool] = []
+
+    async def handler(delivery: tl.Delivery) -> None:
+        handled.append(delivery.redelivered)
+        if not delivery.redelivered:
+            assert await delivery.nack(requeue=True)
+
+    async with (
+        open_fake_broker() as broker,
+        tl.open_client(config=CONFIG, stream_factory=broker.connect) as client,
+    ):
+        await client.declare_queue(QUEUE, durable=True)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    functools.partial(client.serve, QUEUE, handler, duplicate_window=10)
+                )
+                broker.publish("", QUEUE, b"again", tl.BasicProperties(message_id="m-1"))
+                await wait_until(lambda: len(handled) == 2, 5)
+                await trio.sleep(0.5)
+                nursery.cancel_scope.cancel()
+        assert handled == [False, True]
+        assert worker_of(client).duplicates == 0
+        assert bodies(broker, QUEUE) == []

@@ -45,6 +45,7 @@ class Delivery:
 
     __slots__ = (
         "_properties",
+        "_requeued",
         "_settled",
         "body",
         "channel",
@@ -80,6 +81,8 @@ class Delivery:
         self.message_count = message_count
         #: Settled already: acked, nacked or rejected, or taken with no_ack.
         self._settled = settled
+        #: A nack or reject with requeue was asked for.
+        self._requeued = False
 
     @property
     def properties(self) -> BasicProperties:
@@ -124,16 +127,16 @@ class Delivery:
         """Reject, with ``requeue`` (default) or dead-lettering/discarding.
         Returns and raises as :meth:`ack`."""
         self._check_unsettled()
-        return self._settled_if(
-            await self.channel.basic_nack(self.delivery_tag, requeue=requeue, multiple=multiple)
-        )
+        sent = await self.channel.basic_nack(self.delivery_tag, requeue=requeue, multiple=multiple)
+        self._requeued = requeue
+        return self._settled_if(sent)
 
     async def reject(self, *, requeue: bool = True) -> bool:
         """Reject this one delivery.  Returns and raises as :meth:`ack`."""
         self._check_unsettled()
-        return self._settled_if(
-            await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
-        )
+        sent = await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
+        self._requeued = requeue
+        return self._settled_if(sent)
 
     @property
     def settled(self) -> bool:
@@ -141,6 +144,13 @@ class Delivery:
         ``multiple`` ack or nack of a later delivery on its channel), and for
         a message received with ``no_ack`` (the broker counts it acked)."""
         return self._settled or self.delivery_tag <= self.channel.settled_up_to
+
+    @property
+    def requeued(self) -> bool:
+        """True once :meth:`nack` or :meth:`reject` with ``requeue`` returned:
+        the message comes back (from the queue, or, if the channel was gone,
+        as the broker's redelivery)."""
+        return self._requeued
 
     def _check_unsettled(self) -> None:
         channel = self.channel

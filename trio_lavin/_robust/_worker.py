@@ -1,6 +1,7 @@
 """A work-queue consumer with concurrency, retries and a clean stop: :class:`Worker`.
 
-``await nursery.start(client.serve, queue, handler, ...)`` runs one.  It
+``await nursery.start(client.serve, queue, handler)`` runs one (with keywords:
+``nursery.start(functools.partial(client.serve, queue, handler, concurrency=20))``).  It
 consumes ``queue`` with a recovering consumer and runs up to
 ``concurrency`` handlers at once, each in a child task of the worker's own
 nursery.  A handler that returns gets its delivery acked; one that raises
@@ -319,8 +320,10 @@ class Worker:
             raise  # cancelled past the grace period: the broker gets it back
         counters.in_flight -= 1
         counters.handled += 1
-        if key is not None and self._window is not None:
-            self._window.finished(key)  # before the ack: a redelivery is a duplicate
+        if key is not None and self._window is not None and not delivery.requeued:
+            # Before the ack: a redelivery is a duplicate.  (Unless the handler
+            # requeued it itself: it wants another go.)
+            self._window.finished(key)
         if not delivery.settled:  # the handler may have settled it itself
             await self._settle(delivery.ack())
 
@@ -476,7 +479,9 @@ class Serving:
         """Handle the messages of work queue ``queue`` until cancelled.
 
         Run it in a nursery: ``await nursery.start(client.serve, queue,
-        handler)`` returns once it consumes.  Up to ``concurrency`` calls of
+        handler)`` returns once it consumes (``nursery.start`` takes no
+        keywords: pass them with ``functools.partial(client.serve, queue,
+        handler, concurrency=20)``).  Up to ``concurrency`` calls of
         ``await handler(delivery)`` run at once, each in a task of the
         worker's nursery (``prefetch``, default ``concurrency``, is how many
         the broker sends ahead).  When the handler returns, the delivery is
