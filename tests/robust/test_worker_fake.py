@@ -580,3 +580,66 @@ async def test_a_handler_that_requeues_its_delivery_gets_it_again_with_the_windo
         assert handled == [False, True]
         assert worker_of(client).duplicates == 0
         assert bodies(broker, QUEUE) == []
+
+
+async def serve_until_it_ends(client: tl.Client, ended: list[BaseException]) -> None:
+    """Run a worker (in a nursery outside the client's block) and record how it ended."""
+
+    async def handler(delivery: tl.Delivery) -> None:
+        pass
+
+    try:
+        await client.serve(QUEUE, handler)
+    except BaseException as exc:
+        ended.append(exc)
+        if not isinstance(exc, Exception):
+            raise
+
+
+async def test_a_worker_outside_the_client_block_ends_when_the_client_closes_disconnected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The worker runs in an outer nursery; the connection is down (the broker
+    refuses new ones) when the client's block ends: the worker raises
+    ConnectionClosed itself, not wrapped in a group (regression: its consumer
+    waited for a reconnect that would never come, and the nursery hung)."""
+    ended: list[BaseException] = []
+    async with open_fake_broker() as broker:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as outer:
+                async with tl.open_client(config=CONFIG, stream_factory=broker.connect) as client:
+                    await client.declare_queue(QUEUE, durable=True)
+                    outer.start_soon(serve_until_it_ends, client, ended)
+                    await wait_until(lambda: bool(client.statistics().workers), 5)
+                    broker.refuse_connections = True
+                    broker.sever_all()
+                    await wait_until(lambda: not client.connected, 5)
+                    await trio.sleep(1)
+    [error] = ended
+    assert type(error) is tl.ConnectionClosed, repr(error)
+
+
+async def test_a_worker_outside_the_client_block_ends_when_the_client_gives_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As above, but the client gives up reconnecting (max_reconnect_attempts):
+    the worker raises the client's ConnectionLost."""
+    ended: list[BaseException] = []
+    gives_up = dataclasses.replace(CONFIG, max_reconnect_attempts=2)
+    async with open_fake_broker() as broker:
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as outer:
+                try:
+                    async with tl.open_client(
+                        config=gives_up, stream_factory=broker.connect
+                    ) as client:
+                        await client.declare_queue(QUEUE, durable=True)
+                        outer.start_soon(serve_until_it_ends, client, ended)
+                        await wait_until(lambda: bool(client.statistics().workers), 5)
+                        broker.refuse_connections = True
+                        broker.sever_all()
+                        await trio.sleep_forever()
+                except tl.ConnectionLost:
+                    pass
+    [error] = ended
+    assert type(error) is tl.ConnectionLost, repr(error)

@@ -157,7 +157,7 @@ class Client(Declarations, Serving):
             ConnectionClosed: the client was closed.
         """
         while True:
-            self._raise_if_finished()
+            self.raise_if_finished()
             connection = self._connection
             if connection is not None and connection.is_open:
                 return connection
@@ -168,7 +168,13 @@ class Client(Declarations, Serving):
                 finally:
                     self._stop_waiters.remove(scope)
 
-    def _raise_if_finished(self) -> None:
+    def raise_if_finished(self) -> None:
+        """Internal: raise why the client will not connect again, if it will not.
+
+        Raises:
+            ConnectionLost: the client gave up.
+            ConnectionClosed: the client was closed.
+        """
         state = self._supervisor.state
         if state is ClientState.STOPPED:
             raise self._supervisor.final_error()
@@ -351,8 +357,11 @@ class Client(Declarations, Serving):
         )
 
     def _wake_waiters(self) -> None:
+        """The client finished: wake whoever waits for a connection."""
         for scope in list(self._stop_waiters):
             scope.cancel()
+        for consumer in list(self._consumers):
+            consumer.client_finished()
 
     async def _start_connection(self, params: Parameters) -> Connection:
         """Connect to ``params`` and recover the topology, within

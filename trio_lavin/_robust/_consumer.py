@@ -192,6 +192,11 @@ class RecoveringConsumer:
         self._changed.set()
         self._changed = trio.Event()
 
+    def client_finished(self) -> None:
+        """Internal: the client closed or gave up: an iteration waiting for it to
+        reconnect raises why."""
+        self._wake()
+
     def end_with(self, error: CommandRefused) -> None:
         """Internal: end the consumer: the broker refused to subscribe it with a hard
         error (asking again would be refused again).  The iteration raises
@@ -218,6 +223,7 @@ class RecoveringConsumer:
                 raise self._error
             current, subscription = self._current, self._subscription
             if current is None:
+                self._client.raise_if_finished()
                 await self._changed.wait()
                 continue
             try:
@@ -244,7 +250,8 @@ class RecoveringConsumer:
                     continue  # subscribed again meanwhile
                 if self._refused is None:
                     # The client reconnects and re-subscribes us (or says the
-                    # broker refused): wait for that.
+                    # broker refused, or that it finished): wait for that.
+                    self._client.raise_if_finished()
                     await self._changed.wait()
                     continue
                 # The broker refused the re-subscription: try again ourselves

@@ -30,6 +30,7 @@ from .._client._delivery import Delivery
 from .._exceptions import AMQPConnectionError, AMQPError, MessageReturned
 from .._queues import queue_arguments
 from .._sansio._properties import BasicProperties
+from .._util import unwrap_single_exception
 from ._retry import (
     ATTEMPT_HEADER,
     ERROR_HEADER,
@@ -216,17 +217,20 @@ class Worker:
         self._counters.workers += 1
         try:
             deliveries: RecoveringConsumer
-            async with (
-                self._client.consume(self.queue, prefetch=self.prefetch) as deliveries,
-                trio.open_nursery() as nursery,
-            ):
-                task_status.started()
-                try:
-                    async for delivery in deliveries:
-                        await self._slots.acquire()
-                        nursery.start_soon(self._handle, delivery)
-                finally:
-                    await self._stop(deliveries)
+            # Handlers never raise an Exception: what comes out of the nursery
+            # is the consumer's error (the client closed or gave up), as itself.
+            with unwrap_single_exception():
+                async with (
+                    self._client.consume(self.queue, prefetch=self.prefetch) as deliveries,
+                    trio.open_nursery() as nursery,
+                ):
+                    task_status.started()
+                    try:
+                        async for delivery in deliveries:
+                            await self._slots.acquire()
+                            nursery.start_soon(self._handle, delivery)
+                    finally:
+                        await self._stop(deliveries)
         finally:
             self._counters.workers -= 1
         raise AssertionError(
