@@ -606,15 +606,17 @@ async def test_a_worker_outside_the_client_block_ends_when_the_client_closes_dis
     ended: list[BaseException] = []
     async with open_fake_broker() as broker:
         with trio.fail_after(LIMIT):
-            async with trio.open_nursery() as outer:
-                async with tl.open_client(config=CONFIG, stream_factory=broker.connect) as client:
-                    await client.declare_queue(QUEUE, durable=True)
-                    outer.start_soon(serve_until_it_ends, client, ended)
-                    await wait_until(lambda: bool(client.statistics().workers), 5)
-                    broker.refuse_connections = True
-                    broker.sever_all()
-                    await wait_until(lambda: not client.connected, 5)
-                    await trio.sleep(1)
+            async with (
+                trio.open_nursery() as outer,
+                tl.open_client(config=CONFIG, stream_factory=broker.connect) as client,
+            ):
+                await client.declare_queue(QUEUE, durable=True)
+                outer.start_soon(serve_until_it_ends, client, ended)
+                await wait_until(lambda: bool(client.statistics().workers), 5)
+                broker.refuse_connections = True
+                broker.sever_all()
+                await wait_until(lambda: not client.connected, 5)
+                await trio.sleep(1)
     [error] = ended
     assert type(error) is tl.ConnectionClosed, repr(error)
 
