@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 
+import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
@@ -45,6 +46,7 @@ class WorkerMachine(FaultMachine):
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
+            await trio.sleep(0.1)  # handlers overlap, and faults strike while they run
             kind = self.published[message_id]
             first = ATTEMPT not in (delivery.properties.headers or {})
             if kind == "poison" or (kind == "flaky" and first):

@@ -32,9 +32,13 @@ Transport: TypeAlias = Literal["memory", "socketpair"]
 class _Served:
     """One served connection: the server end of its stream and its cancel scopes."""
 
-    def __init__(self, stream: _ServerStream, conn: BrokerConnection) -> None:
+    def __init__(
+        self, stream: _ServerStream, conn: BrokerConnection, client: trio.abc.Stream
+    ) -> None:
         self.stream = stream
         self.conn = conn
+        #: The client's end of the stream (what :meth:`FakeBrokerServer.connect` returned).
+        self.client = client
         self.scope = trio.CancelScope()  # the whole serve task: cancelled by sever
         self.io_scope = trio.CancelScope()  # reading and writing: cancelled by blackhole
         self.blackholed = False
@@ -115,7 +119,7 @@ class FakeBrokerServer(FakeBroker):
             client, server = trio.SocketStream(client_socket), trio.SocketStream(server_socket)
         else:
             client, server = trio.testing.memory_stream_pair()
-        served = _Served(server, self.new_connection())
+        served = _Served(server, self.new_connection(), client)
         self._served.append(served)
         self.connection_count += 1
         self._nursery.start_soon(self._serve, served)
@@ -129,6 +133,18 @@ class FakeBrokerServer(FakeBroker):
         for served in list(self._served):
             self._drop(served)
             served.scope.cancel()
+
+    def sever(self, stream: trio.abc.Stream) -> bool:
+        """Abruptly close the one connection whose client end is ``stream`` (as
+        :meth:`connect` returned it), as :meth:`sever_all` does for every
+        connection: a crashed client process, say.  False if it is not a
+        current connection."""
+        for served in self._served:
+            if served.client is stream:
+                self._drop(served)
+                served.scope.cancel()
+                return True
+        return False
 
     def blackhole_all(self, broker_timeout: float | None = None) -> None:
         """Stop reading from and writing to every current connection, but keep

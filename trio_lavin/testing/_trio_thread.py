@@ -85,8 +85,9 @@ class SpinGuard(trio.abc.Instrument):
         self._clock = clock
         self._limit = limit
         self._time = math.nan
-        self._steps: Counter[str] = Counter()
-        self._strikes: Counter[str] = Counter()
+        #: Per task, not per name: a worker's many handlers share one.
+        self._steps: Counter[trio.lowlevel.Task] = Counter()
+        self._strikes: Counter[trio.lowlevel.Task] = Counter()
         #: Cancelled when a busy loop does not stop by itself.
         self.scope: trio.CancelScope | None = None
         #: One line per busy loop seen.
@@ -97,19 +98,18 @@ class SpinGuard(trio.abc.Instrument):
         if now != self._time:
             self._time = now
             self._steps.clear()
-        name = task.name
-        self._steps[name] += 1
-        if self._steps[name] < self._limit:
+        self._steps[task] += 1
+        if self._steps[task] < self._limit:
             return
-        self._steps[name] = 0
-        self._strikes[name] += 1
-        if self._strikes[name] == 1:
+        self._steps[task] = 0
+        self._strikes[task] += 1
+        if self._strikes[task] == 1:
             self.spins.append(
-                f"task {name!r} ran {self._limit} steps at virtual time {now} "
+                f"task {task.name!r} ran {self._limit} steps at virtual time {now} "
                 "without waiting for the clock to move: a busy loop"
             )
         step = trio.lowlevel.current_statistics().seconds_to_next_deadline
-        if 0 < step < math.inf and self._strikes[name] < MAX_STRIKES:
+        if 0 < step < math.inf and self._strikes[task] < MAX_STRIKES:
             self._clock.jump(step)
         elif self.scope is not None:
             self._clock.autojump_threshold = 0  # let shielded timeouts elapse

@@ -18,6 +18,7 @@ Needs hypothesis (``pip install 'trio-lavin[testing]'``).  See
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -48,6 +49,10 @@ class FaultMachine(RuleBasedStateMachine):
     Attributes available to subclasses: :attr:`broker` (the fake broker), :attr:`client`
     (a client of the test's own, for publishing and inspecting; it stays up across the
     application's crashes, and reconnects after severs like any other), :attr:`crashes`.
+
+    A subclass's ``__init__`` sets its own attributes *before* it calls
+    ``super().__init__()``: that starts the world, which runs :meth:`prepare` and
+    :meth:`application` at once.
     """
 
     #: The configuration of every client (the application's and :attr:`client`):
@@ -64,6 +69,8 @@ class FaultMachine(RuleBasedStateMachine):
         super().__init__()
         self.crashes = 0
         self._app_scope: trio.CancelScope | None = None
+        #: The client ends of the running application's connections.
+        self._app_streams: list[trio.abc.Stream] = []
         self._nursery: trio.Nursery | None = None
         self._thread: TrioThread[FaultMachine] = TrioThread(self._world, name=type(self).__name__)
         self._thread.start()
@@ -125,10 +132,18 @@ class FaultMachine(RuleBasedStateMachine):
         self._nursery.start_soon(self._run_application, scope, name="application")
 
     async def _run_application(self, scope: trio.CancelScope) -> None:
+        streams: list[trio.abc.Stream] = []
+        self._app_streams = streams
+
+        async def connect() -> trio.abc.Stream:
+            if scope.cancel_called:  # crashed: a dead process does not reconnect
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "the application crashed")
+            stream = await self._broker.connect()
+            streams.append(stream)
+            return stream
+
         with scope:
-            async with lavin.open_client(
-                stream_factory=self._broker.connect, config=self.config
-            ) as client:
+            async with lavin.open_client(stream_factory=connect, config=self.config) as client:
                 await self.application(client)
 
     async def _advance(self, seconds: float) -> None:
@@ -164,13 +179,19 @@ class FaultMachine(RuleBasedStateMachine):
 
     @rule()
     def crash_application(self) -> None:
-        """The application dies (its work in progress is lost, its connection closes)
-        and starts again with a new client."""
+        """The application dies and starts again with a new client, as a killed and
+        restarted process would: its connections are severed first (the broker
+        requeues what it held unacked, and no ack it sends afterwards arrives),
+        then it is cancelled.  Code the application shields from cancellation
+        (a worker's handlers, during their grace period) may still run to its
+        end in the trio world, but nothing it sends reaches the broker."""
         assert self._app_scope is not None
         self.crashes += 1
 
         async def crash_and_restart() -> None:
             assert self._app_scope is not None
+            for stream in self._app_streams:
+                self._broker.sever(stream)
             self._app_scope.cancel()
             await settle()
             self._start_application()
