@@ -12,6 +12,7 @@ import functools
 import itertools
 from dataclasses import dataclass
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import given, note, settings
@@ -119,8 +120,10 @@ def plans(draw: st.DrawFn) -> Plan:
 class Seen:
     """What the handler saw."""
 
-    #: (number, attempt, raised) of every handler run, in order of their ends.
-    runs: list[tuple[int, int, bool]]
+    #: (number, attempt, raised, dead) of every handler run, in order of their
+    #: ends; dead: it raised when its channel was gone (so no copy is made: the
+    #: broker delivers it again).
+    runs: list[tuple[int, int, bool, bool]]
     #: Successful runs per message number.
     succeeded: collections.Counter[int]
     #: Severs that cut a connection (not those made while there was none).
@@ -169,8 +172,10 @@ async def run_plan(plan: Plan) -> Outcome:
                 strike(run, "start")
                 await trio.sleep((number * 3 + run * plan.pace) % 4 / 1000)
                 raising = number == plan.poison or (number in plan.flaky and attempt == 1)
-                seen.runs.append((number, attempt, raising))
                 strike(run, "end")
+                channel = delivery.channel
+                dead = raising and not (channel.is_open and channel.connection.is_open)
+                seen.runs.append((number, attempt, raising, dead))
                 if raising:
                     raise HandlerFailed(f"{number} fails attempt {attempt}")
                 seen.succeeded[number] += 1
@@ -255,13 +260,13 @@ def test_every_message_is_handled_and_the_counters_agree_under_failures_and_seve
     if plan.window or not interfered:
         assert set(seen.succeeded.values()) <= {1}
     for number in plan.flaky:
-        attempts = sorted(a for n, a, _ in seen.runs if n == number)
+        attempts = sorted(a for n, a, _, dead in seen.runs if n == number and not dead)
         assert set(attempts) == {1, 2}
         if plan.window or not interfered:
             assert attempts == [1, 2]  # failed once, then its copy succeeded
 
     # The always-failing message: 3 attempts, then parked.
-    poison_attempts = sorted(a for n, a, _ in seen.runs if n == plan.poison)
+    poison_attempts = sorted(a for n, a, _, dead in seen.runs if n == plan.poison and not dead)
     parked = outcome.parked
     if plan.poison is None:
         assert poison_attempts == []
@@ -289,11 +294,12 @@ def test_every_message_is_handled_and_the_counters_agree_under_failures_and_seve
         assert len(parked) >= worker.dead_lettered >= 1
 
     # The counters agree with the handler.
-    raised = [(n, a) for n, a, r in seen.runs if r]
+    raised = [(n, a) for n, a, r, _ in seen.runs if r]
+    copied = [(n, a) for n, a, r, dead in seen.runs if r and not dead]
     assert worker.handled == sum(seen.succeeded.values()) == len(seen.runs) - len(raised)
     assert worker.failed == len(raised)
-    assert worker.retried == sum(a < RETRY.attempts for _, a in raised)
-    assert worker.dead_lettered == sum(a >= RETRY.attempts for _, a in raised)
+    assert worker.retried == sum(a < RETRY.attempts for _, a in copied)
+    assert worker.dead_lettered == sum(a >= RETRY.attempts for _, a in copied)
     assert worker.in_flight == 0
     assert worker.workers == 1
     if not plan.window:
@@ -645,3 +651,92 @@ async def test_a_worker_outside_the_client_block_ends_when_the_client_gives_up(
                     pass
     [error] = ended
     assert type(error) is tl.ConnectionLost, repr(error)
+
+
+async def test_a_handler_that_fails_after_its_channel_died_makes_no_retry_copy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The connection is severed while the handler runs, and then the handler
+    raises: the broker delivers the message again by itself, so the worker
+    publishes no retry copy (regression: it did, once reconnected, and the
+    message was handled twice more: the redelivery and the copy)."""
+    runs: list[int] = []
+
+    async def handler(delivery: tl.Delivery) -> None:
+        runs.append(attempt_of(delivery))
+        if len(runs) == 1:
+            broker.sever_all()
+            await wait_until(lambda: not delivery.channel.is_open, 5)
+            raise HandlerFailed("after the sever")
+
+    async with (
+        open_fake_broker() as broker,
+        tl.open_client(config=CONFIG, stream_factory=broker.connect) as client,
+    ):
+        await client.declare_queue(QUEUE, durable=True)
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(functools.partial(client.serve, QUEUE, handler, retry=RETRY))
+                broker.publish("", QUEUE, b"order")
+                await wait_until(lambda: len(runs) == 2, 10)
+                await trio.sleep(2)
+                nursery.cancel_scope.cancel()
+        assert runs == [1, 1]  # the broker's redelivery, no copy with attempt 2
+        worker = worker_of(client)
+        assert (worker.failed, worker.retried, worker.handled) == (1, 0, 1)
+        assert bodies(broker, QUEUE) == []
+
+
+async def test_a_parked_copy_is_persistent_and_does_not_expire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A transient message with an expiration fails its last attempt: its copy in
+    the parking queue is persistent (delivery_mode 2) and has no expiration, as
+    the broker's own dead-lettering does; other properties are kept."""
+
+    async def handler(delivery: tl.Delivery) -> None:
+        raise HandlerFailed("never works")
+
+    async with (
+        open_fake_broker() as broker,
+        tl.open_client(config=CONFIG, stream_factory=broker.connect) as client,
+    ):
+        await client.declare_queue(QUEUE, durable=True)
+        retry = tl.Retry(attempts=1, dead_letter_queue=PARKED)
+        with trio.fail_after(LIMIT):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(functools.partial(client.serve, QUEUE, handler, retry=retry))
+                properties = tl.BasicProperties(
+                    delivery_mode=1, expiration="60000", content_type="text/plain"
+                )
+                broker.publish("", QUEUE, b"order", properties)
+                await wait_until(lambda: worker_of(client).dead_lettered == 1, 10)
+                nursery.cancel_scope.cancel()
+        [parked] = broker.queue(PARKED).messages
+        assert parked.properties.delivery_mode == 2
+        assert parked.properties.expiration is None
+        assert parked.properties.content_type == "text/plain"
+
+
+async def test_the_copies_producer_takes_any_body_the_client_may_receive() -> None:
+    """A client that receives bodies up to 200 MiB can copy them to a retry queue:
+    the producer for copies has that limit, not the usual 128 MiB."""
+    config = dataclasses.replace(CONFIG, max_body_size=200 * 1024 * 1024)
+    async with (
+        open_fake_broker() as broker,
+        tl.open_client(config=config, stream_factory=broker.connect) as client,
+    ):
+        assert client.shared_producer().max_message_size == 200 * 1024 * 1024
+
+
+async def test_a_worker_refused_for_its_arguments_leaves_no_statistics_behind() -> None:
+    async def handler(delivery: tl.Delivery) -> None:
+        pass
+
+    async with (
+        open_fake_broker() as broker,
+        tl.open_client(config=CONFIG, stream_factory=broker.connect) as client,
+    ):
+        with pytest.raises(ValueError, match=r"concurrency must be an int in 1\.\.65535, not 0"):
+            await client.serve(QUEUE, handler, concurrency=0)
+        assert client.statistics().workers == ()

@@ -1166,6 +1166,39 @@ async def test_blackhole_all_keeps_the_connection_open_but_silent() -> None:
         assert await client.at_eof()
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "dropped"),
+    [
+        (None, 5.0, 5.0),  # regression: the first call's "for ever" stayed
+        (10.0, 4.0, 4.0),  # counted from the first blackhole, not the second
+        (3.0, None, None),  # never, after all
+    ],
+)
+async def test_a_second_blackhole_sets_the_broker_timeout_from_the_first(
+    autojump_clock: trio.testing.MockClock,
+    first: float | None,
+    second: float | None,
+    dropped: float | None,
+) -> None:
+    """``blackhole_all(broker_timeout=t)`` on a connection blackholed already (at
+    time 0) drops it ``t`` seconds after the first blackhole."""
+    async with open_fake_broker() as broker:
+        client = StreamClient(await broker.connect())
+        await client.handshake()
+        start = trio.current_time()
+        broker.blackhole_all(broker_timeout=first)
+        await trio.sleep(2)
+        broker.blackhole_all(broker_timeout=second)
+        if dropped is not None:
+            assert await client.at_eof()
+            assert trio.current_time() - start == pytest.approx(dropped)
+            assert broker.connections == []
+            return
+        await trio.sleep(100)
+        assert len(broker.connections) == 1  # still there, blackholed
+        broker.sever_all()
+
+
 async def test_server_sends_heartbeats_at_half_the_negotiated_interval(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trio_lavin.testing import Broker
+from trio_lavin.testing.pytest_plugin import broker_kind
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "test_with_the_pytest_plugin.py"
 
 
@@ -33,3 +36,9 @@ def test_the_plugin_example_passes_in_a_project_of_its_own(tmp_path: Path) -> No
     assert result.returncode == 0, output
     assert "4 passed" in output.splitlines()[-1], output
     assert not (tmp_path / "conftest.py").exists()
+
+
+async def test_the_plugin_names_the_broker_at_amqp_url_by_its_product(broker: Broker) -> None:
+    """With ``AMQP_URL`` set, ``lavin_broker.kind`` is the product the broker
+    names, not always "rabbitmq" (regression)."""
+    assert await broker_kind(broker.url) == broker.kind

@@ -512,9 +512,15 @@ class Client(Declarations, Serving):
 
     def shared_producer(self) -> Producer:
         """Internal: the client's producer for copies to any queue (a worker's
-        retries and dead letters): default exchange, CONFIRM, mandatory."""
+        retries and dead letters): default exchange, CONFIRM, mandatory, and
+        a size limit that takes any body a consumer of this client received."""
         if self._shared_producer is None:
-            self._shared_producer = self.producer(exchange="", routing_key="", mandatory=True)
+            self._shared_producer = self.producer(
+                exchange="",
+                routing_key="",
+                mandatory=True,
+                max_message_size=max(DEFAULT_MAX_MESSAGE_SIZE, self.config.max_body_size),
+            )
         return self._shared_producer
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:

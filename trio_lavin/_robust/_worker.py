@@ -350,6 +350,16 @@ class Worker:
                 self.queue, described,
             )  # fmt: skip
             return
+        channel = delivery.channel
+        if not (channel.is_open and channel.connection.is_open):
+            # Its channel is gone: the broker delivers it again by itself, and a
+            # copy now would make two of it.
+            logger.warning(
+                "handler for queue %r raised %s after its channel closed; "
+                "the broker delivers the message again",
+                self.queue, described,
+            )  # fmt: skip
+            return
         properties = delivery.properties
         # A copy is a new message: the broker's history of the last pass through a
         # delay queue stays behind (brokers drop a message whose x-death shows it
@@ -373,6 +383,9 @@ class Worker:
             headers[QUEUE_HEADER] = self.queue
             headers[ATTEMPT_HEADER] = attempt
             target = decision.queue
+            # Parked until someone looks (as the broker's own dead-lettering
+            # does, the expiration stays behind), and kept across broker restarts.
+            properties = properties.replace(expiration=None, delivery_mode=2)
         else:
             logger.warning(
                 "handler for queue %r failed attempt %d of %d (%s); retrying in %g s",
@@ -527,7 +540,7 @@ class Serving:
                 to subscribe (404: no such queue).
             ConnectionClosed, ConnectionLost: the client was closed or gave up.
         """
-        counters = self._worker_counters.setdefault(queue, WorkerCounters())
+        counters = self._worker_counters.get(queue) or WorkerCounters()
         worker = Worker(
             self,
             queue,
@@ -540,4 +553,5 @@ class Serving:
             grace=grace,
             counters=counters,
         )
+        self._worker_counters.setdefault(queue, counters)  # the arguments were fine
         await worker.run(task_status)

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lavinmq_main(rest)
     from ._cluster import main as cluster_main
 
-    return cluster_main()
+    return cluster_main(rest)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class ClusterNode(RabbitNode):
         )
 
     def _start_epmd(self) -> None:
-        self.cluster._ensure_epmd()
+        self.cluster.ensure_epmd()
 
 
 class RabbitCluster:
@@ -128,7 +128,7 @@ class RabbitCluster:
         """Boot every node in parallel, then join nodes 1.. to node 0.  Raises BrokerError
         (with the nodes' log tails) if that does not work within the deadlines."""
         t0 = time.monotonic()
-        self._ensure_epmd()
+        self.ensure_epmd()
         self._in_parallel([node.start for node in self.nodes], "starting the nodes")
         t1 = time.monotonic()
         self.boot_seconds = t1 - t0
@@ -281,7 +281,9 @@ class RabbitCluster:
                     raise BrokerError(f"node {node.index} could not join node 0: {exc}") from exc
                 time.sleep(1)
 
-    def _ensure_epmd(self) -> None:
+    def ensure_epmd(self) -> None:
+        """Start the cluster's own epmd (Erlang's port mapper, on a private
+        port), or start it again if it died; the nodes call it as they start."""
         with self._epmd_lock:
             if self._epmd is not None and self._epmd.poll() is None:
                 return
@@ -324,10 +326,26 @@ class RabbitCluster:
             raise self.error(f"{what} failed: {errors[0]}") from errors[0]
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trio_lavin.testing cluster [--size N]``: boot a cluster, print
+    its URLs, run until interrupted (or a node dies)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_lavin.testing cluster",
+        description="Boot a throwaway RabbitMQ cluster on free loopback ports in a "
+        "temp dir, print each node's AMQP URL, and run until interrupted (^C) or a "
+        "node stops; everything is removed afterwards.",
+    )
+    parser.add_argument(
+        "--size", type=int, default=3, help="nodes in the cluster, at least 2 (default 3)"
+    )
+    args = parser.parse_args(argv)
+    if args.size < 2:
+        parser.error(f"--size must be at least 2, not {args.size}")
     with _sigterm_as_exit(), contextlib.suppress(KeyboardInterrupt):
         t0 = time.monotonic()
-        with RabbitCluster() as cluster:
+        with RabbitCluster(args.size) as cluster:
             print(
                 f"cluster up in {time.monotonic() - t0:.1f}s (boot {cluster.boot_seconds:.1f}s, "
                 f"join {cluster.join_seconds:.1f}s)",

@@ -42,8 +42,19 @@ class _Served:
         self.scope = trio.CancelScope()  # the whole serve task: cancelled by sever
         self.io_scope = trio.CancelScope()  # reading and writing: cancelled by blackhole
         self.blackholed = False
+        #: When it was blackholed (it has been silent since).
+        self.blackholed_at = math.inf
         #: Seconds a blackholed connection lives on (None: until severed).
         self.broker_timeout: float | None = None
+        #: Its deadline is the broker's timeout of a blackholed connection.
+        self.timeout_scope = trio.CancelScope()
+
+    def time_out_blackholed(self, broker_timeout: float | None) -> None:
+        """Drop it ``broker_timeout`` seconds after it was first blackholed."""
+        self.broker_timeout = broker_timeout
+        self.timeout_scope.deadline = (
+            math.inf if broker_timeout is None else self.blackholed_at + broker_timeout
+        )
 
 
 class FakeBrokerServer(FakeBroker):
@@ -152,10 +163,17 @@ class FakeBrokerServer(FakeBroker):
         the client's heartbeat timeout (or :meth:`sever_all`) can end it; the
         broker keeps the connections, and their unacked messages, until then,
         or, with ``broker_timeout``, for that many seconds (a real broker's own
-        heartbeat check, two intervals) before it drops them and requeues."""
+        heartbeat check, two intervals) before it drops them and requeues.
+
+        A connection blackholed already stays so; its ``broker_timeout``
+        becomes the new one, counted from when it was first blackholed (it
+        has been silent since, and a broker's heartbeat check counts from
+        the last byte it got)."""
         for served in self._served:
-            served.blackholed = True
-            served.broker_timeout = broker_timeout
+            if not served.blackholed:
+                served.blackholed = True
+                served.blackholed_at = trio.current_time()
+            served.time_out_blackholed(broker_timeout)
             served.io_scope.cancel()
 
     def wakeup(self) -> None:
@@ -191,8 +209,8 @@ class FakeBrokerServer(FakeBroker):
                         nursery.start_soon(self._write_loop, served, nursery.cancel_scope)
                 if served.blackholed:
                     # Until sever_all(), the broker stops, or it times the connection out.
-                    timeout = served.broker_timeout
-                    await trio.sleep(math.inf if timeout is None else timeout)
+                    with served.timeout_scope:
+                        await trio.sleep_forever()
             finally:
                 self._drop(served)
 

@@ -8,8 +8,10 @@ Every name starts with ``lavin_``, so none collides with a project's own:
                        loopback ports (RabbitMQ; LavinMQ with
                        ``--lavin-broker=lavinmq``), stopped at the end.
 ``lavin_broker``       (session) the same as a :class:`Broker`: ``.url``,
-                       ``.kind`` and ``.node`` (the throwaway node, to kill
-                       and restart; None for the broker at ``AMQP_URL``).
+                       ``.kind`` ("rabbitmq" or "lavinmq"; for the broker at
+                       ``AMQP_URL``, the product it names) and ``.node`` (the
+                       throwaway node, to kill and restart; None for the
+                       broker at ``AMQP_URL``).
 ``lavin_client``       (function, async) an :func:`~trio_lavin.open_client`
                        connected to it, closed after the test.
 ``lavin_fault_proxy``  (function, async) a :class:`FaultProxy` in front of
@@ -28,6 +30,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import trio
 
 import trio_lavin as lavin
 
@@ -55,7 +58,7 @@ def lavin_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     """The broker at ``AMQP_URL``, or a throwaway node for the session."""
     url = os.environ.get("AMQP_URL")
     if url:
-        yield Broker(url=url)
+        yield Broker(url=url, kind=trio.run(broker_kind, url))
         return
     kind = request.config.getoption("--lavin-broker")
     try:
@@ -67,6 +70,21 @@ def lavin_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         yield Broker(url=node.url, node=node, kind=kind)
     finally:
         node.stop()
+
+
+async def broker_kind(url: str) -> str:
+    """ "rabbitmq" or "lavinmq", as the broker at ``url`` names its product
+    (any other name in lower case; "unknown" when it gives none).
+
+    Raises:
+        AMQPConnectionError: no broker answers at ``url``.
+    """
+    with trio.fail_after(30):
+        async with lavin.open_connection(url) as connection:
+            product = connection.server_properties.get("product")
+    if isinstance(product, bytes | bytearray):
+        product = product.decode("utf-8", "replace")
+    return product.lower() if isinstance(product, str) and product else "unknown"
 
 
 @pytest.fixture(scope="session")
