@@ -231,9 +231,11 @@ def _blocks(lines: list[str]) -> Iterator[str]:
             while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
                 block.append(lines[i])
                 i += 1
+            code = textwrap.dedent("\n".join(block)).strip("\n")
             yield ""
-            yield "```python"
-            yield textwrap.dedent("\n".join(block)).strip("\n")
+            # A table (or any text) rather than code: no Python highlighting.
+            yield "```text" if code.startswith("=") else "```python"
+            yield code
             yield "```"
             yield ""
             continue
@@ -379,8 +381,8 @@ def render() -> str:
         "",
         "Everything below is importable from `trio_lavin` (`import trio_lavin as lavin`).",
         "Names starting with an underscore, and modules whose name does, are private.",
-        "The test helpers, `trio_lavin.testing`, are at the end (and in [Testing your "
-        "app](testing.md)).",
+        "The Prometheus exporter, `trio_lavin.prometheus`, and the test helpers, "
+        "`trio_lavin.testing`, are at the end (and in [Testing your app](testing.md)).",
         "",
     ]
     for title, names in sections.items():
@@ -399,10 +401,24 @@ def render() -> str:
                 out += render_class(name, obj)
             else:
                 out += render_function(name, obj)
+    out += render_prometheus()
     out += render_testing()
     text = "\n".join(out)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return text.rstrip("\n") + "\n"
+
+
+def render_prometheus() -> list[str]:
+    """The Prometheus exporter: ``trio_lavin.prometheus`` (the ``prometheus`` extra)."""
+    import trio_lavin.prometheus
+
+    out = ["## Prometheus metrics", ""]
+    out += [markdown(inspect.getdoc(trio_lavin.prometheus) or ""), ""]
+    for name in trio_lavin.prometheus.__all__:
+        obj = getattr(trio_lavin.prometheus, name)
+        title = f"prometheus.{name}"
+        out += render_class(title, obj) if inspect.isclass(obj) else render_function(title, obj)
+    return out
 
 
 def render_testing() -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import trio_lavin
+import trio_lavin.prometheus
 import trio_lavin.testing
 from trio_lavin.testing import machines, strategies
 
@@ -60,6 +61,7 @@ def test_api_reference_documents_every_public_name() -> None:
     public |= {f"testing.{name}" for name in trio_lavin.testing.__all__}
     public |= {f"testing.strategies.{name}" for name in strategies.__all__}
     public |= {f"testing.machines.{name}" for name in machines.__all__}
+    public |= {f"prometheus.{name}" for name in trio_lavin.prometheus.__all__}
     assert sorted(public - headings) == []
     assert sorted(headings - public) == []
 

@@ -14,52 +14,52 @@ Needs the optional extra: ``pip install 'trio-lavin[prometheus]'`` (it brings
 
 Nothing runs between scrapes: the collector reads ``client.statistics()``
 when it is scraped.  Every metric is named ``trio_lavin_*`` and labelled with
-the ``client`` it is about; counters end in ``_total``.
+the ``client`` it is about; counters end in ``_total``.  The metrics::
 
-==========================================  =======  ============================
-metric                                      type     labels (besides ``client``)
-==========================================  =======  ============================
-trio_lavin_connected                        gauge
-trio_lavin_client_state                     gauge    state (1 for the current one)
-trio_lavin_seconds_since_connect            gauge
-trio_lavin_connects_total                   counter
-trio_lavin_reconnects_total                 counter
-trio_lavin_connect_attempts_total           counter
-trio_lavin_connect_failures_total           counter
-trio_lavin_connection_losses_total          counter  detected_by (event, poll)
-trio_lavin_recovery_failures_total          counter
-trio_lavin_events_dropped_total             counter
-trio_lavin_sent_bytes_total                 counter
-trio_lavin_received_bytes_total             counter
-trio_lavin_producer_published_total         counter  target
-trio_lavin_producer_republished_total       counter  target
-trio_lavin_producer_confirmed_total         counter  target
-trio_lavin_producer_nacked_total            counter  target
-trio_lavin_producer_retries_total           counter  target
-trio_lavin_producer_returned_total          counter  target
-trio_lavin_producer_dropped_total           counter  target, reason
-trio_lavin_producer_buffered_messages       gauge    target
-trio_lavin_producer_in_flight_messages      gauge    target
-trio_lavin_producer_pauses_total            counter  target
-trio_lavin_producer_paused                  gauge    target
-trio_lavin_consumer_consumed_total          counter  queue
-trio_lavin_consumer_redelivered_total       counter  queue
-trio_lavin_consumer_acked_total             counter  queue
-trio_lavin_consumer_nacked_total            counter  queue
-trio_lavin_consumer_rejected_total          counter  queue
-trio_lavin_consumer_stale_acks_total        counter  queue
-trio_lavin_consumer_subscriptions_total     counter  queue
-trio_lavin_consumer_buffered_messages       gauge    queue
-trio_lavin_consumers                        gauge    queue
-trio_lavin_consumer_stream_offset           gauge    queue
-trio_lavin_worker_handled_total             counter  queue
-trio_lavin_worker_failed_total              counter  queue
-trio_lavin_worker_retried_total             counter  queue
-trio_lavin_worker_dead_lettered_total       counter  queue
-trio_lavin_worker_duplicates_total          counter  queue
-trio_lavin_worker_in_flight_handlers        gauge    queue
-trio_lavin_workers                          gauge    queue
-==========================================  =======  ============================
+    ==========================================  =======  ============================
+    metric                                      type     labels (besides client)
+    ==========================================  =======  ============================
+    trio_lavin_connected                        gauge
+    trio_lavin_client_state                     gauge    state (1 for the current one)
+    trio_lavin_seconds_since_connect            gauge
+    trio_lavin_connects_total                   counter
+    trio_lavin_reconnects_total                 counter
+    trio_lavin_connect_attempts_total           counter
+    trio_lavin_connect_failures_total           counter
+    trio_lavin_connection_losses_total          counter  detected_by (event, poll)
+    trio_lavin_recovery_failures_total          counter
+    trio_lavin_events_dropped_total             counter
+    trio_lavin_sent_bytes_total                 counter
+    trio_lavin_received_bytes_total             counter
+    trio_lavin_producer_published_total         counter  target
+    trio_lavin_producer_republished_total       counter  target
+    trio_lavin_producer_confirmed_total         counter  target
+    trio_lavin_producer_nacked_total            counter  target
+    trio_lavin_producer_retries_total           counter  target
+    trio_lavin_producer_returned_total          counter  target
+    trio_lavin_producer_dropped_total           counter  target, reason
+    trio_lavin_producer_buffered_messages       gauge    target
+    trio_lavin_producer_in_flight_messages      gauge    target
+    trio_lavin_producer_pauses_total            counter  target
+    trio_lavin_producer_paused                  gauge    target
+    trio_lavin_consumer_consumed_total          counter  queue
+    trio_lavin_consumer_redelivered_total       counter  queue
+    trio_lavin_consumer_acked_total             counter  queue
+    trio_lavin_consumer_nacked_total            counter  queue
+    trio_lavin_consumer_rejected_total          counter  queue
+    trio_lavin_consumer_stale_acks_total        counter  queue
+    trio_lavin_consumer_subscriptions_total     counter  queue
+    trio_lavin_consumer_buffered_messages       gauge    queue
+    trio_lavin_consumers                        gauge    queue
+    trio_lavin_consumer_stream_offset           gauge    queue
+    trio_lavin_worker_handled_total             counter  queue
+    trio_lavin_worker_failed_total              counter  queue
+    trio_lavin_worker_retried_total             counter  queue
+    trio_lavin_worker_dead_lettered_total       counter  queue
+    trio_lavin_worker_duplicates_total          counter  queue
+    trio_lavin_worker_in_flight_handlers        gauge    queue
+    trio_lavin_workers                          gauge    queue
+    ==========================================  =======  ============================
 """
 
 from __future__ import annotations
