@@ -203,3 +203,20 @@ def test_no_doc_passes_keywords_to_nursery_start() -> None:
     }
     assert found == {}
     assert nursery_starts_with_keywords("`await nursery.start(f, x,\n  y=1)`")  # it would see one
+
+
+def test_every_other_fenced_block_is_a_url_the_client_parses() -> None:
+    """Python blocks are compiled (above) and run (tests/integration/test_doc_blocks.py),
+    sh blocks run (tests/integration/test_doc_commands.py), text blocks are output; a
+    block with no language is a URL, and must parse."""
+    others = []
+    for page in pages():
+        if page.name == "api.md":
+            continue  # signatures
+        for language, body in re.findall(r"^```(\w*)\n(.*?)^```", page.read_text(), re.M | re.S):
+            assert language in ("python", "sh", "text", ""), f"{page.name}: ```{language}"
+            if language == "":
+                others.append(body.strip())
+    assert len(others) >= 3
+    for url in others:
+        assert trio_lavin.parse_url(url).host, url
