@@ -76,6 +76,7 @@ async def test_a_stream_read_across_severs_hands_each_settled_offset_over_once(
     settled_once = sorted(set(offsets))
     assert settled_once == list(range(COUNT))  # no gaps
     replays = len(offsets) - COUNT
+    print(f"stream, {SEVERS} severs: {len(offsets)} deliveries, {replays} of unacked offsets")
     if no_ack:
         assert replays == 0
     else:
