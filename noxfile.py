@@ -181,7 +181,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def fuzz(session: nox.Session) -> None:
     """Every harness in fuzz/ under atheris (see fuzz/README.md); seconds per
-    harness as the first argument (default 60; CI runs ``nox -s fuzz -- 20``).
+    harness as the first argument (default 60; CI runs ``nox -s fuzz -- 10``).
     Every harness runs even when one finds a crash; the session fails at the
     end, and the crashing input is in ``fuzz/crash-*``."""
     seconds = session.posargs[0] if session.posargs else "60"
