@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests._checkout import fresh_checkout
 from trio_lavin.testing import Broker
 from trio_lavin.testing.pytest_plugin import broker_kind
 
@@ -48,10 +49,7 @@ def test_the_plugin_example_passes_in_a_project_of_its_own(tmp_path: Path) -> No
 
 
 def test_the_plugin_example_passes_with_only_the_checkout_installed(tmp_path: Path) -> None:
-    assert (ROOT / ".git").exists(), "the checkout is installed from a git clone of it"
-    checkout, venv = tmp_path / "checkout", tmp_path / "venv"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    checkout, venv = fresh_checkout(tmp_path)
     python = venv / "bin" / "python"
     install = [str(python), "-m", "pip", "install", "-q", f"{checkout}[testing]"]
     subprocess.run(install, check=True, timeout=300, capture_output=True)
