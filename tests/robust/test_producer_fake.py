@@ -3,6 +3,7 @@ drops, re-publishing after a reconnect, and "exactly one outcome"."""
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
@@ -433,6 +434,100 @@ def test_every_message_handed_over_gets_exactly_one_outcome(
     assert stats.retries <= handed * nack_retries
     if drain:
         assert stats.dropped[tl.DropReason.CLOSED] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations=OPERATIONS, policy=st.sampled_from(tl.BufferPolicy), drain=st.booleans())
+def test_fire_and_forget_hands_every_message_to_the_connection_or_reports_it(
+    operations: list[tuple[str, int]], policy: tl.BufferPolicy, drain: bool
+) -> None:
+    """As above, FIRE_AND_FORGET (whose plain messages wait in the buffer as
+    tuples, not Message objects): every message taken is published once or
+    reported to on_drop once, with its own sequence, body and target."""
+    dropped: list[tuple[int, bytes, str, str]] = []
+    handed: list[bytes] = []
+    config = tl.Config(buffer_size=4, heartbeat=10, reconnect_max_delay=1.0)
+
+    def on_drop(message: tl.Message, target: str, reason: tl.DropReason) -> None:
+        assert message.properties is None
+        dropped.append((message.sequence, message.body, message.routing_key, target))
+
+    async def scenario() -> tl.ProducerStatistics:
+        async with open_fake_broker(heartbeat=10) as broker:
+            async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+                await client.declare_queue("q")
+                producer = client.producer(
+                    "q", mode=tl.PublishMode.FIRE_AND_FORGET, buffer_policy=policy
+                )
+                producer.on_drop(on_drop)
+                for operation, argument in operations:
+                    if operation == "publish":
+                        for _ in range(argument):
+                            body = b"%d" % len(handed)
+                            try:
+                                producer.publish_nowait(body)
+                            except (tl.BufferFull, trio.WouldBlock):
+                                continue
+                            handed.append(body)
+                    elif operation == "sever":
+                        broker.sever_all()
+                    elif operation == "refuse":
+                        broker.refuse_connections = bool(argument)
+                    elif operation != "nack":
+                        await trio.sleep(argument / 1000)
+                broker.refuse_connections = False
+                if drain:
+                    with trio.fail_after(120):
+                        await producer.drain()
+                    assert producer.statistics().buffered == 0
+            return producer.statistics()
+
+    stats = trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert stats.published + len(dropped) == len(handed)
+    assert stats.republished == 0
+    assert len({sequence for sequence, *_ in dropped}) == len(dropped)
+    assert {body for _, body, _, _ in dropped} <= set(handed)
+    assert all(key == target == "q" for _, _, key, target in dropped)
+    if drain:
+        assert stats.dropped[tl.DropReason.CLOSED] == 0
+
+
+async def test_plain_messages_wait_in_the_buffer_as_no_objects_for_the_collector(
+    broker: FakeBrokerServer,
+) -> None:
+    """A FIRE_AND_FORGET producer buffers plain bytes (no properties) without
+    an object per message that the cyclic garbage collector walks; evicted,
+    refused and closed ones still reach on_drop as whole Messages."""
+    config = tl.Config(buffer_size=10_000, reconnect_jitter=0.0, heartbeat=10)
+    seen: list[tl.Message] = []
+    reasons: list[tl.DropReason] = []
+
+    def on_drop(message: tl.Message, target: str, reason: tl.DropReason) -> None:
+        seen.append(message)
+        reasons.append(reason)
+
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer(
+            "q", mode=tl.PublishMode.FIRE_AND_FORGET, buffer_policy=tl.BufferPolicy.DROP_OLDEST
+        )
+        producer.on_drop(on_drop)
+        gc.collect()
+        tracked = len(gc.get_objects())
+        for i in range(10_000):
+            producer.publish_nowait(b"%d" % i)
+        gc.collect()
+        grown = len(gc.get_objects()) - tracked
+        assert grown < 1_000, f"{grown} more objects tracked for 10 000 buffered messages"
+        assert producer.publish_nowait(b"newest")  # evicts message 1
+    assert [(m.body, m.sequence, m.exchange, m.routing_key) for m in seen[:2]] == [
+        (b"0", 1, "", "q"),
+        (b"1", 2, "", "q"),
+    ]
+    assert reasons[0] is tl.DropReason.EVICTED
+    assert reasons[1:] == [tl.DropReason.CLOSED] * 10_000
+    assert seen[-1].body == b"newest"
+    assert all(m.properties is None and m.attempts == 0 for m in seen)
 
 
 async def publish_into_a_406(

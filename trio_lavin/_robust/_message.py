@@ -118,6 +118,22 @@ class Message:
     _error: BaseException | None = None
 
 
+#: A plain message as a FIRE_AND_FORGET producer's buffer holds it: Message's
+#: first fields (body, properties None, exchange, routing key, mandatory,
+#: sequence) in a tuple.  A tuple of such values is no object for the cyclic
+#: garbage collector to walk again and again while it waits (a Message is),
+#: and is cheaper to make: :func:`as_message` makes the Message when one is
+#: needed (to report a drop, to publish it again).
+Plain = tuple[bytes, None, str, str, bool, int]
+#: What a producer's buffer holds.
+Buffered = Message | Plain
+
+
+def as_message(item: Buffered) -> Message:
+    """``item`` as a :class:`Message`."""
+    return item if isinstance(item, Message) else Message(*item)
+
+
 DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
 
 
@@ -219,10 +235,15 @@ def drop_error(message: Message, reason: DropReason) -> AMQPError:
     return PublishError(f"message {message.sequence} was dropped: {reason.value}")
 
 
-def queue_on(channel: Channel, message: Message, *, kick: bool) -> Confirmation | None:
+def queue_on(channel: Channel, message: Buffered, *, kick: bool) -> Confirmation | None:
     """Queue ``message`` for sending on ``channel``; ``kick``: wake the
     connection's writer to send it (else the caller sends it, or wakes the
     writer)."""
+    if not isinstance(message, Message):
+        body, _, exchange, routing_key, mandatory, _ = message
+        return channel._publish_nowait(
+            body, exchange, routing_key, EMPTY_PROPERTIES, mandatory, kick=kick
+        )
     return channel._publish_nowait(
         message.body,
         message.exchange,

@@ -78,6 +78,7 @@ from .._exceptions import (
 from .._sansio._events import ReturnedMessage
 from .._sansio._publishing import encode_publish_method
 from ._message import (
+    Buffered,
     BufferFull,
     BufferPolicy,
     DropCallback,
@@ -88,6 +89,7 @@ from ._message import (
     ProducerStatistics,
     PublishMode,
     PublishTimeout,
+    as_message,
     drop_error,
     is_rejection,
     new_message,
@@ -156,7 +158,7 @@ class Producer:
         #: Every message without a ``message_id`` gets a unique one.
         self.message_ids = message_ids
         self._capacity = client.config.buffer_size
-        self._send, self._receive = trio.open_memory_channel[Message](self._capacity)
+        self._send, self._receive = trio.open_memory_channel[Buffered](self._capacity)
         self._retry: deque[Message] = deque()
         self._requeued: list[Message] = []
         self._in_flight = 0
@@ -233,7 +235,15 @@ class Producer:
         properties: BasicProperties | None,
         routing_key: str | None,
         headers: dict[str, Any] | None,
-    ) -> Message:
+    ) -> Buffered:
+        """The message a call hands over, checked and its properties encoded:
+        for a FIRE_AND_FORGET producer's plain bytes (no properties, its own
+        routing key) a :data:`Plain` tuple, else a :class:`Message`.
+
+        Raises:
+            ProducerClosed, MessageTooLarge; TypeError, ValueError: what
+                cannot be sent (see :func:`new_message`).
+        """
         if self._closed:
             raise ProducerClosed(f"the producer for {self.target!r} is closed")
         sequence = next(self._sequence)
@@ -244,18 +254,22 @@ class Producer:
                 if properties is None
                 else properties.replace(message_id=unique)
             )
+        message: Buffered
         if properties is None and headers is None and routing_key is None and type(body) is bytes:
             # Nothing to check or encode: the producer's own routing key was checked.
-            message = Message(
-                body, None, self.exchange, self.routing_key, self.mandatory, sequence
-            )
+            size = len(body)
+            message = (body, None, self.exchange, self.routing_key, self.mandatory, sequence)
+            if self.mode is not PublishMode.FIRE_AND_FORGET:
+                message = Message(*message)
         else:
             key = self.routing_key if routing_key is None else routing_key
-            where = (self.exchange, key, self.mandatory, sequence)
-            message = new_message(body, properties, headers, *where)
-        if len(message.body) > self.max_message_size:
+            message = new_message(
+                body, properties, headers, self.exchange, key, self.mandatory, sequence
+            )
+            size = len(message.body)
+        if size > self.max_message_size:
             self._drop(message, DropReason.TOO_LARGE)
-            raise MessageTooLarge(len(message.body), self.max_message_size)
+            raise MessageTooLarge(size, self.max_message_size)
         return message
 
     def publish_nowait(
@@ -292,7 +306,7 @@ class Producer:
             self._wakeup.unpark_all()
         return True
 
-    def _buffer_or_make_room(self, message: Message) -> bool:
+    def _buffer_or_make_room(self, message: Buffered) -> bool:
         """Buffer ``message``, making room as the policy says; False if the
         policy refused it (DROP_NEWEST)."""
         try:
@@ -304,11 +318,10 @@ class Producer:
         self._wake_sender()
         return True
 
-    def _make_room(self, message: Message) -> bool:
+    def _make_room(self, message: Buffered) -> bool:
         policy = self.buffer_policy
         if policy is BufferPolicy.DROP_OLDEST:
-            oldest = self._unbuffer_nowait()
-            self._drop(oldest, DropReason.EVICTED)
+            self._drop(self._unbuffer_nowait(), DropReason.EVICTED)
             return True
         if policy is BufferPolicy.DROP_NEWEST:
             self._drop(message, DropReason.BUFFER_FULL)
@@ -367,9 +380,11 @@ class Producer:
     ) -> bool:
         await trio.lowlevel.checkpoint_if_cancelled()
         message = self._message(body, properties, routing_key, headers)
-        confirm = self.mode is PublishMode.CONFIRM
-        if confirm:
-            message._waiter = Signal()
+        # CONFIRM mode: the message (always a Message there) whose verdict this call awaits.
+        awaited: Message | None = None
+        if self.mode is PublishMode.CONFIRM:
+            message = awaited = as_message(message)
+            awaited._waiter = Signal()
         channel = self._channel
         if channel is not None:
             connection = channel.connection
@@ -378,14 +393,14 @@ class Producer:
             # for the broker; then the writer sends everything they queue
             # in one write.  Without a confirm to wait for, the writer sends
             # it with the messages around it.
-            kick = not confirm or connection.waiting_tasks > 0
+            kick = awaited is None or connection.waiting_tasks > 0
             if self._publish_directly(channel, message, kick=kick):
-                if not confirm:
+                if awaited is None:
                     await self._pass(connection.sending)
                     return True
                 if not kick:
                     await connection.sending.flush()
-                return await self._wait_for_verdict(message)
+                return await self._wait_for_verdict(awaited)
         if self.buffer_policy is BufferPolicy.BLOCK:
             try:
                 # No schedule point when there is room: the task then goes on
@@ -397,8 +412,8 @@ class Producer:
         elif not self._buffer_or_make_room(message):
             await trio.lowlevel.checkpoint()
             return False
-        if confirm:
-            return await self._wait_for_verdict(message)
+        if awaited is not None:
+            return await self._wait_for_verdict(awaited)
         await self._pass(None)
         return True
 
@@ -477,7 +492,7 @@ class Producer:
         while self._pending():
             await self._idle_lot.park()
 
-    def _publish_directly(self, channel: Channel, message: Message, *, kick: bool) -> bool:
+    def _publish_directly(self, channel: Channel, message: Buffered, *, kick: bool) -> bool:
         """Publish ``message`` from the caller's task if the sender task is
         idle with nothing queued, so that the message would be the next one
         it publishes anyway: that spares a hop through the sender on the way
@@ -504,15 +519,15 @@ class Producer:
     # The buffer, with a count of what it holds (its statistics() are too
     # slow to ask for every message).
 
-    def _buffer_nowait(self, message: Message) -> None:
+    def _buffer_nowait(self, message: Buffered) -> None:
         self._send.send_nowait(message)
         self._buffered += 1
 
-    async def _buffer(self, message: Message) -> None:
+    async def _buffer(self, message: Buffered) -> None:
         await self._send.send(message)
         self._buffered += 1
 
-    def _unbuffer_nowait(self) -> Message:
+    def _unbuffer_nowait(self) -> Buffered:
         message = self._receive.receive_nowait()
         self._buffered -= 1
         return message
@@ -526,7 +541,8 @@ class Producer:
 
     # -- outcomes -------------------------------------------------------------------
 
-    def _drop(self, message: Message, reason: DropReason, error: AMQPError | None = None) -> None:
+    def _drop(self, item: Buffered, reason: DropReason, error: AMQPError | None = None) -> None:
+        message = as_message(item)
         self._dropped[reason] += 1
         if message._waiter is not None and message._error is None:
             message._error = error or drop_error(message, reason)
@@ -608,7 +624,7 @@ class Producer:
 
     # -- the sender task ------------------------------------------------------------------
 
-    def _take_message(self) -> Message | None:
+    def _take_message(self) -> Buffered | None:
         """The next message to publish: re-publications first, in order."""
         if self._requeued:
             merged = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
@@ -704,7 +720,8 @@ class Producer:
                         # Sent below, or by the writer woken on the way out.
                         confirmation = queue_on(channel, message, kick=False)
                     except BaseException:
-                        self._retry.appendleft(message)  # not published: first in line
+                        self._retry.appendleft(as_message(message))  # not published: first
+                        # in line
                         connection.sending.kick()
                         raise
                     published += 1
@@ -736,9 +753,11 @@ class Producer:
                 finally:
                     self._sender_idle = False
 
-    def _account(self, message: Message, confirmation: Confirmation | None) -> None:
-        message.attempts += 1
+    def _account(self, message: Buffered, confirmation: Confirmation | None) -> None:
         self._published += 1
+        if not isinstance(message, Message):
+            return  # FIRE_AND_FORGET's plain message: published once, nobody waits for it
+        message.attempts += 1
         if message.attempts > 1:
             self._republished += 1
         if confirmation is None:
@@ -763,7 +782,8 @@ class Producer:
     def give_up(self) -> None:
         """Internal: give up on everything still pending (the client is closing)."""
         self._closed = True
-        pending = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
+        republished = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
+        pending: list[Buffered] = [*republished]
         self._requeued.clear()
         self._retry.clear()
         while True:
