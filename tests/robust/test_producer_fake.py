@@ -530,6 +530,31 @@ async def test_plain_messages_wait_in_the_buffer_as_no_objects_for_the_collector
     assert all(m.properties is None and m.attempts == 0 for m in seen)
 
 
+async def test_fire_and_forget_drops_carry_the_properties_and_headers_handed_over(
+    broker: FakeBrokerServer,
+) -> None:
+    seen: list[tuple[tl.Message, tl.DropReason]] = []
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer(
+            "q", mode=tl.PublishMode.FIRE_AND_FORGET, buffer_policy=tl.BufferPolicy.DROP_NEWEST
+        )
+        producer.on_drop(lambda message, target, reason: seen.append((message, reason)))
+        properties = tl.BasicProperties(content_type="text/plain", message_id="m-1")
+        for i in range(6):
+            producer.publish_nowait(
+                b"%d" % i, properties=properties, headers={"n": i}, routing_key=f"key-{i}"
+            )
+    assert [(m.body, m.routing_key, reason) for m, reason in seen] == [
+        (b"5", "key-5", tl.DropReason.BUFFER_FULL),
+        *[(b"%d" % i, f"key-{i}", tl.DropReason.CLOSED) for i in range(5)],
+    ]
+    first = seen[1][0]
+    assert first.properties == properties.replace(headers={"n": 0})
+    assert first.sequence == 1
+    assert properties.headers is None  # the caller's object is left as it was
+
+
 async def publish_into_a_406(
     client: tl.Client, broker: FakeBrokerServer, reply_text: str, count: int
 ) -> tuple[tl.Producer, tl.Channel]:

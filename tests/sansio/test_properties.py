@@ -28,6 +28,7 @@ from trio_lavin._sansio._properties import (
 from .codec_strategies import from_pamqp, normalized, properties, sorted_headers, to_pamqp
 
 UTC = datetime.UTC
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _expected(props: BasicProperties) -> BasicProperties:
@@ -88,6 +89,39 @@ def test_timestamps_are_seconds_on_the_wire_however_large() -> None:
     assert as_int == naive
     beyond = struct.pack(">HQ", 0x0040, 2**63)
     assert decode_properties(beyond, 0, len(beyond)).timestamp == 2**63
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 2**64 - 1),
+            st.sampled_from([0, 1, 86_400, 2**33]),
+            st.datetimes(
+                min_value=datetime.datetime(1970, 1, 2),
+                timezones=st.sampled_from(
+                    [None, UTC, datetime.timezone(datetime.timedelta(hours=-5))]
+                ),
+            ),
+        ),
+        max_size=12,
+    )
+)
+@example([datetime.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)])
+@example([datetime.datetime(5000, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)])
+def test_a_run_of_timestamps_encodes_each_to_its_own_seconds(stamps: list[Any]) -> None:
+    """The encoder keeps the last timestamp's bytes for the next message:
+    equal values in a row (an int and a datetime, a naive and an aware one,
+    one zone and another) each still get their own seconds; and a datetime's
+    microseconds never round it up to the next second (a float of seconds
+    since 1970 cannot hold them past 2**33 seconds, in 2242)."""
+    for stamp in stamps:
+        if isinstance(stamp, datetime.datetime):
+            aware = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+            seconds = (aware - EPOCH) // datetime.timedelta(seconds=1)
+        else:
+            seconds = stamp
+        data = encode_properties(BasicProperties(timestamp=stamp))
+        assert data == struct.pack(">HQ", 0x0040, seconds), stamp
 
 
 def test_text_that_is_not_utf8_comes_back_as_the_same_bytes() -> None:

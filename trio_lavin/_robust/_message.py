@@ -118,15 +118,16 @@ class Message:
     _error: BaseException | None = None
 
 
-#: A plain message as a FIRE_AND_FORGET producer's buffer holds it: Message's
-#: first fields (body, properties None, exchange, routing key, mandatory,
-#: sequence) in a tuple.  A tuple of such values is no object for the cyclic
-#: garbage collector to walk again and again while it waits (a Message is),
-#: and is cheaper to make: :func:`as_message` makes the Message when one is
-#: needed (to report a drop, to publish it again).
-Plain = tuple[bytes, None, str, str, bool, int]
+#: A message as a FIRE_AND_FORGET producer holds it: Message's first seven
+#: fields (body, properties, exchange, routing key, mandatory, sequence,
+#: encoded properties) in a tuple, which is cheaper to make than a Message
+#: and, for a message without properties, no object for the cyclic garbage
+#: collector to walk again and again while it waits in the buffer.
+#: :func:`as_message` makes the Message when one is needed (to report a
+#: drop, to publish it again).  CONFIRM mode needs a Message per message.
+Fields = tuple[bytes, BasicProperties | None, str, str, bool, int, bytes]
 #: What a producer's buffer holds.
-Buffered = Message | Plain
+Buffered = Message | Fields
 
 
 def as_message(item: Buffered) -> Message:
@@ -167,7 +168,7 @@ class ProducerStatistics:
     pauses: int = 0
 
 
-def new_message(
+def message_fields(
     body: bytes | bytearray | memoryview,
     properties: BasicProperties | None,
     headers: dict[str, Any] | None,
@@ -175,8 +176,8 @@ def new_message(
     routing_key: str,
     mandatory: bool,
     sequence: int,
-) -> Message:
-    """A message for a producer, its properties encoded now (with ``headers``
+) -> Fields:
+    """A message for a producer, as :data:`Fields`, its properties encoded now (with ``headers``
     standing in for ``properties.headers``), so that what cannot be sent is
     refused by the call that hands it over, not by the sender task later;
     the bytes are kept for every (re)publication.
@@ -201,7 +202,7 @@ def new_message(
             properties = properties.replace(headers=headers)
     if not (type(routing_key) is str and routing_key.isascii() and len(routing_key) < 256):
         encode_shortstr(routing_key, "routing key")
-    return Message(body, properties, exchange, routing_key, mandatory, sequence, encoded)
+    return body, properties, exchange, routing_key, mandatory, sequence, encoded
 
 
 def is_low_disk(error: BaseException | None) -> bool:
@@ -240,9 +241,9 @@ def queue_on(channel: Channel, message: Buffered, *, kick: bool) -> Confirmation
     connection's writer to send it (else the caller sends it, or wakes the
     writer)."""
     if not isinstance(message, Message):
-        body, _, exchange, routing_key, mandatory, _ = message
+        body, _, exchange, routing_key, mandatory, _, properties = message
         return channel._publish_nowait(
-            body, exchange, routing_key, EMPTY_PROPERTIES, mandatory, kick=kick
+            body, exchange, routing_key, properties, mandatory, kick=kick
         )
     return channel._publish_nowait(
         message.body,

@@ -76,13 +76,14 @@ from .._exceptions import (
     MessageReturned,
 )
 from .._sansio._events import ReturnedMessage
-from .._sansio._publishing import encode_publish_method
+from .._sansio._publishing import EMPTY_PROPERTIES, encode_publish_method
 from ._message import (
     Buffered,
     BufferFull,
     BufferPolicy,
     DropCallback,
     DropReason,
+    Fields,
     Message,
     MessageTooLarge,
     ProducerClosed,
@@ -92,7 +93,7 @@ from ._message import (
     as_message,
     drop_error,
     is_rejection,
-    new_message,
+    message_fields,
     queue_on,
 )
 from ._pausing import Pauses
@@ -237,12 +238,11 @@ class Producer:
         headers: dict[str, Any] | None,
     ) -> Buffered:
         """The message a call hands over, checked and its properties encoded:
-        for a FIRE_AND_FORGET producer's plain bytes (no properties, its own
-        routing key) a :data:`Plain` tuple, else a :class:`Message`.
+        :data:`Fields` for a FIRE_AND_FORGET producer, else a :class:`Message`.
 
         Raises:
             ProducerClosed, MessageTooLarge; TypeError, ValueError: what
-                cannot be sent (see :func:`new_message`).
+                cannot be sent (see :func:`message_fields`).
         """
         if self._closed:
             raise ProducerClosed(f"the producer for {self.target!r} is closed")
@@ -254,23 +254,27 @@ class Producer:
                 if properties is None
                 else properties.replace(message_id=unique)
             )
-        message: Buffered
+        fields: Fields
         if properties is None and headers is None and routing_key is None and type(body) is bytes:
             # Nothing to check or encode: the producer's own routing key was checked.
-            size = len(body)
-            message = (body, None, self.exchange, self.routing_key, self.mandatory, sequence)
-            if self.mode is not PublishMode.FIRE_AND_FORGET:
-                message = Message(*message)
+            fields = (
+                body,
+                None,
+                self.exchange,
+                self.routing_key,
+                self.mandatory,
+                sequence,
+                EMPTY_PROPERTIES,
+            )
         else:
             key = self.routing_key if routing_key is None else routing_key
-            message = new_message(
-                body, properties, headers, self.exchange, key, self.mandatory, sequence
-            )
-            size = len(message.body)
+            where = (self.exchange, key, self.mandatory, sequence)
+            fields = message_fields(body, properties, headers, *where)
+        size = len(fields[0])
         if size > self.max_message_size:
-            self._drop(message, DropReason.TOO_LARGE)
+            self._drop(fields, DropReason.TOO_LARGE)
             raise MessageTooLarge(size, self.max_message_size)
-        return message
+        return fields if self.mode is PublishMode.FIRE_AND_FORGET else Message(*fields)
 
     def publish_nowait(
         self,
@@ -756,7 +760,7 @@ class Producer:
     def _account(self, message: Buffered, confirmation: Confirmation | None) -> None:
         self._published += 1
         if not isinstance(message, Message):
-            return  # FIRE_AND_FORGET's plain message: published once, nobody waits for it
+            return  # FIRE_AND_FORGET's Fields: published once, nobody waits for them
         message.attempts += 1
         if message.attempts > 1:
             self._republished += 1

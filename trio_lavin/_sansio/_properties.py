@@ -200,6 +200,30 @@ def _octet(value: Any, what: str) -> bytes:
     raise ValueError(f"{what} {value} must be from 0 to 255")
 
 
+#: The last timestamp encoded, (value, bytes): messages that follow each
+#: other mostly carry the same second.  One tuple, replaced whole, so threads
+#: encoding at once never see a mismatched pair.
+_last_timestamp: tuple[Any, bytes] = (None, b"")
+
+
+def _timestamp(value: Any) -> bytes:
+    """The timestamp property's 8 bytes, from a datetime or int seconds."""
+    global _last_timestamp
+    last, encoded = _last_timestamp
+    if type(value) is type(last) and value == last:
+        return encoded
+    if type(value) is int and 0 <= value < 2**64:
+        encoded = _U64.pack(value)
+    elif type(value) is datetime.datetime and value.tzinfo is UTC and 1970 <= value.year < 2200:
+        # A float of seconds keeps the microseconds from rounding up to the next
+        # second until 2**33 seconds (2242); from 2200 on they are counted exactly.
+        encoded = _U64.pack(int(value.timestamp()))
+    else:
+        encoded = _U64.pack(encode_timestamp(value, "timestamp"))
+    _last_timestamp = (value, encoded)
+    return encoded
+
+
 def encode_properties(
     properties: BasicProperties | None, headers: dict[str, Any] | None = None
 ) -> bytes:
@@ -257,12 +281,7 @@ def encode_properties(
     value = properties.timestamp
     if value is not None:
         flags |= 0x0040
-        if type(value) is int and 0 <= value < 2**64:
-            append(_U64.pack(value))
-        elif type(value) is datetime.datetime and value.tzinfo is UTC and value.year >= 1970:
-            append(_U64.pack(int(value.timestamp())))
-        else:
-            append(_U64.pack(encode_timestamp(value, "timestamp")))
+        append(_timestamp(value))
     value = properties.message_type
     if value is not None:
         flags |= 0x0020
