@@ -380,9 +380,9 @@ _TRIO_SCENARIOS = {
 
 async def _trio_enqueue_scale(spec: RunSpec) -> Measurement:
     """``spec.messages`` bare ``MemorySendChannel.send_nowait`` calls into a memory channel
-    with room for them all, of ``trio_lavin.Message`` objects like those a producer buffers
-    (made before the timed part, with the profile's body and properties): the least a
-    buffered publish can cost on trio.  No broker is involved."""
+    with room for them all, of ``trio_lavin.Message`` objects made before the timed part
+    (with the profile's body and properties): the least a buffered publish can cost on
+    trio.  No broker is involved."""
     import trio_lavin as lavin
 
     body = common.body(spec.message_profile)
