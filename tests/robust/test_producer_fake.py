@@ -444,15 +444,18 @@ def test_fire_and_forget_hands_every_message_to_the_connection_or_reports_it(
     """As above, FIRE_AND_FORGET (whose plain messages wait in the buffer as
     tuples, not Message objects): every message taken is published once or
     reported to on_drop once, with its own sequence, body and target."""
-    dropped: list[tuple[int, bytes, str, str]] = []
+    dropped: list[tuple[int, bytes, str, str, tl.BasicProperties | None]] = []
     handed: list[bytes] = []
+    calls = 0
     config = tl.Config(buffer_size=4, heartbeat=10, reconnect_max_delay=1.0)
 
     def on_drop(message: tl.Message, target: str, reason: tl.DropReason) -> None:
-        assert message.properties is None
-        dropped.append((message.sequence, message.body, message.routing_key, target))
+        # Checked after the run: on_drop's exceptions are logged, not raised.
+        record = (message.sequence, message.body, message.routing_key, target, message.properties)
+        dropped.append(record)
 
     async def scenario() -> tl.ProducerStatistics:
+        nonlocal calls
         async with open_fake_broker(heartbeat=10) as broker:
             async with tl.open_client(config=config, stream_factory=broker.connect) as client:
                 await client.declare_queue("q")
@@ -463,7 +466,9 @@ def test_fire_and_forget_hands_every_message_to_the_connection_or_reports_it(
                 for operation, argument in operations:
                     if operation == "publish":
                         for _ in range(argument):
-                            body = b"%d" % len(handed)
+                            # Every call takes the next sequence number, refused or not.
+                            calls += 1
+                            body = b"%d" % calls
                             try:
                                 producer.publish_nowait(body)
                             except (tl.BufferFull, trio.WouldBlock):
@@ -486,8 +491,10 @@ def test_fire_and_forget_hands_every_message_to_the_connection_or_reports_it(
     assert stats.published + len(dropped) == len(handed)
     assert stats.republished == 0
     assert len({sequence for sequence, *_ in dropped}) == len(dropped)
-    assert {body for _, body, _, _ in dropped} <= set(handed)
-    assert all(key == target == "q" for _, _, key, target in dropped)
+    assert {body for _, body, *_ in dropped} <= set(handed)
+    assert [body for _, body, *_ in dropped] == [b"%d" % sequence for sequence, *_ in dropped]
+    assert all(key == target == "q" for _, _, key, target, _ in dropped)
+    assert all(properties is None for *_, properties in dropped)
     if drain:
         assert stats.dropped[tl.DropReason.CLOSED] == 0
 
@@ -553,6 +560,34 @@ async def test_fire_and_forget_drops_carry_the_properties_and_headers_handed_ove
     assert first.properties == properties.replace(headers={"n": 0})
     assert first.sequence == 1
     assert properties.headers is None  # the caller's object is left as it was
+
+
+async def test_a_producers_mode_and_destination_cannot_change_under_its_buffer(
+    broker: FakeBrokerServer,
+) -> None:
+    """What a producer buffers and how its channel is opened follow from its
+    mode: switching a FIRE_AND_FORGET producer to CONFIRM used to leave its
+    buffered messages untracked (a mandatory unroutable one got no outcome).
+    The mode and the checked destination are read-only."""
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        producer = client.producer(
+            exchange="ex", routing_key="q", mode=tl.PublishMode.FIRE_AND_FORGET, mandatory=True
+        )
+        for name, value in [
+            ("mode", tl.PublishMode.CONFIRM),
+            ("exchange", "other"),
+            ("routing_key", "x" * 300),
+            ("mandatory", False),
+        ]:
+            with pytest.raises(AttributeError):
+                setattr(producer, name, value)
+        assert (producer.mode, producer.exchange, producer.routing_key, producer.mandatory) == (
+            tl.PublishMode.FIRE_AND_FORGET,
+            "ex",
+            "q",
+            True,
+        )
+        assert producer.target == "ex/q"
 
 
 async def publish_into_a_406(

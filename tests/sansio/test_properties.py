@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import struct
+import zoneinfo
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ from .codec_strategies import from_pamqp, normalized, properties, sorted_headers
 
 UTC = datetime.UTC
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
+FIVE_WEST = datetime.timezone(datetime.timedelta(hours=-5))
 
 
 def _expected(props: BasicProperties) -> BasicProperties:
@@ -98,22 +101,42 @@ def test_timestamps_are_seconds_on_the_wire_however_large() -> None:
             st.sampled_from([0, 1, 86_400, 2**33]),
             st.datetimes(
                 min_value=datetime.datetime(1970, 1, 2),
-                timezones=st.sampled_from(
-                    [None, UTC, datetime.timezone(datetime.timedelta(hours=-5))]
-                ),
+                timezones=st.sampled_from([None, UTC, FIVE_WEST, NEW_YORK]),
+                allow_imaginary=False,
             ),
         ),
         max_size=12,
     )
 )
+# The same wall time before and after New York's clocks went back (equal
+# to Python, an hour apart on the wire).
+@example(
+    [
+        datetime.datetime(2021, 11, 7, 1, 30, tzinfo=NEW_YORK),
+        datetime.datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=NEW_YORK),
+        datetime.datetime(2021, 11, 7, 1, 30, tzinfo=NEW_YORK),
+    ]
+)
+# Equal values in a row: an int and the datetime of that second; an aware
+# UTC datetime and the same instant in another zone; naive and aware UTC.
+@example([86_400, datetime.datetime(1970, 1, 2, tzinfo=UTC), 86_400])
+@example(
+    [
+        datetime.datetime(2026, 12, 4, 6, 0, tzinfo=UTC),
+        datetime.datetime(2026, 12, 4, 1, 0, tzinfo=NEW_YORK),
+        datetime.datetime(2026, 12, 4, 1, 0, tzinfo=FIVE_WEST),
+        datetime.datetime(2026, 12, 4, 6, 0),
+    ]
+)
 @example([datetime.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)])
 @example([datetime.datetime(5000, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)])
 def test_a_run_of_timestamps_encodes_each_to_its_own_seconds(stamps: list[Any]) -> None:
     """The encoder keeps the last timestamp's bytes for the next message:
-    equal values in a row (an int and a datetime, a naive and an aware one,
-    one zone and another) each still get their own seconds; and a datetime's
-    microseconds never round it up to the next second (a float of seconds
-    since 1970 cannot hold them past 2**33 seconds, in 2242)."""
+    values in a row that Python finds equal (an int and a datetime, a naive
+    and an aware one, one zone and another, a wall time either side of a DST
+    change) each still get their own seconds; and a datetime's microseconds
+    never round it up to the next second (a float of seconds since 1970
+    cannot hold them past 2**34 seconds, in 2514)."""
     for stamp in stamps:
         if isinstance(stamp, datetime.datetime):
             aware = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)

@@ -143,11 +143,13 @@ class Producer:
         self._client = client
         #: For the jitter of the producer's pauses (the client's).
         self._rng = rng if rng is not None else random.Random()
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.mode = mode
+        # Fixed for the producer's life: its channel's mode and its checked
+        # destination (see the read-only properties below).
+        self._exchange = exchange
+        self._routing_key = routing_key
+        self._mode = mode
+        self._mandatory = mandatory
         self.buffer_policy = buffer_policy
-        self.mandatory = mandatory
         self.confirm_window = confirm_window
         self.max_message_size = max_message_size
         if publish_timeout is not None and not publish_timeout > 0:
@@ -193,12 +195,33 @@ class Producer:
         )
 
     @property
+    def exchange(self) -> str:
+        """The exchange it publishes to ("" for the default exchange)."""
+        return self._exchange
+
+    @property
+    def routing_key(self) -> str:
+        """The routing key of a message published without one."""
+        return self._routing_key
+
+    @property
+    def mode(self) -> PublishMode:
+        """FIRE_AND_FORGET or CONFIRM, fixed when the producer is made (its
+        channel's mode and what its buffer holds follow from it)."""
+        return self._mode
+
+    @property
+    def mandatory(self) -> bool:
+        """Messages are published ``mandatory`` (unroutable ones come back)."""
+        return self._mandatory
+
+    @property
     def target(self) -> str:
         """The queue name (default exchange) or ``exchange/routing_key``."""
-        return self.routing_key if not self.exchange else f"{self.exchange}/{self.routing_key}"
+        return self._routing_key if not self._exchange else f"{self._exchange}/{self._routing_key}"
 
     def __repr__(self) -> str:
-        return f"<Producer {self.target!r} {self.mode.value} {self.buffer_policy.value}>"
+        return f"<Producer {self.target!r} {self._mode.value} {self.buffer_policy.value}>"
 
     def on_drop(self, callback: DropCallback) -> DropCallback:
         """Call ``callback(message, target, reason)`` for every message the
@@ -260,21 +283,21 @@ class Producer:
             fields = (
                 body,
                 None,
-                self.exchange,
-                self.routing_key,
-                self.mandatory,
+                self._exchange,
+                self._routing_key,
+                self._mandatory,
                 sequence,
                 EMPTY_PROPERTIES,
             )
         else:
-            key = self.routing_key if routing_key is None else routing_key
-            where = (self.exchange, key, self.mandatory, sequence)
+            key = self._routing_key if routing_key is None else routing_key
+            where = (self._exchange, key, self._mandatory, sequence)
             fields = message_fields(body, properties, headers, *where)
         size = len(fields[0])
         if size > self.max_message_size:
             self._drop(fields, DropReason.TOO_LARGE)
             raise MessageTooLarge(size, self.max_message_size)
-        return fields if self.mode is PublishMode.FIRE_AND_FORGET else Message(*fields)
+        return fields if self._mode is PublishMode.FIRE_AND_FORGET else Message(*fields)
 
     def publish_nowait(
         self,
@@ -386,7 +409,7 @@ class Producer:
         message = self._message(body, properties, routing_key, headers)
         # CONFIRM mode: the message (always a Message there) whose verdict this call awaits.
         awaited: Message | None = None
-        if self.mode is PublishMode.CONFIRM:
+        if self._mode is PublishMode.CONFIRM:
             message = awaited = as_message(message)
             awaited._waiter = Signal()
         channel = self._channel
@@ -509,7 +532,7 @@ class Producer:
             or self._has_queued()
             or not channel.is_open
             or channel.connection.blocked
-            or (self.mode is PublishMode.CONFIRM and self._in_flight >= self.confirm_window)
+            or (self._mode is PublishMode.CONFIRM and self._in_flight >= self.confirm_window)
             or (self._paused_until != -math.inf and self._paused_until > trio.current_time())
         ):
             return False
@@ -653,7 +676,7 @@ class Producer:
                 self._channel = None
                 if isinstance(previous.error, ChannelClosed):
                     await self._pauses.after_channel_closed(previous.error)
-            confirm_mode = self.mode is PublishMode.CONFIRM
+            confirm_mode = self._mode is PublishMode.CONFIRM
             try:
                 channel = await self._client.open_channel()
                 if confirm_mode:
@@ -686,7 +709,7 @@ class Producer:
         """Internal: the sender task.  It takes a message out of the buffer only when
         it can publish it at once, so while disconnected the buffer holds
         exactly ``buffer_size`` messages."""
-        confirm = self.mode is PublishMode.CONFIRM
+        confirm = self._mode is PublishMode.CONFIRM
         while True:
             if self._closed:
                 await trio.sleep_forever()  # the client's nursery ends us
@@ -724,8 +747,8 @@ class Producer:
                         # Sent below, or by the writer woken on the way out.
                         confirmation = queue_on(channel, message, kick=False)
                     except BaseException:
-                        self._retry.appendleft(as_message(message))  # not published: first
-                        # in line
+                        # Not published: first in line for the next try.
+                        self._retry.appendleft(as_message(message))
                         connection.sending.kick()
                         raise
                     published += 1

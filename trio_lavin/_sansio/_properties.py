@@ -210,13 +210,19 @@ def _timestamp(value: Any) -> bytes:
     """The timestamp property's 8 bytes, from a datetime or int seconds."""
     global _last_timestamp
     last, encoded = _last_timestamp
-    if type(value) is type(last) and value == last:
+    # Aware datetimes with the same tzinfo compare by wall time, ignoring
+    # ``fold``: 01:30 before and after a DST change compare equal.
+    if (
+        type(value) is type(last)
+        and value == last
+        and (type(value) is int or value.fold == last.fold)
+    ):
         return encoded
     if type(value) is int and 0 <= value < 2**64:
         encoded = _U64.pack(value)
     elif type(value) is datetime.datetime and value.tzinfo is UTC and 1970 <= value.year < 2200:
         # A float of seconds keeps the microseconds from rounding up to the next
-        # second until 2**33 seconds (2242); from 2200 on they are counted exactly.
+        # second until 2**34 seconds (2514); from 2200 on they are counted exactly.
         encoded = _U64.pack(int(value.timestamp()))
     else:
         encoded = _U64.pack(encode_timestamp(value, "timestamp"))
