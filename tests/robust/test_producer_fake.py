@@ -3,6 +3,7 @@ drops, re-publishing after a reconnect, and "exactly one outcome"."""
 
 from __future__ import annotations
 
+import datetime
 import gc
 import logging
 
@@ -535,6 +536,55 @@ async def test_plain_messages_wait_in_the_buffer_as_no_objects_for_the_collector
     assert reasons[1:] == [tl.DropReason.CLOSED] * 10_000
     assert seen[-1].body == b"newest"
     assert all(m.properties is None and m.attempts == 0 for m in seen)
+
+
+async def test_messages_with_properties_wait_in_the_buffer_as_their_bytes(
+    broker: FakeBrokerServer,
+) -> None:
+    """A FIRE_AND_FORGET producer keeps a buffered message's properties as the
+    bytes it will publish, not the caller's objects: nothing per message for
+    the cyclic garbage collector while the buffer fills during an outage.  A
+    drop report carries the properties as a consumer would receive them."""
+    config = tl.Config(buffer_size=10_000, reconnect_jitter=0.0, heartbeat=10)
+    seen: list[tl.Message] = []
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await declare_then_disconnect(client, broker)
+        producer = client.producer(
+            "q", mode=tl.PublishMode.FIRE_AND_FORGET, buffer_policy=tl.BufferPolicy.DROP_OLDEST
+        )
+        producer.on_drop(lambda message, target, reason: seen.append(message))
+        gc.collect()
+        tracked = len(gc.get_objects())
+        for i in range(10_000):
+            properties = tl.BasicProperties(
+                content_type="application/json",
+                message_id=f"m-{i}",
+                timestamp=datetime.datetime(2026, 12, 4, 1, 2, 3),  # naive: UTC
+                headers={"replaced": True},
+            )
+            headers = {"n": i, "tags": ["a", b"b"], "ratio": 0.1}
+            producer.publish_nowait(b"%d" % i, properties=properties, headers=headers)
+        gc.collect()
+        grown = len(gc.get_objects()) - tracked
+        assert grown < 1_000, f"{grown} more objects tracked for 10 000 buffered messages"
+        producer.publish_nowait(b"newest")  # evicts message 0
+    assert len(seen) == 10_001
+    first = seen[0]
+    assert (first.body, first.sequence, first.routing_key) == (b"0", 1, "q")
+    assert first.properties == tl.BasicProperties(
+        content_type="application/json",
+        message_id="m-0",
+        timestamp=datetime.datetime(2026, 12, 4, 1, 2, 3, tzinfo=datetime.UTC),
+        headers={"n": 0, "tags": ["a", b"b"], "ratio": 0.1},
+    )
+    last = seen[-2]
+    assert last.properties is not None
+    assert last.properties.headers == {
+        "n": 9_999,
+        "tags": ["a", b"b"],
+        "ratio": 0.1,
+    }
+    assert seen[-1].properties is None
 
 
 async def test_fire_and_forget_drops_carry_the_properties_and_headers_handed_over(

@@ -15,7 +15,7 @@ from .._client._reading import Signal
 from .._exceptions import AMQPError, ChannelClosed, MessageNacked, PublishError
 from .._sansio._errors import PRECONDITION_FAILED
 from .._sansio._fieldtable import encode_shortstr
-from .._sansio._properties import encode_properties
+from .._sansio._properties import decode_properties, encode_properties
 from .._sansio._publishing import EMPTY_PROPERTIES
 
 #: The largest body a producer accepts, by default: RabbitMQ's own
@@ -118,21 +118,29 @@ class Message:
     _error: BaseException | None = None
 
 
-#: A message as a FIRE_AND_FORGET producer holds it: Message's first seven
-#: fields (body, properties, exchange, routing key, mandatory, sequence,
-#: encoded properties) in a tuple, which is cheaper to make than a Message
-#: and, for a message without properties, no object for the cyclic garbage
-#: collector to walk again and again while it waits in the buffer.
+#: A message as a FIRE_AND_FORGET producer holds it: body, exchange, routing
+#: key, mandatory, sequence and encoded properties in a tuple.  Cheaper to
+#: make than a Message, and with no object in it for the cyclic garbage
+#: collector to walk again and again while it waits in the buffer (the
+#: caller's BasicProperties are not kept: their bytes are).
 #: :func:`as_message` makes the Message when one is needed (to report a
 #: drop, to publish it again).  CONFIRM mode needs a Message per message.
-Fields = tuple[bytes, BasicProperties | None, str, str, bool, int, bytes]
+Fields = tuple[bytes, str, str, bool, int, bytes]
 #: What a producer's buffer holds.
 Buffered = Message | Fields
 
 
 def as_message(item: Buffered) -> Message:
-    """``item`` as a :class:`Message`."""
-    return item if isinstance(item, Message) else Message(*item)
+    """``item`` as a :class:`Message`; a :data:`Fields`' properties are
+    decoded from the bytes it would have been published with (what a
+    consumer would have received)."""
+    if isinstance(item, Message):
+        return item
+    body, exchange, routing_key, mandatory, sequence, encoded = item
+    properties = (
+        None if encoded is EMPTY_PROPERTIES else decode_properties(encoded, 0, len(encoded))
+    )
+    return Message(body, properties, exchange, routing_key, mandatory, sequence, encoded)
 
 
 DropCallback = Callable[[Message, str, DropReason], Awaitable[None] | None]
@@ -168,19 +176,16 @@ class ProducerStatistics:
     pauses: int = 0
 
 
-def message_fields(
+def encode_message(
     body: bytes | bytearray | memoryview,
     properties: BasicProperties | None,
     headers: dict[str, Any] | None,
-    exchange: str,
     routing_key: str,
-    mandatory: bool,
-    sequence: int,
-) -> Fields:
-    """A message for a producer, as :data:`Fields`, its properties encoded now (with ``headers``
-    standing in for ``properties.headers``), so that what cannot be sent is
-    refused by the call that hands it over, not by the sender task later;
-    the bytes are kept for every (re)publication.
+) -> tuple[bytes, bytes]:
+    """A message's body as bytes and its properties encoded (with ``headers``
+    standing in for ``properties.headers``), checked now, so that what cannot
+    be sent is refused by the call that hands it over, not by the sender task
+    later; the bytes are kept for every (re)publication.
 
     Raises:
         TypeError, ValueError: the body, a property or the routing key
@@ -195,14 +200,20 @@ def message_fields(
         if properties is None and headers is None
         else encode_properties(properties, headers)
     )
-    if headers is not None:
-        if properties is None:
-            properties = BasicProperties(headers=headers)
-        else:
-            properties = properties.replace(headers=headers)
     if not (type(routing_key) is str and routing_key.isascii() and len(routing_key) < 256):
         encode_shortstr(routing_key, "routing key")
-    return body, properties, exchange, routing_key, mandatory, sequence, encoded
+    return body, encoded
+
+
+def with_headers(
+    properties: BasicProperties | None, headers: dict[str, Any] | None
+) -> BasicProperties | None:
+    """``properties`` with ``headers`` standing in for its own (a copy)."""
+    if headers is None:
+        return properties
+    if properties is None:
+        return BasicProperties(headers=headers)
+    return properties.replace(headers=headers)
 
 
 def is_low_disk(error: BaseException | None) -> bool:
@@ -241,7 +252,7 @@ def queue_on(channel: Channel, message: Buffered, *, kick: bool) -> Confirmation
     connection's writer to send it (else the caller sends it, or wakes the
     writer)."""
     if not isinstance(message, Message):
-        body, _, exchange, routing_key, mandatory, _, properties = message
+        body, exchange, routing_key, mandatory, _, properties = message
         return channel._publish_nowait(
             body, exchange, routing_key, properties, mandatory, kick=kick
         )

@@ -83,7 +83,6 @@ from ._message import (
     BufferPolicy,
     DropCallback,
     DropReason,
-    Fields,
     Message,
     MessageTooLarge,
     ProducerClosed,
@@ -92,9 +91,10 @@ from ._message import (
     PublishTimeout,
     as_message,
     drop_error,
+    encode_message,
     is_rejection,
-    message_fields,
     queue_on,
+    with_headers,
 )
 from ._pausing import Pauses
 
@@ -228,6 +228,10 @@ class Producer:
         producer gives up on.  It may be a plain function or an async one
         (run in the client's nursery); an exception in it is logged and
         otherwise ignored.  Returns ``callback``, so it works as a decorator.
+
+        In FIRE_AND_FORGET mode the message's ``properties`` are decoded from
+        the bytes it was to be published with (as a consumer receives them),
+        not the object handed over: the buffer keeps only those bytes.
         """
         self._callbacks.append(callback)
         return callback
@@ -265,7 +269,7 @@ class Producer:
 
         Raises:
             ProducerClosed, MessageTooLarge; TypeError, ValueError: what
-                cannot be sent (see :func:`message_fields`).
+                cannot be sent (see :func:`encode_message`).
         """
         if self._closed:
             raise ProducerClosed(f"the producer for {self.target!r} is closed")
@@ -277,27 +281,30 @@ class Producer:
                 if properties is None
                 else properties.replace(message_id=unique)
             )
-        fields: Fields
         if properties is None and headers is None and routing_key is None and type(body) is bytes:
             # Nothing to check or encode: the producer's own routing key was checked.
-            fields = (
-                body,
-                None,
-                self._exchange,
-                self._routing_key,
-                self._mandatory,
-                sequence,
-                EMPTY_PROPERTIES,
-            )
+            key = self._routing_key
+            encoded = EMPTY_PROPERTIES
         else:
             key = self._routing_key if routing_key is None else routing_key
-            where = (self._exchange, key, self._mandatory, sequence)
-            fields = message_fields(body, properties, headers, *where)
-        size = len(fields[0])
-        if size > self.max_message_size:
-            self._drop(fields, DropReason.TOO_LARGE)
-            raise MessageTooLarge(size, self.max_message_size)
-        return fields if self._mode is PublishMode.FIRE_AND_FORGET else Message(*fields)
+            body, encoded = encode_message(body, properties, headers, key)
+        message: Buffered
+        if self._mode is PublishMode.FIRE_AND_FORGET:
+            message = (body, self._exchange, key, self._mandatory, sequence, encoded)
+        else:
+            message = Message(
+                body,
+                with_headers(properties, headers),
+                self._exchange,
+                key,
+                self._mandatory,
+                sequence,
+                encoded,
+            )
+        if len(body) > self.max_message_size:
+            self._drop(message, DropReason.TOO_LARGE)
+            raise MessageTooLarge(len(body), self.max_message_size)
+        return message
 
     def publish_nowait(
         self,
