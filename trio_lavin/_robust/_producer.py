@@ -148,6 +148,8 @@ class Producer:
         self._exchange = exchange
         self._routing_key = routing_key
         self._mode = mode
+        #: CONFIRM mode: every message is a Message, tracked to its verdict.
+        self._confirm = mode is PublishMode.CONFIRM
         self._mandatory = mandatory
         self.buffer_policy = buffer_policy
         self.confirm_window = confirm_window
@@ -289,7 +291,7 @@ class Producer:
             key = self._routing_key if routing_key is None else routing_key
             body, encoded = encode_message(body, properties, headers, key)
         message: Buffered
-        if self._mode is PublishMode.FIRE_AND_FORGET:
+        if not self._confirm:
             message = (body, self._exchange, key, self._mandatory, sequence, encoded)
         else:
             message = Message(
@@ -416,7 +418,7 @@ class Producer:
         message = self._message(body, properties, routing_key, headers)
         # CONFIRM mode: the message (always a Message there) whose verdict this call awaits.
         awaited: Message | None = None
-        if self._mode is PublishMode.CONFIRM:
+        if self._confirm:
             message = awaited = as_message(message)
             awaited._waiter = Signal()
         channel = self._channel
@@ -539,7 +541,7 @@ class Producer:
             or self._has_queued()
             or not channel.is_open
             or channel.connection.blocked
-            or (self._mode is PublishMode.CONFIRM and self._in_flight >= self.confirm_window)
+            or (self._confirm and self._in_flight >= self.confirm_window)
             or (self._paused_until != -math.inf and self._paused_until > trio.current_time())
         ):
             return False
@@ -683,7 +685,7 @@ class Producer:
                 self._channel = None
                 if isinstance(previous.error, ChannelClosed):
                     await self._pauses.after_channel_closed(previous.error)
-            confirm_mode = self._mode is PublishMode.CONFIRM
+            confirm_mode = self._confirm
             try:
                 channel = await self._client.open_channel()
                 if confirm_mode:
@@ -716,7 +718,7 @@ class Producer:
         """Internal: the sender task.  It takes a message out of the buffer only when
         it can publish it at once, so while disconnected the buffer holds
         exactly ``buffer_size`` messages."""
-        confirm = self._mode is PublishMode.CONFIRM
+        confirm = self._confirm
         while True:
             if self._closed:
                 await trio.sleep_forever()  # the client's nursery ends us
