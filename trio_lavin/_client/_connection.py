@@ -66,6 +66,10 @@ logger = logging.getLogger("trio_lavin.connection")
 #: incomplete frame (< frame_max).
 RECEIVE_SIZE: Final = 256 * 1024
 
+#: Tested by every publish: an Enum member read off its class costs about
+#: 57 ns more than a global on Python 3.11 (see ``_sansio/_connection.py``).
+_OPEN: Final = ConnectionState.OPEN
+
 #: Default heartbeat we ask for (the broker's lower value wins): LavinMQ
 #: proposes 300 s, far too long to notice a dead peer.
 DEFAULT_HEARTBEAT: Final = 30
@@ -142,7 +146,7 @@ class Connection:
     @property
     def is_open(self) -> bool:
         """True until the connection starts closing or is lost."""
-        return self._error is None and self._amqp.state is ConnectionState.OPEN
+        return self._error is None and self._amqp.state is _OPEN
 
     @property
     def error(self) -> AMQPConnectionError | None:
@@ -210,7 +214,7 @@ class Connection:
         closes; return while it is open."""
         if self._error is not None:
             raise self._error
-        if self._amqp.state is not ConnectionState.OPEN:
+        if self._amqp.state is not _OPEN:
             raise ConnectionClosed(f"connection to {self.params.endpoint} is closing")
 
     # -- channels -----------------------------------------------------------------
