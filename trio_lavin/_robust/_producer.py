@@ -108,6 +108,8 @@ logger = logging.getLogger("trio_lavin.producer")
 YIELD_EVERY: Final = 64
 #: ... or once this many bytes wait to be written (see ``Producer._pass``).
 YIELD_BYTES: Final = 64 * 1024
+#: ``_paused_until`` when publishing was never paused.
+_NEVER: Final = -math.inf
 #: Longest the sender waits for the confirms of a channel it replaces after a nack.
 STALE_CONFIRMS_WAIT: Final = 5.0
 
@@ -182,7 +184,7 @@ class Producer:
         self._nack_backoff = client.config.nack_backoff()
         #: After a nack, nothing is published before this time, and then on
         #: a new channel.
-        self._paused_until = -math.inf
+        self._paused_until = _NEVER
         self._renew_channel = False
         #: The sender task waits for messages, with nothing else to do.
         self._sender_idle = False
@@ -399,44 +401,45 @@ class Producer:
                 confirmed (also reported to ``on_drop`` as CLOSED).
             BufferFull, MessageTooLarge: as for :meth:`publish_nowait`.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        message = self._message(body, properties, routing_key, headers)
+        channel = self._channel
+        if (
+            not self._confirm
+            and channel is not None
+            and self._publish_directly(channel, message, kick=True)
+        ):
+            # Handed to the connection, nothing to wait for: the usual
+            # FIRE_AND_FORGET call ends here (the writer sends it with the
+            # messages around it).
+            await self._pass(channel.connection.sending)
+            return True
         limit = self.publish_timeout
         if limit is None:
-            return await self._publish(body, properties, routing_key, headers)
+            return await self._publish(message)
         with trio.move_on_after(limit) as scope:
-            return await self._publish(body, properties, routing_key, headers)
+            return await self._publish(message)
         assert scope.cancelled_caught
         raise PublishTimeout(limit)
 
-    async def _publish(
-        self,
-        body: bytes | bytearray | memoryview,
-        properties: BasicProperties | None,
-        routing_key: str | None,
-        headers: dict[str, Any] | None,
-    ) -> bool:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        message = self._message(body, properties, routing_key, headers)
+    async def _publish(self, message: Buffered) -> bool:
+        """The rest of :meth:`publish`: buffer ``message`` and, in CONFIRM
+        mode, wait for its verdict."""
         # CONFIRM mode: the message (always a Message there) whose verdict this call awaits.
-        awaited: Message | None = None
-        if self._confirm:
-            message = awaited = as_message(message)
-            awaited._waiter = Signal()
+        awaited = message if isinstance(message, Message) else None
         channel = self._channel
-        if channel is not None:
-            connection = channel.connection
-            # A confirm is awaited next: send the message from this task
-            # (no hop through the writer), unless other tasks already wait
-            # for the broker; then the writer sends everything they queue
-            # in one write.  Without a confirm to wait for, the writer sends
-            # it with the messages around it.
-            kick = awaited is None or connection.waiting_tasks > 0
-            if self._publish_directly(channel, message, kick=kick):
-                if awaited is None:
-                    await self._pass(connection.sending)
-                    return True
-                if not kick:
-                    await connection.sending.flush()
-                return await self._wait_for_verdict(awaited)
+        if awaited is not None:
+            awaited._waiter = Signal()
+            if channel is not None:
+                connection = channel.connection
+                # Send the message from this task (no hop through the writer),
+                # unless other tasks already wait for the broker; then the
+                # writer sends everything they queue in one write.
+                kick = connection.waiting_tasks > 0
+                if self._publish_directly(channel, message, kick=kick):
+                    if not kick:
+                        await connection.sending.flush()
+                    return await self._wait_for_verdict(awaited)
         if self.buffer_policy is BufferPolicy.BLOCK:
             try:
                 # No schedule point when there is room: the task then goes on
@@ -538,11 +541,13 @@ class Producer:
             not self._sender_idle
             or self._closed
             or self._renew_channel
-            or self._has_queued()
+            or self._retry  # _has_queued(), inlined: on every publish
+            or self._requeued
+            or self._buffered
             or not channel.is_open
             or channel.connection.blocked
             or (self._confirm and self._in_flight >= self.confirm_window)
-            or (self._paused_until != -math.inf and self._paused_until > trio.current_time())
+            or (self._paused_until != _NEVER and self._paused_until > trio.current_time())
         ):
             return False
         try:

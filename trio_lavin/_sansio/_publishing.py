@@ -114,20 +114,25 @@ class PublishEncoder:
         else:
             props = encode_properties(properties, headers)
         size = len(body)
-        out.append(method)
-        out.append(_CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(props), 60, 0, size))
-        out.append(props)
-        out.append(FRAME_END_BYTES)
-        if size:
-            limit = frame_max - FRAME_OVERHEAD if frame_max else size
-            if size <= limit:
-                out.append(_FRAME_START.pack(FRAME_BODY, channel, size))
-                out.append(body)
+        header = _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(props), 60, 0, size)
+        if size and (not frame_max or size <= frame_max - FRAME_OVERHEAD):
+            # The usual message: one body frame (one extend, not seven appends).
+            out += (
+                method,
+                header,
+                props,
+                FRAME_END_BYTES,
+                _FRAME_START.pack(FRAME_BODY, channel, size),
+                body,
+                FRAME_END_BYTES,
+            )
+            return
+        out += (method, header, props, FRAME_END_BYTES)
+        if size:  # larger than a frame: split
+            limit = frame_max - FRAME_OVERHEAD
+            view = memoryview(body)
+            for offset in range(0, size, limit):
+                piece = view[offset : offset + limit]
+                out.append(_FRAME_START.pack(FRAME_BODY, channel, len(piece)))
+                out.append(bytes(piece))
                 out.append(FRAME_END_BYTES)
-            else:
-                view = memoryview(body)
-                for offset in range(0, size, limit):
-                    piece = view[offset : offset + limit]
-                    out.append(_FRAME_START.pack(FRAME_BODY, channel, len(piece)))
-                    out.append(bytes(piece))
-                    out.append(FRAME_END_BYTES)
