@@ -248,9 +248,12 @@ async def test_unroutable_mandatory_message_is_returned_and_reported(
         assert drops.seen == [(b"lost", "nowhere", tl.DropReason.RETURNED)]
 
 
-async def test_too_large_message_is_refused_at_once(broker: FakeBrokerServer) -> None:
+@pytest.mark.parametrize("mode", list(tl.PublishMode))
+async def test_too_large_message_is_refused_at_once(
+    broker: FakeBrokerServer, mode: tl.PublishMode
+) -> None:
     async with tl.open_client(stream_factory=broker.connect) as client:
-        producer = client.producer("q", max_message_size=10)
+        producer = client.producer("q", max_message_size=10, mode=mode)
         drops = Drops()
         producer.on_drop(drops)
         with pytest.raises(tl.MessageTooLarge, match="11 bytes exceeds max_message_size 10"):
@@ -258,13 +261,14 @@ async def test_too_large_message_is_refused_at_once(broker: FakeBrokerServer) ->
         assert drops.seen == [(b"x" * 11, "q", tl.DropReason.TOO_LARGE)]
 
 
+@pytest.mark.parametrize("mode", list(tl.PublishMode))
 async def test_closing_without_drain_reports_every_buffered_message(
-    broker: FakeBrokerServer,
+    broker: FakeBrokerServer, mode: tl.PublishMode
 ) -> None:
     drops = Drops()
     async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
         await declare_then_disconnect(client, broker)
-        producer = client.producer("q")
+        producer = client.producer("q", mode=mode)
         producer.on_drop(drops)
         for i in range(3):
             producer.publish_nowait(b"%d" % i)
@@ -612,6 +616,24 @@ async def test_fire_and_forget_drops_carry_the_properties_and_headers_handed_ove
     assert properties.headers is None  # the caller's object is left as it was
 
 
+@pytest.mark.parametrize("mode", list(tl.PublishMode))
+async def test_message_ids_gives_each_plain_message_its_own_id(
+    broker: FakeBrokerServer, mode: tl.PublishMode
+) -> None:
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", mode=mode, message_ids=True)
+        producer.publish_nowait(b"a")
+        await producer.publish(b"b")
+        producer.publish_nowait(b"c", properties=tl.BasicProperties(message_id="mine"))
+        with trio.fail_after(5):
+            await producer.drain()
+    ids = [m.properties.message_id for m in broker.queue("q").messages]
+    assert ids[2] == "mine"
+    assert len(set(ids)) == 3
+    assert all(isinstance(i, str) and len(i) == 32 for i in ids[:2]), ids
+
+
 async def test_a_producers_mode_and_destination_cannot_change_under_its_buffer(
     broker: FakeBrokerServer,
 ) -> None:
@@ -628,6 +650,7 @@ async def test_a_producers_mode_and_destination_cannot_change_under_its_buffer(
             ("exchange", "other"),
             ("routing_key", "x" * 300),
             ("mandatory", False),
+            ("message_ids", True),
         ]:
             with pytest.raises(AttributeError):
                 setattr(producer, name, value)

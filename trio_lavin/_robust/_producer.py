@@ -162,8 +162,7 @@ class Producer:
             )
         #: Default limit for :meth:`publish` (None: wait as long as it takes).
         self.publish_timeout = publish_timeout
-        #: Every message without a ``message_id`` gets a unique one.
-        self.message_ids = message_ids
+        self._message_ids = message_ids
         self._capacity = client.config.buffer_size
         self._send, self._receive = trio.open_memory_channel[Buffered](self._capacity)
         self._retry: deque[Message] = deque()
@@ -176,6 +175,9 @@ class Producer:
         self._callbacks: list[DropCallback] = []
         self._channel: Channel | None = None
         self._closed = False
+        #: A FIRE_AND_FORGET producer that adds no message id and is not
+        #: closed: bytes alone make a message at once (``publish_nowait``).
+        self._plain_fields = not self._confirm and not message_ids
         self._published = 0
         self._republished = 0
         self._confirmed = 0
@@ -213,6 +215,11 @@ class Producer:
         """FIRE_AND_FORGET or CONFIRM, fixed when the producer is made (its
         channel's mode and what its buffer holds follow from it)."""
         return self._mode
+
+    @property
+    def message_ids(self) -> bool:
+        """Every message without a ``message_id`` gets a unique one."""
+        return self._message_ids
 
     @property
     def mandatory(self) -> bool:
@@ -278,7 +285,7 @@ class Producer:
         if self._closed:
             raise ProducerClosed(f"the producer for {self.target!r} is closed")
         sequence = next(self._sequence)
-        if self.message_ids and (properties is None or properties.message_id is None):
+        if self._message_ids and (properties is None or properties.message_id is None):
             unique = uuid.uuid4().hex
             properties = (
                 BasicProperties(message_id=unique)
@@ -331,7 +338,25 @@ class Producer:
             MessageTooLarge: the body exceeds ``max_message_size``.
             ProducerClosed: the producer or client is closed.
         """
-        message = self._message(body, properties, routing_key, headers)
+        if (
+            properties is None
+            and headers is None
+            and routing_key is None
+            and type(body) is bytes
+            and self._plain_fields
+            and len(body) <= self.max_message_size
+        ):
+            # _message(), inlined for the commonest call: bytes and nothing else.
+            message: Buffered = (
+                body,
+                self._exchange,
+                self._routing_key,
+                self._mandatory,
+                next(self._sequence),
+                EMPTY_PROPERTIES,
+            )
+        else:
+            message = self._message(body, properties, routing_key, headers)
         channel = self._channel
         if channel is not None and self._publish_directly(channel, message, kick=True):
             return True
@@ -823,6 +848,7 @@ class Producer:
     def give_up(self) -> None:
         """Internal: give up on everything still pending (the client is closing)."""
         self._closed = True
+        self._plain_fields = False
         republished = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
         pending: list[Buffered] = [*republished]
         self._requeued.clear()
