@@ -6,6 +6,7 @@ same on its shortcut and frame by frame."""
 from __future__ import annotations
 
 import datetime
+import enum
 import struct
 import zoneinfo
 from typing import Any
@@ -32,6 +33,10 @@ UTC = datetime.UTC
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
 FIVE_WEST = datetime.timezone(datetime.timedelta(hours=-5))
+
+
+class Stamp(enum.IntEnum):
+    DAY = 86_400
 
 
 def _expected(props: BasicProperties) -> BasicProperties:
@@ -128,6 +133,8 @@ def test_timestamps_are_seconds_on_the_wire_however_large() -> None:
         datetime.datetime(2026, 12, 4, 6, 0),
     ]
 )
+# An int subclass (an IntEnum) twice in a row: not a datetime, no fold.
+@example([Stamp.DAY, Stamp.DAY])
 @example([datetime.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)])
 @example([datetime.datetime(5000, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)])
 def test_a_run_of_timestamps_encodes_each_to_its_own_seconds(stamps: list[Any]) -> None:

@@ -186,7 +186,7 @@ class AMQPConnection:
         conn = AMQPConnection(username="guest", password="guest")
         conn.initiate()
         send(conn.data_to_send())
-        while conn.state is not _CLOSED:
+        while conn.state is not ConnectionState.CLOSED:
             conn.receive_data(receive())
             while (event := conn.next_event()) is not None:
                 handle(event)

@@ -215,7 +215,10 @@ def _timestamp(value: Any) -> bytes:
     if (
         type(value) is type(last)
         and value == last
-        and (type(value) is int or value.fold == last.fold)
+        and (
+            type(value) is int
+            or (isinstance(value, datetime.datetime) and value.fold == last.fold)
+        )
     ):
         return encoded
     if type(value) is int and 0 <= value < 2**64:
