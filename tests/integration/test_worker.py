@@ -71,7 +71,10 @@ async def test_the_worker_acks_what_its_handler_returns_and_retries_a_failure_af
     assert sorted(body for body, _, _ in runs) == sorted([b"%d" % i for i in range(10)] + [b"3"])
     (first, second) = [(attempt, when) for body, attempt, when in runs if body == b"3"]
     assert (first[0], second[0]) == (1, 2)
-    assert 0.3 <= second[1] - first[1] < 3  # waited in the delay queue, not a hot loop
+    # Waited in the delay queue, not a hot loop.  The broker times the 0.3 s
+    # itself, on its own millisecond clock: LavinMQ was seen to let a copy go
+    # 0.4 ms early by ours (0.2996 s).
+    assert 0.29 <= second[1] - first[1] < 3
     assert (stats.queue, stats.handled, stats.failed, stats.retried) == (queue, 10, 1, 1)
     assert (stats.dead_lettered, stats.duplicates, stats.in_flight) == (0, 0, 0)
     assert await queue_depth(broker.url, queue) == 0
