@@ -12,7 +12,7 @@ from pamqp import commands
 
 from .._exceptions import AMQPConnectionError, ChannelClosed, ConsumerCancelled
 from ._delivery import Delivery
-from ._reading import Notice
+from ._reading import Lot, Notice
 
 if TYPE_CHECKING:
     from ._channel import Channel
@@ -58,7 +58,7 @@ class Consumer:
         #: Tasks iterating wait for this: a delivery, or the end.
         self._news = Notice(self._has_news)
         #: The connection's reader, waiting for room in a full buffer.
-        self._writable = trio.lowlevel.ParkingLot()
+        self._writable = Lot()
         self._error: BaseException | None = None
         #: No more deliveries will come (cancelled, or the channel closed).
         self._finished = False
@@ -132,8 +132,7 @@ class Consumer:
                     continue  # another task may have taken or closed meanwhile
                 await trio.lowlevel.checkpoint_if_cancelled()
                 delivery = self._buffer.popleft()
-                if self._writable:
-                    self._writable.unpark()
+                self._writable.unpark()
                 return delivery
             if self._finished or self._closed:
                 await trio.lowlevel.checkpoint()

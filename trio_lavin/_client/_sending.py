@@ -26,6 +26,7 @@ import trio
 
 from .._sansio._connection import AMQPConnection
 from ._framelog import FrameLog
+from ._reading import Lot
 
 #: Publishers wait while this many bytes are queued on a connection and not
 #: yet taken by its writer.
@@ -64,7 +65,7 @@ class Sending:
         self._sent = sent
         self._failed = failed
         self._lock = trio.StrictFIFOLock()
-        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writer_lot = Lot()
         self._room_lot = trio.lowlevel.ParkingLot()
         #: Bytes queued since the writer last took everything.
         self.unsent = 0
@@ -111,8 +112,7 @@ class Sending:
 
     def kick(self) -> None:
         """Wake the writer: the machine has data to send."""
-        if self._writer_lot:
-            self._writer_lot.unpark_all()
+        self._writer_lot.unpark_all()
 
     async def writer(self) -> None:
         """The writer task: send what is queued, one write per batch, until
