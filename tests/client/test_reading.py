@@ -20,7 +20,7 @@ import trio.testing
 
 import trio_lavin as tl
 from trio_lavin._client._connection import RECEIVE_SIZE, Connection
-from trio_lavin._client._reading import ReaderState
+from trio_lavin._client._reading import Lot, ReaderState
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 
@@ -292,3 +292,39 @@ async def test_publishers_and_consumers_cancelled_at_random_keep_every_queue_in_
     for q in queues:
         assert len(sent[q]) > 0
         assert got[q] == sent[q]
+
+
+async def test_a_lot_counts_exactly_the_tasks_parked_in_it() -> None:
+    """``Lot.parked`` is what ``len()`` of its ParkingLot would say: a task
+    counts from parking until it is unparked (not until it runs again) or
+    its wait is cancelled, so the hot paths' ``if lot.parked`` never skips a
+    waiting task and never unparks an empty lot."""
+    lot = Lot()
+    woken: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await lot.park()
+        woken.append(n)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(waiter, n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert lot.parked == 3
+        lot.unpark()
+        assert lot.parked == 2  # at once, before the woken task runs
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(woken) == 1  # one (the first to park; trio starts tasks in any order)
+        lot.unpark_all()
+        assert lot.parked == 0
+        lot.unpark_all()  # nobody left: nothing to do
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == [0, 1, 2]  # trio runs woken tasks in any order
+        with trio.CancelScope() as scope:
+            nursery.start_soon(waiter, 3)
+            await trio.testing.wait_all_tasks_blocked()
+            assert lot.parked == 1
+            scope.cancel()
+        nursery.cancel_scope.cancel()
+    assert lot.parked == 0
+    assert sorted(woken) == [0, 1, 2]

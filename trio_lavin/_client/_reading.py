@@ -68,16 +68,17 @@ _HANDED_OVER: Final = ReaderState.HANDED_OVER
 
 class Lot:
     """A :class:`trio.lowlevel.ParkingLot` that keeps the number of tasks
-    parked in a plain int, for the checks made on every publish and every
-    delivery: ``if lot.parked`` costs a few ns, ``if parking_lot`` about
-    45 (its ``__len__``).  ``parked`` may still count a task that was
-    unparked and has not run yet: unparking an empty lot is harmless."""
+    parked in it in a plain int, for the checks made on every publish and
+    every delivery: ``if lot.parked`` costs a few ns, ``if parking_lot``
+    about 45 (its ``__len__``), and unparking an empty ParkingLot several
+    hundred.  A task counts from the moment it parks until it is unparked
+    (or its wait is cut short), as the ParkingLot's own length does."""
 
     __slots__ = ("_lot", "parked")
 
     def __init__(self) -> None:
         self._lot = trio.lowlevel.ParkingLot()
-        #: Tasks in :meth:`park` (see the class doc).
+        #: Tasks parked and not yet unparked.
         self.parked = 0
 
     async def park(self) -> None:
@@ -85,18 +86,21 @@ class Lot:
         self.parked += 1
         try:
             await self._lot.park()
-        finally:
+        except BaseException:
+            # Not unparked (an unparked task always resumes normally): the
+            # wait was cut short, so nobody else took it off the count.
             self.parked -= 1
+            raise
 
     def unpark(self) -> None:
         """Wake the longest-waiting task, if any."""
         if self.parked:
-            self._lot.unpark()
+            self.parked -= len(self._lot.unpark())
 
     def unpark_all(self) -> None:
         """Wake every waiting task."""
         if self.parked:
-            self._lot.unpark_all()
+            self.parked -= len(self._lot.unpark_all())
 
 
 class _Wakeable:
