@@ -175,8 +175,8 @@ class Producer:
         self._callbacks: list[DropCallback] = []
         self._channel: Channel | None = None
         self._closed = False
-        #: A FIRE_AND_FORGET producer that adds no message id and is not
-        #: closed: bytes alone make a message at once (``publish_nowait``).
+        #: FIRE_AND_FORGET and no message ids (both fixed at creation): while
+        #: open, bytes alone make a message at once (``publish_nowait``).
         self._plain_fields = not self._confirm and not message_ids
         self._published = 0
         self._republished = 0
@@ -344,6 +344,7 @@ class Producer:
             and routing_key is None
             and type(body) is bytes
             and self._plain_fields
+            and not self._closed
             and len(body) <= self.max_message_size
         ):
             # _message(), inlined for the commonest call: bytes and nothing else.
@@ -848,7 +849,6 @@ class Producer:
     def give_up(self) -> None:
         """Internal: give up on everything still pending (the client is closing)."""
         self._closed = True
-        self._plain_fields = False
         republished = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
         pending: list[Buffered] = [*republished]
         self._requeued.clear()
