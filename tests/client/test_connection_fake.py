@@ -142,6 +142,24 @@ async def test_stale_ack_after_channel_close_returns_false_and_sends_nothing(
         assert broker.queue("q").messages_ready == 1
 
 
+async def test_a_message_got_with_no_ack_is_settled_and_refuses_an_ack(
+    broker: FakeBrokerServer,
+) -> None:
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        broker.publish("", "q", b"m")
+        delivery = await channel.basic_get("q", no_ack=True)
+        assert delivery is not None
+        assert delivery.body == b"m"
+        assert delivery.settled
+        sent = conn.bytes_sent
+        with pytest.raises(tl.DeliveryAlreadySettled):
+            await delivery.ack()
+        assert conn.bytes_sent == sent
+        assert broker.queue("q").messages_ready == 0
+
+
 async def test_nack_from_broker_fails_the_confirmation(broker: FakeBrokerServer) -> None:
     async with tl.open_connection(stream_factory=broker.connect) as conn:
         channel = await conn.channel()

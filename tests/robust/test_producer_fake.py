@@ -821,13 +821,13 @@ def test_cluster_settings_are_checked_when_the_config_is_made(
 def record_publishing_tasks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The name of the task that queues each Basic.Publish."""
     names: list[str] = []
-    publish = tl.Channel._publish_nowait
+    publish = tl.Channel.queue_message
 
     def spy(self: tl.Channel, *args: object, **kwargs: object) -> tl.Confirmation | None:
         names.append(trio.lowlevel.current_task().name)
         return publish(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tl.Channel, "_publish_nowait", spy)
+    monkeypatch.setattr(tl.Channel, "queue_message", spy)
     return names
 
 
@@ -971,3 +971,25 @@ async def test_a_cancelled_enqueue_takes_no_message(broker: FakeBrokerServer) ->
         with trio.fail_after(5):
             await producer.drain()
         assert bodies(broker, "q") == [b"taken"]
+
+
+async def test_a_message_awaited_by_publish_keeps_its_first_verdict() -> None:
+    """A late second verdict (a drop after the confirm) does not change what
+    the awaiting ``publish()`` gets, and a message nobody awaits has none."""
+    unawaited = tl.Message(b"-", None, "", "q", False, 0)
+    unawaited.conclude()
+    assert not unawaited.awaited
+    confirmed = tl.Message(b"a", None, "", "q", False, 1)
+    confirmed.await_verdict()
+    before = confirmed.awaited
+    confirmed.conclude()
+    confirmed.conclude(tl.ProducerClosed("too late"))
+    assert (before, confirmed.awaited) == (True, False)
+    await confirmed.wait_for_verdict(None)  # no error: the confirm came first
+
+    nacked = tl.Message(b"b", None, "", "q", False, 2)
+    nacked.await_verdict()
+    nacked.conclude(tl.MessageNacked(2))
+    nacked.conclude()
+    with pytest.raises(tl.MessageNacked):
+        await nacked.wait_for_verdict(None)

@@ -398,7 +398,7 @@ class Channel:
         """
         self._check_open()
         await self.sending.wait_for_room(self.connection.check_open)
-        return self._publish_nowait(body, exchange, routing_key, properties, mandatory, kick=True)
+        return self.queue_message(body, exchange, routing_key, properties, mandatory, kick=True)
 
     def basic_publish_nowait(
         self,
@@ -416,9 +416,9 @@ class Channel:
                 :meth:`basic_publish` instead.
             Others: as :meth:`basic_publish`.
         """
-        return self._publish_nowait(body, exchange, routing_key, properties, mandatory, kick=True)
+        return self.queue_message(body, exchange, routing_key, properties, mandatory, kick=True)
 
-    def _publish_nowait(
+    def queue_message(
         self,
         body: bytes | bytearray | memoryview,
         exchange: str,
@@ -428,9 +428,9 @@ class Channel:
         *,
         kick: bool,
     ) -> Confirmation | None:
-        """Queue a message; wake the writer to send it if ``kick``, else the
-        caller sends it (``Sending.flush``).  ``properties`` may be the bytes
-        ``encode_properties`` made of them."""
+        """Internal: queue a message; wake the writer to send it if ``kick``,
+        else the caller sends it (``Sending.flush``).  ``properties`` may be
+        the bytes ``encode_properties`` made of them."""
         if not isinstance(body, bytes):
             if not isinstance(body, (bytearray, memoryview)):
                 raise TypeError(f"body must be bytes, not {type(body).__name__}")
@@ -471,7 +471,7 @@ class Channel:
         self._check_open()
         connection = self.connection
         await connection.sending.wait_for_room(connection.check_open)
-        confirmation = self._publish_nowait(
+        confirmation = self.queue_message(
             body, exchange, routing_key, properties, mandatory, kick=False
         )
         # Sends the message from this task (or wakes the writer to send it):
@@ -500,7 +500,7 @@ class Channel:
         if not isinstance(reply, Delivery):
             return None
         if no_ack:
-            reply._settled = True  # the broker counts it acked
+            reply.settle_unacked()  # the broker counts it acked
         return reply
 
     async def basic_consume(
@@ -622,6 +622,13 @@ class Channel:
             self.settled_up_to = max(self.settled_up_to, delivery_tag)
         if self.settle_listener is not None:
             self.settle_listener(delivery_tag, multiple)
+
+    def give_back_nowait(self, delivery_tag: int) -> bool:
+        """Internal: return a delivery the application never got to the broker
+        (``Basic.Reject`` with requeue), for another consumer; False if the
+        channel is gone (the broker requeues it anyway).  Not counted as the
+        application's reject."""
+        return self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=True))
 
     def _reject_nowait(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         sent = self._send_nowait(commands.Basic.Reject(delivery_tag=delivery_tag, requeue=requeue))

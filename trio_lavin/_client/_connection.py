@@ -512,7 +512,8 @@ class Connection:
 
     # -- life cycle -------------------------------------------------------------------
 
-    async def _handshake(self) -> None:
+    async def handshake(self) -> None:
+        """Internal: open the connection on its stream (``open_connection``)."""
         amqp = self._amqp
         amqp.initiate()
         while True:
@@ -554,7 +555,8 @@ class Connection:
                     exc.reply_code,
                 ) from exc
 
-    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Internal: run the connection's tasks (``open_connection``)."""
         async with trio.open_nursery() as nursery:
             self._tasks = nursery
             nursery.start_soon(self._guard, "reader", self._reader, name=f"{self!r} reader")
@@ -748,7 +750,7 @@ async def open_connection(
         stream = await (stream_factory() if stream_factory is not None else open_stream(params))
         connection = Connection(stream, amqp, params)
         try:
-            await connection._handshake()
+            await connection.handshake()
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -765,7 +767,7 @@ async def open_connection(
     try:
         with unwrap_single_exception():
             async with trio.open_nursery() as nursery:
-                await nursery.start(connection._run)
+                await nursery.start(connection.run)
                 try:
                     yield connection
                 finally:

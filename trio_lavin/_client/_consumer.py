@@ -8,7 +8,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 import trio
-from pamqp import commands
 
 from .._exceptions import AMQPConnectionError, ChannelClosed, ConsumerCancelled
 from ._delivery import Delivery
@@ -195,6 +194,4 @@ class Consumer:
         left, self._buffer = self._buffer, deque()
         if not self.no_ack:
             for delivery in left:
-                self.channel._send_nowait(
-                    commands.Basic.Reject(delivery_tag=delivery.delivery_tag, requeue=True)
-                )
+                self.channel.give_back_nowait(delivery.delivery_tag)

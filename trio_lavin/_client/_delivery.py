@@ -159,6 +159,11 @@ class Delivery:
         if self.settled:
             raise DeliveryAlreadySettled(self.delivery_tag, channel.number)
 
+    def settle_unacked(self) -> None:
+        """Internal: the broker counts this delivery acked (taken with
+        ``no_ack``): there is nothing to settle."""
+        self._settled = True
+
     def _settled_if(self, sent: bool) -> bool:
         """Mark it settled once its ack (nack, reject) was queued."""
         if sent:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .._client._channel import Channel
 from .._client._delivery import BasicProperties, Confirmation
@@ -17,6 +17,9 @@ from .._sansio._errors import PRECONDITION_FAILED
 from .._sansio._fieldtable import encode_shortstr
 from .._sansio._properties import decode_properties, encode_properties
 from .._sansio._publishing import EMPTY_PROPERTIES
+
+if TYPE_CHECKING:
+    from .._client._connection import Connection
 
 #: The largest body a producer accepts, by default: RabbitMQ's own
 #: max_message_size default.  Larger messages are refused at once.
@@ -105,7 +108,7 @@ class Message:
     sequence: int
     #: ``properties`` (with the call's headers) as the content header
     #: carries them, encoded when the producer took the message.
-    _encoded_properties: bytes = EMPTY_PROPERTIES
+    encoded_properties: bytes = EMPTY_PROPERTIES
     #: Publications so far (more than 1 after a re-publish).
     attempts: int = 0
     #: basic.nacks received for it (each one retried, up to
@@ -114,8 +117,42 @@ class Message:
     #: Times the broker closed the publishing channel while it was in flight
     #: (each one retried, up to ``Config.publish_retries``).
     rejections: int = 0
+    #: Set once the message has its verdict, if a ``publish()`` awaits it.
     _waiter: Signal | None = None
+    #: The verdict, if it is a failure: what the awaiting ``publish()`` raises.
     _error: BaseException | None = None
+
+    def await_verdict(self) -> None:
+        """Internal: a ``publish()`` will wait for this message's verdict
+        (:meth:`wait_for_verdict`)."""
+        self._waiter = Signal()
+
+    def conclude(self, error: BaseException | None = None) -> None:
+        """Internal: the message's verdict (None: it was taken, else the
+        error the awaiting ``publish()`` raises); wakes that ``publish()``.
+        Only the first verdict counts."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.is_set():
+            self._error = error
+            waiter.set()
+
+    @property
+    def awaited(self) -> bool:
+        """Internal: a ``publish()`` waits for a verdict not given yet."""
+        return self._waiter is not None and not self._waiter.is_set()
+
+    async def wait_for_verdict(self, connection: Connection | None) -> None:
+        """Internal: wait for :meth:`conclude` and raise its error, if any;
+        through ``connection`` (which may read the verdict from the broker
+        itself), else on the message alone."""
+        waiter = self._waiter
+        assert waiter is not None, "await_verdict() first"
+        if connection is None:
+            await waiter.wait()
+        else:
+            await connection.wait_for(waiter)
+        if self._error is not None:
+            raise self._error
 
 
 #: A message as a FIRE_AND_FORGET producer holds it: body, exchange, routing
@@ -253,14 +290,12 @@ def queue_on(channel: Channel, message: Buffered, *, kick: bool) -> Confirmation
     writer)."""
     if not isinstance(message, Message):
         body, exchange, routing_key, mandatory, _, properties = message
-        return channel._publish_nowait(
-            body, exchange, routing_key, properties, mandatory, kick=kick
-        )
-    return channel._publish_nowait(
+        return channel.queue_message(body, exchange, routing_key, properties, mandatory, kick=kick)
+    return channel.queue_message(
         message.body,
         message.exchange,
         message.routing_key,
-        message._encoded_properties,
+        message.encoded_properties,
         message.mandatory,
         kick=kick,
     )

@@ -65,7 +65,6 @@ import trio
 
 from .._client._channel import Channel
 from .._client._delivery import BasicProperties, Confirmation
-from .._client._reading import Signal
 from .._client._sending import Sending
 from .._exceptions import (
     AMQPConnectionError,
@@ -455,7 +454,7 @@ class Producer:
         awaited = message if isinstance(message, Message) else None
         channel = self._channel
         if awaited is not None:
-            awaited._waiter = Signal()
+            awaited.await_verdict()
             if channel is not None:
                 connection = channel.connection
                 # Send the message from this task (no hop through the writer),
@@ -498,15 +497,8 @@ class Producer:
 
     async def _wait_for_verdict(self, message: Message) -> bool:
         """Wait for the broker's verdict on ``message`` (CONFIRM mode)."""
-        waiter = message._waiter
-        assert waiter is not None
         channel = self._channel
-        if channel is None:
-            await waiter.wait()
-        else:
-            await channel.connection.wait_for(waiter)  # may read the confirm itself
-        if message._error is not None:
-            raise message._error
+        await message.wait_for_verdict(None if channel is None else channel.connection)
         return True
 
     async def enqueue(
@@ -611,9 +603,9 @@ class Producer:
     def _drop(self, item: Buffered, reason: DropReason, error: AMQPError | None = None) -> None:
         message = as_message(item)
         self._dropped[reason] += 1
-        if message._waiter is not None and message._error is None:
-            message._error = error or drop_error(message, reason)
-            message._waiter.set()  # wakes its publisher, also one reading for itself
+        if message.awaited:
+            # Wakes its publisher, also one reading for itself.
+            message.conclude(error or drop_error(message, reason))
         for callback in self._callbacks:
             try:
                 result = callback(message, self.target, reason)
@@ -630,8 +622,7 @@ class Producer:
         if error is None:
             self._confirmed += 1
             self._pauses.confirmed()
-            if message._waiter is not None:
-                message._waiter.set()
+            message.conclude()
         elif isinstance(error, MessageNacked):
             message.nacks += 1
             if message.nacks > self._client.config.nack_retries or self._closed:
@@ -828,8 +819,7 @@ class Producer:
         if message.attempts > 1:
             self._republished += 1
         if confirmation is None:
-            if message._waiter is not None:
-                message._waiter.set()
+            message.conclude()
             return
         self._in_flight += 1
         confirmation.callback = functools.partial(self._settled, message)
