@@ -4,6 +4,7 @@ drops, re-publishing after a reconnect, and "exactly one outcome"."""
 from __future__ import annotations
 
 import datetime
+import functools
 import gc
 import logging
 
@@ -993,3 +994,156 @@ async def test_a_message_awaited_by_publish_keeps_its_first_verdict() -> None:
     nacked.conclude()
     with pytest.raises(tl.MessageNacked):
         await nacked.wait_for_verdict(None)
+
+
+REFUSING_POLICIES = [
+    tl.BufferPolicy.DROP_OLDEST,
+    tl.BufferPolicy.DROP_NEWEST,
+    tl.BufferPolicy.RAISE,
+]
+
+
+async def enqueue_as_the_sender_empties_the_buffer(policy: tl.BufferPolicy) -> list[int]:
+    """Fill a buffer of 2 on a blocked connection, unblock it and enqueue 10
+    more at once: what ``statistics().buffered`` said at each refusal."""
+    capacity = 2
+    refusals: list[int] = []
+    async with open_fake_broker(heartbeat=10) as broker:
+        config = tl.Config(buffer_size=capacity, reconnect_jitter=0.0, heartbeat=10)
+        async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+            await client.declare_queue("q")
+            broker.block()
+            connection = await client.wait_connected()
+            with trio.fail_after(5):
+                while not connection.blocked:
+                    await trio.sleep(0.001)
+            producer = client.producer("q", buffer_policy=policy)
+
+            @producer.on_drop
+            def refused(message: tl.Message, target: str, reason: tl.DropReason) -> None:
+                if reason is tl.DropReason.BUFFER_FULL:
+                    refusals.append(producer.statistics().buffered)
+
+            await trio.sleep(0.01)  # the sender waits for the unblock
+            producer.publish_nowait(b"a")
+            producer.publish_nowait(b"b")
+            broker.unblock()
+            with trio.fail_after(5):
+                for i in range(10):
+                    try:
+                        await producer.enqueue(b"%d" % i)
+                    except tl.BufferFull:
+                        refusals.append(producer.statistics().buffered)
+                await producer.drain()
+    return refusals
+
+
+@pytest.mark.parametrize("policy", REFUSING_POLICIES, ids=lambda p: p.value)
+async def test_enqueue_on_a_full_buffer_acts_on_the_buffer_as_it_is_after_its_checkpoint(
+    policy: tl.BufferPolicy,
+) -> None:
+    """``enqueue`` finds the buffer full, yields, and only then applies its
+    policy: the sender may have emptied the buffer meanwhile (the broker
+    unblocked the connection).  So it looks again: no refusal of a message
+    there is room for, no WouldBlock from DROP_OLDEST (run 20 times: the
+    sender runs during that checkpoint about every other time)."""
+    for _ in range(20):
+        refusals = await enqueue_as_the_sender_empties_the_buffer(policy)
+        assert all(buffered == 2 for buffered in refusals), refusals
+
+
+async def enqueue_as_the_client_closes(
+    policy: tl.BufferPolicy,
+) -> tuple[list[tuple[bytes, tl.DropReason]], object]:
+    """Fill a buffer of 2 of a client that cannot connect, start an
+    ``enqueue`` and close the client: the drops, and what ``enqueue``
+    returned or raised (with whether the CLOSED drops came before)."""
+    drops: list[tuple[bytes, tl.DropReason]] = []
+    outcome: list[object] = []
+
+    async def enqueue(producer: tl.Producer) -> None:
+        try:
+            outcome.append(await producer.enqueue(b"new"))
+        except (tl.ProducerClosed, tl.BufferFull) as exc:
+            outcome.append((type(exc), (b"a", tl.DropReason.CLOSED) in drops))
+
+    async with open_fake_broker(heartbeat=10) as broker:
+        broker.refuse_connections = True
+        config = tl.Config(buffer_size=2, reconnect_jitter=0.0, heartbeat=10)
+        with trio.fail_after(5):
+            async with (
+                trio.open_nursery() as nursery,
+                tl.open_client(config=config, stream_factory=broker.connect) as client,
+            ):
+                producer = client.producer("q", buffer_policy=policy)
+                producer.on_drop(lambda m, target, reason: drops.append((m.body, reason)))
+                producer.publish_nowait(b"a")
+                producer.publish_nowait(b"b")
+                nursery.start_soon(enqueue, producer)
+                await trio.lowlevel.checkpoint()
+    assert len(outcome) == 1
+    return drops, outcome[0]
+
+
+@pytest.mark.parametrize("policy", REFUSING_POLICIES, ids=lambda p: p.value)
+async def test_enqueue_on_a_full_buffer_of_a_closing_client_raises_producer_closed(
+    policy: tl.BufferPolicy,
+) -> None:
+    """The client closes while ``enqueue`` waits at its checkpoint on a
+    full buffer: it raises ProducerClosed (the message was not taken), not
+    EndOfChannel, a BufferFull or a BUFFER_FULL drop after the CLOSED ones
+    (run 20 times: the close falls in that checkpoint about every other time)."""
+    for _ in range(20):
+        drops, outcome = await enqueue_as_the_client_closes(policy)
+        reasons = [reason for _, reason in drops]
+        closing = reasons.index(tl.DropReason.CLOSED)
+        assert set(reasons[closing:]) == {tl.DropReason.CLOSED}, drops
+        if isinstance(outcome, tuple):
+            error, closed_first = outcome
+            assert error is (tl.ProducerClosed if closed_first else tl.BufferFull), outcome
+        # "new" has one outcome: taken (then dropped), refused, or not taken (raised).
+        assert [body for body, _ in drops].count(b"new") == (
+            0 if isinstance(outcome, tuple) else 1
+        )
+
+
+async def test_buffered_counts_what_the_buffer_holds_while_publishers_wait_for_room(
+    broker: FakeBrokerServer,
+) -> None:
+    """With BLOCK publishers waiting for room, taking a message from the full
+    buffer moves a waiting one in: ``statistics().buffered`` stays between 0
+    and the buffer's size (it went to -4 when it counted a message in only
+    once its publisher ran again)."""
+    capacity = 2
+    seen: set[int] = set()
+    config = tl.Config(
+        buffer_size=capacity, reconnect_jitter=0.0, heartbeat=10, reconnect_initial_delay=0.01
+    )
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        connection = await client.wait_connected()
+        producer = client.producer("q", buffer_policy=tl.BufferPolicy.BLOCK)
+        await trio.sleep(0.05)
+        broker.refuse_connections = True
+        broker.sever_all()
+        await connection.wait_closed()
+
+        async def watch() -> None:
+            while True:
+                seen.add(producer.statistics().buffered)
+                await trio.lowlevel.checkpoint()
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                for i in range(6):
+                    nursery.start_soon(functools.partial(producer.publish, b"%d" % i))
+                await trio.sleep(0.05)
+                assert producer.statistics().buffered == capacity
+                broker.refuse_connections = False
+                await producer.drain()
+                nursery.cancel_scope.cancel()
+    assert min(seen) >= 0
+    assert max(seen) == capacity
+    # Six tasks publishing at once: every message once, in whichever order they ran.
+    assert sorted(m.body for m in broker.queue("q").messages) == [b"%d" % i for i in range(6)]

@@ -191,7 +191,8 @@ class Producer:
         self._sender_idle = False
         #: FIRE_AND_FORGET publishes since ``publish()`` last yielded.
         self._unyielded = 0
-        #: Messages in the buffer (the memory channel).
+        #: Messages in the buffer (the memory channel), and those of BLOCK
+        #: publishers waiting for room in it.
         self._buffered = 0
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
@@ -252,7 +253,10 @@ class Producer:
         and the counts of every outcome so far."""
         return ProducerStatistics(
             target=self.target,
-            buffered=self._buffered + len(self._retry) + len(self._requeued),
+            # What the buffer holds (not the publishers waiting for room).
+            buffered=self._receive.statistics().current_buffer_used
+            + len(self._retry)
+            + len(self._requeued),
             in_flight=self._in_flight,
             published=self._published,
             republished=self._republished,
@@ -532,10 +536,12 @@ class Producer:
                 self._wake_sender()
                 await self._buffer(message)
             else:
+                # Let the sender move messages first; then the policy acts on
+                # the buffer as it is now (it may have room, or be closed).
                 await trio.lowlevel.checkpoint()
-                if not self._make_room(message):
-                    return False
-                self._buffer_nowait(message)
+                if self._closed:
+                    raise ProducerClosed(f"the producer for {self.target!r} is closed") from None
+                return self._buffer_or_make_room(message)
         else:
             self._wake_sender()
             await self._pass(None)
@@ -583,8 +589,14 @@ class Producer:
         self._buffered += 1
 
     async def _buffer(self, message: Buffered) -> None:
-        await self._send.send(message)
+        # Counted while it waits for room: the sender taking a message out
+        # moves a waiting one in, before its task runs again.
         self._buffered += 1
+        try:
+            await self._send.send(message)
+        except BaseException:
+            self._buffered -= 1
+            raise
 
     def _unbuffer_nowait(self) -> Buffered:
         message = self._receive.receive_nowait()
