@@ -4,6 +4,7 @@ right, the wire's where it is not, in linear time, with bounded nesting."""
 from __future__ import annotations
 
 import datetime
+import decimal
 import math
 import struct
 import time
@@ -353,3 +354,72 @@ def test_decimal_and_timestamp_values_keep_their_types() -> None:
     assert value == {"d": Decimal("1.25"), "t": datetime.datetime(2020, 1, 1, tzinfo=UTC)}
     assert isinstance(value["d"], Decimal)
     assert isinstance(value["t"], datetime.datetime)
+
+
+def test_a_getok_delivery_tag_is_unsigned_as_a_deliver_one_is() -> None:
+    """AMQP's longlong is unsigned: a ``Basic.GetOk`` tag of 2**63 + 5 is
+    that, not -9223372036854775803 (which no ack can carry)."""
+    tag = 2**63 + 5
+    payload = (
+        struct.pack(">I", commands.Basic.GetOk.index)
+        + struct.pack(">Q", tag)
+        + b"\x00"  # redelivered
+        + b"\x00"  # exchange ""
+        + b"\x01q"  # routing key "q"
+        + struct.pack(">I", 3)  # message count
+    )
+    got = decode_method(commands.Basic.GetOk, payload)
+    assert isinstance(got, commands.Basic.GetOk)
+    assert (got.delivery_tag, got.routing_key, got.message_count) == (tag, "q", 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "scale", "mantissa"),
+    [
+        (Decimal("1.50"), 2, 150),
+        (Decimal("-1.23"), 2, -123),
+        (Decimal("1E+2"), 0, 100),
+        (Decimal("2147483647"), 0, 2**31 - 1),
+        (Decimal("-2.147483648"), 9, -(2**31)),
+        (Decimal("0E+50"), 0, 0),
+        (Decimal("12345"), 0, 12345),
+    ],
+)
+def test_decimals_encode_exactly_whatever_the_decimal_context(
+    value: Decimal, scale: int, mantissa: int
+) -> None:
+    """The bytes of a Decimal do not depend on the application's decimal
+    context (precision 3 rounded 12345 to 12300 on the wire)."""
+    with decimal.localcontext() as context:
+        context.prec = 3
+        context.traps[decimal.Inexact] = True
+        encoded = encode_table({"k": value})
+    # length 8: the key (1 + 1), the type octet, scale and value (1 + 4)
+    assert encoded == struct.pack(">I", 8) + b"\x01kD" + struct.pack(">Bi", scale, mantissa)
+
+
+@pytest.mark.parametrize(
+    "text", ["1E+999999", "9E+200000", "1E+1000000", "1E-3000000", "12345678901", "1E+10"]
+)
+def test_decimals_out_of_range_are_refused_at_once_with_a_value_error(text: str) -> None:
+    """A Decimal beyond a 32-bit value or 255 digits of scale is refused
+    before any work on its digits (1E+999999 took 25 s to refuse), as a
+    ValueError (1E+1000000 raised decimal.Overflow)."""
+    value = Decimal(text)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="does not fit an AMQP decimal"):
+        encode_table({"k": value}, "headers")
+    assert time.perf_counter() - start < 0.5
+
+
+def test_decimals_decode_exactly_whatever_the_decimal_context() -> None:
+    """A received Decimal is the value on the wire under any decimal
+    context: precision 4 made 1234567.89 into 1.235E+6, and an Inexact
+    trap made the content header undecodable (closing the connection)."""
+    data = encode_table({"price": Decimal("1234567.89")})
+    with decimal.localcontext() as context:
+        context.prec = 4
+        context.traps[decimal.Inexact] = True
+        value, _ = table(data, 0)
+    assert value == {"price": Decimal("1234567.89")}
+    assert str(value["price"]) == "1234567.89"

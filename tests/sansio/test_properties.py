@@ -297,3 +297,23 @@ def test_garbage_properties_are_a_frame_error_and_never_a_crash(tail: bytes) -> 
         return
     assert frame is not None
     assert isinstance(frame[1], ContentHeader)
+
+
+class DeliveryMode(enum.IntEnum):
+    """As pika has it (``pika.DeliveryMode``)."""
+
+    TRANSIENT = 1
+    PERSISTENT = 2
+
+
+def test_delivery_mode_and_priority_take_an_int_enum_as_its_int() -> None:
+    """An IntEnum member is an int (field tables and timestamps take one):
+    ``delivery_mode=DeliveryMode.PERSISTENT`` encodes as 2, decoded as the
+    plain int; it raised TypeError ("must be an int from 0 to 255")."""
+    encoded = encode_properties(
+        BasicProperties(delivery_mode=DeliveryMode.PERSISTENT, priority=DeliveryMode.TRANSIENT)
+    )
+    assert encoded == encode_properties(BasicProperties(delivery_mode=2, priority=1))
+    decoded = decode_properties(encoded, 0, len(encoded))
+    assert (decoded.delivery_mode, decoded.priority) == (2, 1)
+    assert type(decoded.delivery_mode) is int

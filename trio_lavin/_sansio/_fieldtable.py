@@ -147,7 +147,8 @@ def _other_value(data: bytes | bytearray, pos: int, kind: int, depth: int) -> tu
         return decode_timestamp(seconds), pos + 8
     if kind == 0x44:  # D
         scale, mantissa = _DECIMAL.unpack_from(data, pos)
-        return decimal.Decimal(mantissa).scaleb(-scale), pos + 5
+        # From text, exactly: arithmetic would round to the caller's decimal context.
+        return decimal.Decimal(f"{mantissa}E-{scale}"), pos + 5
     if kind == 0x56 or kind == 0:  # V, and NUL as some clients send it
         return None, pos
     raise ValueError(f"unknown field value type {bytes([kind])!r} at offset {pos - 1}")
@@ -421,27 +422,42 @@ def _array_bytes(values: list[Any] | tuple[Any, ...], path: str, depth: int) -> 
 
 
 def _decimal_bytes(value: decimal.Decimal, path: str) -> bytes:
+    """Type octet, scale and value of a Decimal, exactly (by its digits,
+    not by arithmetic in the caller's decimal context), refused before any
+    work on digits that cannot fit."""
     if not value.is_finite():
         raise ValueError(f"{path} {value!r} is not a finite number")
-    exponent = cast("int", value.as_tuple().exponent)
-    scale = max(-exponent, 0)
-    mantissa = int(value.scaleb(scale))
-    if scale > 255 or not -(2**31) <= mantissa < 2**31:
+    sign, digits, exponent = value.as_tuple()
+    exponent = cast("int", exponent)
+    nonzero = digits != (0,)
+    # Past 10 digits (or a power of ten past 10**9) no value fits 32 bits.
+    if -exponent > 255 or (nonzero and (len(digits) > 10 or exponent + len(digits) > 10)):
+        mantissa = None
+    else:
+        mantissa = int("".join(map(str, digits))) * 10 ** max(exponent, 0) if nonzero else 0
+        if sign:
+            mantissa = -mantissa
+    if mantissa is None or not -(2**31) <= mantissa < 2**31:
         raise ValueError(
             f"{path} {value!r} does not fit an AMQP decimal (a scale of 0-255 digits "
             f"and a signed 32-bit value)"
         )
-    return _DECIMAL_VALUE.pack(0x44, scale, mantissa)
+    return _DECIMAL_VALUE.pack(0x44, max(-exponent, 0), mantissa)
 
 
 # -- methods with tables (decoded here, not by pamqp) ---------------------------------
 
-#: Fixed-size method arguments by pamqp type name: (size, pamqp's decoder).
+
+def _unsigned_long_long(value: bytes) -> tuple[int, int]:
+    return 8, _U64.unpack_from(value)[0]
+
+
+#: Fixed-size method arguments by pamqp type name: (size, decoder as pamqp's).
 _ARGUMENTS: Final[dict[str, tuple[int, Callable[[bytes], tuple[int, Any]]]]] = {
     "octet": (1, decode.octet),
     "short": (2, decode.short_uint),
     "long": (4, decode.long_uint),
-    "longlong": (8, decode.long_long_int),
+    "longlong": (8, _unsigned_long_long),  # unsigned in AMQP; pamqp's is signed
 }
 
 

@@ -195,9 +195,11 @@ def _repeating(value: str, what: str) -> bytes:
 def _octet(value: Any, what: str) -> bytes:
     if type(value) is int and 0 <= value <= 255:
         return _OCTET[value]
-    if type(value) is not int:
+    if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{what} {value!r} must be an int from 0 to 255")
-    raise ValueError(f"{what} {value} must be from 0 to 255")
+    if not 0 <= value <= 255:
+        raise ValueError(f"{what} {value} must be from 0 to 255")
+    return _OCTET[int(value)]  # an int subclass: an IntEnum member
 
 
 #: The last timestamp encoded, (value, bytes): messages that follow each
