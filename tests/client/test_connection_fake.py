@@ -281,6 +281,74 @@ async def test_leaving_a_consumer_block_gives_buffered_deliveries_back(
         assert (queue.messages_ready, queue.messages_unacknowledged) == (4, 0)
 
 
+async def test_leaving_a_consumer_block_gives_back_only_what_no_multiple_ack_settled(
+    broker: FakeBrokerServer,
+) -> None:
+    """An ack with ``multiple`` settles buffered deliveries too: leaving the
+    block gives back none of them (a reject of a settled tag is a 406 that
+    closed the channel), and the channel stays open."""
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        for i in range(4):
+            broker.publish("", "q", bytes([i]))
+        async with await channel.basic_consume("q") as consumer:
+            while consumer.buffered < 4:
+                await trio.sleep(0.001)
+            await consumer.__anext__()
+            assert await channel.basic_ack(0, multiple=True)  # all four
+        await trio.sleep(0.01)
+        assert channel.is_open, channel.error
+        queue = broker.queue("q")
+        assert (queue.messages_ready, queue.messages_unacknowledged) == (0, 0)
+
+
+async def test_a_consumer_tag_used_before_with_no_ack_gives_back_what_an_acking_one_refuses(
+    broker: FakeBrokerServer,
+) -> None:
+    """A tag once used by a no_ack consumer, then by an acking one on the same
+    channel: deliveries still coming when the acking one's block ends go back
+    to the queue (they stayed unacked: the tag was taken for no_ack's still)."""
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        first = await channel.basic_consume("q", no_ack=True, consumer_tag="x")
+        await first.cancel()
+        broker.publish("", "q", b"first")
+        async with await channel.basic_consume("q", consumer_tag="x") as consumer:
+            assert await (await consumer.__anext__()).ack()
+            await trio.sleep(0.01)
+            for i in range(5):
+                broker.publish("", "q", bytes([i]))  # on their way as the block ends
+        with trio.fail_after(5):
+            while broker.queue("q").messages_unacknowledged:
+                await trio.sleep(0.001)
+        assert broker.queue("q").messages_ready == 5
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack", "reject"])
+async def test_a_settle_cancelled_before_it_runs_sends_nothing(
+    broker: FakeBrokerServer, settle: str
+) -> None:
+    """ack, nack and reject alike: cancelled, the call raises Cancelled,
+    sends nothing and leaves the delivery unsettled (reject sent anyway)."""
+    async with tl.open_connection(stream_factory=broker.connect) as conn:
+        channel = await conn.channel()
+        await channel.queue_declare("q")
+        broker.publish("", "q", b"m")
+        delivery = await channel.basic_get("q")
+        assert delivery is not None
+        sent = conn.bytes_sent
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await getattr(delivery, settle)()
+        assert scope.cancelled_caught
+        await trio.sleep(0.01)
+        assert conn.bytes_sent == sent
+        assert not delivery.settled
+        assert broker.queue("q").messages_unacknowledged == 1
+
+
 async def test_delivery_without_properties_gets_empty_ones_on_first_access(
     broker: FakeBrokerServer,
 ) -> None:

@@ -531,8 +531,13 @@ class Channel:
             raise ValueError(f"buffer_size must be >= 1, not {capacity!r}")
         consumer = Consumer(self, queue, tag, capacity, no_ack)
         self._consumers[tag] = consumer
+        # Deliveries under this tag that nobody takes are given back unless
+        # the broker counts them acked (also the late ones of an earlier
+        # no_ack consumer with the tag: they come before this one's).
         if no_ack:
             self._no_ack_tags.add(tag)
+        else:
+            self._no_ack_tags.discard(tag)
 
         def cancel_orphan(_reply: Any) -> None:
             # The caller was cancelled after the broker accepted the consumer.
@@ -604,6 +609,7 @@ class Channel:
     async def basic_reject(self, delivery_tag: int, *, requeue: bool = True) -> bool:
         """Reject one delivery; False (nothing sent) if the channel is gone.
         Raises as :meth:`basic_ack`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is None and self.connection.is_open:
             self._check_tag(delivery_tag, False)
         return self._reject_nowait(delivery_tag, requeue=requeue)

@@ -194,4 +194,5 @@ class Consumer:
         left, self._buffer = self._buffer, deque()
         if not self.no_ack:
             for delivery in left:
-                self.channel.give_back_nowait(delivery.delivery_tag)
+                if not delivery.settled:  # an ack with ``multiple`` may have settled it
+                    self.channel.give_back_nowait(delivery.delivery_tag)
