@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 from pamqp import commands
@@ -542,3 +543,58 @@ def test_send_heartbeat_queues_the_heartbeat_frame() -> None:
 def test_bad_tuning_options_name_the_value(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AMQPConnection(**kwargs)  # type: ignore[arg-type]
+
+
+# -- text the broker cut mid-character --------------------------------------------------
+
+#: RabbitMQ cuts a reply text of over 255 bytes at byte 252 and adds "...",
+#: wherever a character ends: "x" and 125 "é" (2 bytes each) end in half an "é".
+CUT_TEXT = ("x" + "é" * 200).encode()[:252] + b"..."
+
+
+def raw_method(channel: int, class_id: int, method_id: int, arguments: bytes) -> bytes:
+    """A method frame made by hand (pamqp cannot encode text that is not UTF-8)."""
+    payload = struct.pack(">HH", class_id, method_id) + arguments
+    return struct.pack(">BHI", 1, channel, len(payload)) + payload + b"\xce"
+
+
+def shortstr(raw: bytes) -> bytes:
+    return bytes([len(raw)]) + raw
+
+
+@pytest.mark.parametrize("mode", FEED_MODES)
+def test_a_connection_close_whose_text_is_not_utf8_keeps_its_reply_code(mode: str) -> None:
+    """A 320 with a reply text cut mid-character is a 320, answered with
+    CloseOk (it was a 501 FrameError, answered with our own Close); the
+    stray byte of the text becomes U+FFFD (a text for people: printable)."""
+    conn = handshake()
+    data = raw_method(0, 10, 50, struct.pack(">H", 320) + shortstr(CUT_TEXT) + b"\0\0\0\0")
+    [event] = feed(conn, data, mode)
+    assert isinstance(event, ev.BrokerClosedConnection)
+    assert event.reply_code == 320
+    assert event.reply_text == CUT_TEXT.decode("utf-8", "replace")
+    assert event.reply_text.endswith("é\ufffd...")
+    assert names(conn.data_to_send()) == ["Connection.CloseOk"]
+
+
+@pytest.mark.parametrize("mode", FEED_MODES)
+def test_a_channel_close_whose_text_is_not_utf8_closes_only_the_channel(mode: str) -> None:
+    conn = handshake()
+    number = open_channel(conn)
+    data = raw_method(
+        number, 20, 40, struct.pack(">H", 406) + shortstr(CUT_TEXT) + b"\0\x32\0\x0a"
+    )
+    [event] = feed(conn, data, mode)
+    assert isinstance(event, ev.BrokerClosedChannel)
+    assert (event.reply_code, event.class_id, event.method_id) == (406, 50, 10)
+    assert names(conn.data_to_send()) == ["Channel.CloseOk"]
+    assert conn.state is ConnectionState.OPEN
+
+
+def test_a_blocked_reason_that_is_not_utf8_is_reported() -> None:
+    conn = handshake()
+    conn.receive_data(raw_method(0, 10, 60, shortstr(b"low on \xe9")))
+    event = conn.next_event()
+    assert isinstance(event, ev.ConnectionBlocked)
+    assert event.reason == "low on \ufffd"
+    assert conn.blocked

@@ -506,8 +506,16 @@ def decode_method(method_class: type[base.Frame], payload: bytes) -> base.Frame:
             in_bits = True
         else:
             value, pos = _argument(kind, payload, pos)
+            if name in _MESSAGES_FOR_PEOPLE and not value.isascii():
+                # Only read, never sent back: stray bytes become U+FFFD, which
+                # any log or terminal can show (a lone surrogate cannot be printed).
+                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         setattr(method, name, value)
     return method
+
+
+#: Method arguments that are messages for people (reply texts, a blocked reason).
+_MESSAGES_FOR_PEOPLE: Final = frozenset({"reply_text", "reason"})
 
 
 #: Decoders for every method with a field-table argument, by method id (only

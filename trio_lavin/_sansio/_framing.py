@@ -148,11 +148,18 @@ def _decode_nack(payload: bytes) -> commands.Basic.Nack:
 #: tests/sansio/test_fastpath.py and test_fieldtable.py check they agree.
 _FAST_METHODS: Final[dict[int, Callable[[bytes], base.Frame]]] = {
     **TABLE_METHOD_DECODERS,
-    # Methods that relay what a publisher sent (exchange, routing key): their
-    # text may not be UTF-8, which pamqp's decoder refuses.
+    # Methods whose text may not be UTF-8, which pamqp's decoder refuses: what
+    # a publisher sent (exchange, routing key), and reply texts RabbitMQ cuts
+    # at 252 bytes wherever a character ends.
     **{
         method_class.index: functools.partial(decode_method, method_class)
-        for method_class in (commands.Basic.Return, commands.Basic.GetOk)
+        for method_class in (
+            commands.Basic.Return,
+            commands.Basic.GetOk,
+            commands.Connection.Close,
+            commands.Channel.Close,
+            commands.Connection.Blocked,
+        )
     },
     commands.Basic.Deliver.index: _decode_deliver,
     commands.Basic.Ack.index: _decode_ack,
