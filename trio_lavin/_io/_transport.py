@@ -24,10 +24,24 @@ StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
 
 def make_ssl_context(params: Parameters) -> ssl.SSLContext:
     """The TLS context for ``amqps``/``wss``: certificates are verified
-    against the system's CAs (or ``cacertfile``) unless ``verify`` is off."""
-    context = ssl.create_default_context(cafile=params.cacertfile)
+    against the system's CAs (or ``cacertfile``) unless ``verify`` is off.
+
+    Raises:
+        ValueError: ``cacertfile``, ``certfile`` or ``keyfile`` cannot be
+            read or loaded (named in the message).
+    """
+    try:
+        context = ssl.create_default_context(cafile=params.cacertfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cacertfile {params.cacertfile!r} cannot be loaded: {exc}") from exc
     if params.certfile:
-        context.load_cert_chain(params.certfile, params.keyfile)
+        try:
+            context.load_cert_chain(params.certfile, params.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"certfile {params.certfile!r} (keyfile {params.keyfile!r}) cannot be "
+                f"loaded: {exc}"
+            ) from exc
     if not params.verify:
         logger.warning(
             "TLS certificate verification is OFF for %s: the connection can be intercepted",
@@ -48,7 +62,13 @@ async def open_stream(params: Parameters) -> trio.abc.Stream:
             TLS failure, WebSocket upgrade refused), with the endpoint in the
             message (never a password).
         ImportError: ``ws``/``wss`` without the ``trio-lavin[ws]`` extra.
+        ValueError: a certificate or key file cannot be loaded (before
+            anything is connected).
+
+    Cancelled (or failing) half-way, it closes what it opened.
     """
+    # Before connecting: a certificate file that cannot be loaded opens no socket.
+    context = make_ssl_context(params) if params.tls else None
     if params.scheme in ("ws", "wss"):
         try:
             from ._websocket import connect_websocket
@@ -57,26 +77,29 @@ async def open_stream(params: Parameters) -> trio.abc.Stream:
                 f"the {params.scheme}:// transport needs wsproto: "
                 "install trio-lavin[ws] (pip install 'trio-lavin[ws]')"
             ) from exc
-        return await connect_websocket(params, make_ssl_context(params) if params.tls else None)
+        return await connect_websocket(params, context)
     try:
         stream: trio.abc.Stream = await trio.open_tcp_stream(params.host, params.port)
     except OSError as exc:
         raise ConnectionLost(f"cannot connect to {params.endpoint}: {exc}") from exc
-    if not params.tls:
+    if context is None:
         return stream
-    tls = trio.SSLStream(
-        stream,
-        make_ssl_context(params),
-        server_hostname=params.server_name_indication or params.host,
-        https_compatible=True,
-    )
     try:
+        tls = trio.SSLStream(
+            stream,
+            context,
+            server_hostname=params.server_name_indication or params.host,
+            https_compatible=True,
+        )
         await tls.do_handshake()
     except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
-        await trio.aclose_forcefully(tls)
+        await trio.aclose_forcefully(stream)
         # trio wraps the ssl error: its text says what went wrong.
         detail = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
         raise ConnectionLost(
             f"TLS handshake with {params.endpoint} failed: {detail or type(exc).__name__}"
         ) from exc
+    except BaseException:  # cancelled, or anything else: no socket left behind
+        await trio.aclose_forcefully(stream)
+        raise
     return tls
