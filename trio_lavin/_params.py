@@ -177,16 +177,22 @@ def parse_url(url: str) -> Parameters:
         # An "@" after the host: the user name or password probably holds an
         # unencoded "/", "?" or "#", which ended the host part early, so what
         # urlsplit calls the port, vhost, query or fragment may be a piece of
-        # the password.  A valid URL may still have "@" there (in the vhost or
-        # a query value); only an error must not show those pieces.
+        # the password.  In the vhost it is refused even when the rest parses
+        # ("amqp://user:5672/S3cret@host" would connect as guest to host
+        # "user" and show "S3cret" in every log line naming the endpoint); a
+        # vhost with an "@" is written %40.  A query value may hold one; only
+        # an error must not show those pieces.
+        refusal = ValueError(
+            "malformed URL: it has an '@' after the host part; if the user name "
+            "or password contains '/', '?', '#' or '@', percent-encode it "
+            "(e.g. '/' as %2F), and write an '@' in the vhost as %40"
+        )
+        if "@" in parts.path:
+            raise refusal from None
         try:
             return _parse_parts(scheme, parts)
         except ValueError:
-            raise ValueError(
-                "malformed URL: it has an '@' after the host part; if the user name "
-                "or password contains '/', '?', '#' or '@', percent-encode it "
-                "(e.g. '/' as %2F)"
-            ) from None
+            raise refusal from None
     return _parse_parts(scheme, parts)
 
 

@@ -193,6 +193,8 @@ def test_scheme_error_shows_only_the_scheme_not_the_password_after_it(
         "amqp://user:Zebra?42@host/",  # '?' starts a query: "42@host/" looks like a parameter
         "amqp://user:Zebra#42@host/",  # '#' starts a fragment
         "amqp://user:1234/Zebra/x@host/",  # port 1234, then a vhost with a '/'
+        "amqp://user:5672/Zebra@host",  # parses (host "user", vhost "Zebra@host"): refused
+        "amqp://user:1/Zebra@host/vhost",
     ],
 )
 def test_unencoded_slash_question_mark_or_hash_in_the_password_is_not_shown(url: str) -> None:
@@ -202,8 +204,8 @@ def test_unencoded_slash_question_mark_or_hash_in_the_password_is_not_shown(url:
     assert excinfo.value.__suppress_context__
 
 
-def test_an_at_sign_after_the_host_is_still_fine_in_a_valid_url() -> None:
-    params = parse_url("amqp://host/team@site?connection_name=me@box")
+def test_an_at_sign_after_the_host_is_fine_in_a_query_value_and_encoded_in_the_vhost() -> None:
+    params = parse_url("amqp://host/team%40site?connection_name=me@box")
     assert (params.host, params.virtual_host, params.connection_name) == (
         "host",
         "team@site",
