@@ -598,3 +598,29 @@ def test_a_blocked_reason_that_is_not_utf8_is_reported() -> None:
     assert isinstance(event, ev.ConnectionBlocked)
     assert event.reason == "low on \ufffd"
     assert conn.blocked
+
+
+@pytest.mark.parametrize(
+    ("client", "server"), [(0, 0), (0, 64 * 1024 * 1024), (32 * 1024 * 1024, 64 * 1024 * 1024)]
+)
+def test_tune_ok_never_offers_frames_larger_than_the_reader_takes(
+    client: int, server: int
+) -> None:
+    """The reader refuses frames over 16 MiB, so TuneOk says 16 MiB where
+    both sides allowed more (or said 0, no limit): it told the broker 0 or
+    32 MiB, then closed the connection with 501 on a 20 MiB frame."""
+    conn = AMQPConnection(username="u", password="pw", frame_max=client)
+    conn.initiate()
+    conn.data_to_send()
+    conn.receive_data(
+        method(0, commands.Connection.Start(server_properties={"product": "test"}))
+        + method(0, commands.Connection.Tune(2047, server, 60))
+    )
+    while conn.next_event() is not None:
+        pass
+    tune_ok = next(
+        frame
+        for _, frame in decode_all(conn.data_to_send())
+        if isinstance(frame, commands.Connection.TuneOk)
+    )
+    assert tune_ok.frame_max == conn.frame_max == 16 * 1024 * 1024

@@ -50,6 +50,7 @@ from ._errors import (
     UnexpectedFrame,
 )
 from ._framing import (
+    ABSOLUTE_FRAME_MAX,
     FRAME_END,
     FRAME_METHOD,
     FRAME_MIN_SIZE,
@@ -615,8 +616,11 @@ class AMQPConnection:
 
     def _on_tune(self, tune: commands.Connection.Tune) -> None:
         self.channel_max = negotiate(self.channel_max, tune.channel_max) or MAX_CHANNEL_MAX
-        self.frame_max = negotiate(self.frame_max, tune.frame_max)
-        if self.frame_max and self.frame_max < FRAME_MIN_SIZE:
+        # At most what our reader takes, also where both sides said "no limit".
+        self.frame_max = min(
+            negotiate(self.frame_max, tune.frame_max) or ABSOLUTE_FRAME_MAX, ABSOLUTE_FRAME_MAX
+        )
+        if self.frame_max < FRAME_MIN_SIZE:
             raise RemoteProtocolError(
                 f"broker's frame_max {tune.frame_max} is below the minimum {FRAME_MIN_SIZE}",
                 NOT_IMPLEMENTED,
