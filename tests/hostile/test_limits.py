@@ -98,6 +98,34 @@ async def test_recovering_consumer_backs_off_from_a_message_too_large(
     assert broker.queue("big").messages_ready == 1
 
 
+async def test_the_backoff_from_a_message_too_large_grows_across_the_deliveries_before_it(
+    broker: FakeBrokerServer,
+) -> None:
+    """A small message ahead of the one too large is handed over each time
+    (its ack comes after the 311 closed the channel, so it comes again): the
+    wait before subscribing again still grows (it started over with every
+    delivery handed over: 20 subscriptions in a second)."""
+    config = tl.Config(
+        max_body_size=LIMIT, heartbeat=0, reconnect_initial_delay=0.05, reconnect_jitter=0.0
+    )
+    async with tl.open_client(stream_factory=broker.connect, config=config) as client:
+        await client.declare_queue("big")
+        producer = client.producer("big")
+        await producer.publish(b"small")
+        await producer.publish(b"b" * (LIMIT + 1))
+        received: list[bytes] = []
+        async with client.consume("big") as deliveries:
+            with trio.move_on_after(1.0):
+                async for delivery in deliveries:
+                    received.append(delivery.body)
+                    await delivery.ack()
+            subscriptions = deliveries.subscriptions
+    assert set(received) == {b"small"}
+    # 0.05 + 0.1 + 0.2 + 0.4 s of backoff fit in 1 s: at most 5 subscriptions.
+    assert 2 <= subscriptions <= 5, subscriptions
+    assert len(received) <= subscriptions
+
+
 def test_a_client_retrying_for_ever_keeps_a_bounded_record_of_delays() -> None:
     supervisor = Supervisor(tl.Config(), ["amqp://127.0.0.1:1/"], 0.0)
     now = 0.0

@@ -113,6 +113,10 @@ class RecoveringConsumer:
         #: The broker refused a re-subscription made for us (by the
         #: client's recovery): the iteration tries again with backoff.
         self._refused: ChannelClosed | None = None
+        #: While the broker keeps sending a message too large for us (we close
+        #: the channel over it with 311, and it comes again), the wait before
+        #: each new subscription; kept across deliveries handed over in between.
+        self._refusals: Backoff | None = None
         #: Subscriptions made so far (the first one included).
         self.subscriptions = 0
         #: Shared by the client's consumers of the same queue.
@@ -215,7 +219,6 @@ class RecoveringConsumer:
 
     async def __anext__(self) -> Delivery:
         backoff: Backoff | None = None  # made only when a re-subscription is needed
-        refusals: Backoff | None = None  # likewise, for messages we refused
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -264,9 +267,11 @@ class RecoveringConsumer:
                 # We refused a message larger than max_body_size; the broker
                 # requeued it and sends it again: wait longer each time rather
                 # than fetch it in a loop.
-                refusals = refusals or self._client.config.backoff(jitter=False)
+                refusals = self._refusals or self._client.config.backoff(jitter=False)
                 await trio.sleep(refusals.delay(self._rng))
-                refusals = refusals.next()
+                self._refusals = refusals.next()
+            else:
+                self._refusals = None
             backoff = await self._resubscribe(backoff or self._client.config.backoff(jitter=False))
 
     async def _take_from_stream(self, delivery: Delivery, subscription: int) -> bool:
