@@ -163,3 +163,42 @@ async def test_a_single_active_consumer_that_loses_its_connection_is_replaced_lo
     # Acks a queued just before the sever never reached the broker: at most a prefetch
     # of messages came again to b (at-least-once).
     assert len(set(acked["a"]) & set(acked["b"])) <= 10
+
+
+async def test_a_consumer_from_last_that_loses_its_connection_before_taking_anything_skips_nothing(
+    rabbit_node: RabbitNode,
+) -> None:
+    """stream_offset="last": the last chunk arrived, the connection dropped
+    before the application took any of it, and the next subscription starts
+    at its first offset (it started at the time of the first subscription,
+    after that chunk was written, so the application got nothing)."""
+    queue = unique()
+    await fill_stream(rabbit_node.url, queue, 10)
+    # A stream offset by time counts whole seconds: let the chunk be older than
+    # the first subscription by more than that.
+    await trio.sleep(1.5)
+    params = tl.parse_url(rabbit_node.url)
+    async with open_fault_proxy(params.host, params.port) as proxy:
+        config = tl.Config(heartbeat=5, reconnect_initial_delay=0.05, reconnect_jitter=0.0)
+        async with (
+            tl.open_client(proxy.url_for(rabbit_node.url), config) as client,
+            client.consume(queue, prefetch=100, stream_offset="last") as consumer,
+        ):
+            with trio.fail_after(10):
+                while not consumer.buffered:
+                    await trio.sleep(0.01)
+            proxy.sever()
+            with trio.fail_after(10):
+                while consumer.subscriptions < 2:  # subscribed again
+                    await trio.sleep(0.01)
+            got: list[int] = []
+            with trio.move_on_after(3):
+                async for delivery in consumer:
+                    assert delivery.stream_offset is not None
+                    got.append(delivery.stream_offset)
+                    await delivery.ack()
+                    if delivery.stream_offset == 9:
+                        break
+    assert got
+    assert got[-1] == 9
+    assert got == sorted(set(got))

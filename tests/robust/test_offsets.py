@@ -132,7 +132,7 @@ def test_every_kind_of_stream_offset_is_taken(offset: object) -> None:
     ("start", "pinned"),
     [
         ("next", datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)),
-        ("last", datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)),
+        ("last", "last"),  # the last chunk was written before: see the test below
         ("90m", datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)),
         ("2D", datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)),
         ("first", "first"),
@@ -150,3 +150,30 @@ def test_a_start_relative_to_subscribing_is_pinned_to_the_first_subscription(
     subscription = offsets.new_subscription()
     assert offsets.delivered(subscription, 1, 40, settled=False)
     assert offsets.resume_from() == 40  # from the first delivery on, offsets count
+
+
+def test_last_starts_again_at_the_first_offset_that_arrived_before_the_application_took_it() -> (
+    None
+):
+    """ "last" pinned to the time of subscribing skipped the last chunk (written
+    before) when the connection dropped before the application took its first
+    delivery; the first offset that arrived is where the next subscription starts."""
+    offsets = StreamOffsets("last")
+    offsets.pin(datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC))
+    offsets.new_subscription()
+    offsets.arrived(9)  # buffered, not handed over: the connection dropped
+    assert offsets.resume_from() == 9
+    offsets.arrived(12)  # only the first arrival counts
+    assert offsets.resume_from() == 9
+    subscription = offsets.new_subscription()
+    assert offsets.delivered(subscription, 1, 9, settled=True)
+    assert offsets.resume_from() == 10
+
+
+def test_an_arrival_after_the_application_took_deliveries_changes_nothing() -> None:
+    offsets = StreamOffsets("last")
+    subscription = offsets.new_subscription()
+    assert offsets.delivered(subscription, 1, 30, settled=True)
+    offsets.arrived(31)
+    assert offsets.resume_from() == 31  # after the last delivered, as before
+    assert offsets.start == "last"

@@ -91,6 +91,11 @@ class Consumer:
         return True
 
     @property
+    def next_buffered(self) -> Delivery | None:
+        """The buffered delivery iterating would hand over next, if any."""
+        return self._buffer[0] if self._buffer else None
+
+    @property
     def overfull(self) -> bool:
         """Holds more deliveries than its buffer is for."""
         return len(self._buffer) > self._capacity

@@ -175,11 +175,14 @@ class RecoveringConsumer:
                 with trio.CancelScope(shield=True):
                     await channel.aclose()
                 raise
-            previous = self._channel
+            previous, ended = self._channel, self._current
             self._channel, self._current = channel, consumer
             if offsets is not None:
                 if not self.subscriptions:
                     offsets.pin(datetime.datetime.now(datetime.UTC))
+                waiting = None if ended is None else ended.next_buffered
+                if waiting is not None and waiting.stream_offset is not None:
+                    offsets.arrived(waiting.stream_offset)
                 offsets.end_subscription(self._subscription)
                 self._subscription = offsets.new_subscription()
                 channel.settle_listener = functools.partial(offsets.settled, self._subscription)

@@ -104,15 +104,23 @@ class StreamOffsets:
 
     def pin(self, now: datetime.datetime) -> None:
         """The first subscription began at ``now``: a start relative to the time of
-        subscribing ("next", "last", an interval) becomes that time (or that long before
-        it), so that a subscription made again before anything came does not skip what
-        was published meanwhile."""
+        subscribing ("next", an interval) becomes that time (or that long before it),
+        so that a subscription made again before anything came does not skip what was
+        published meanwhile.  "last" (the last chunk, written before ``now``) stays
+        until :meth:`arrived` names its first offset."""
         start = self.start
-        if start in ("next", "last"):
+        if start == "next":
             self.start = now
         elif isinstance(start, str) and _INTERVAL.fullmatch(start):
             seconds = int(start[:-1]) * _UNIT_SECONDS[start[-1]]
             self.start = now - datetime.timedelta(seconds=seconds)
+
+    def arrived(self, offset: int) -> None:
+        """The first delivery the application did not get to before its subscription
+        ended came with ``offset``: if it is the first of all, the next subscription
+        starts there (the last chunk of "last" would have moved on)."""
+        if self.start == "last" and self.last_delivered is None:
+            self.start = offset
 
     def new_subscription(self) -> int:
         """A subscription begins; its number, for :meth:`delivered` and :meth:`settled`.
