@@ -126,11 +126,17 @@ class RpcReplyLost(RpcError, ConnectionLost):
     is the ``__cause__``."""
 
 
+#: The longest per-message expiration RabbitMQ takes (ms); more closes the channel (406).
+MAX_EXPIRATION_MS: Final = 2**32 - 1
+
+
 def _expiration(deadline: float) -> str | None:
-    """The request's ``expiration`` (ms): the time its caller still waits."""
+    """The request's ``expiration`` (ms): the time its caller still waits;
+    None (none) past what an expiration can say."""
     if math.isinf(deadline):
         return None
-    return str(max(1, math.ceil((deadline - trio.current_time()) * 1000)))
+    milliseconds = max(1, math.ceil((deadline - trio.current_time()) * 1000))
+    return None if milliseconds > MAX_EXPIRATION_MS else str(milliseconds)
 
 
 def _target(exchange: str, routing_key: str) -> str:
