@@ -569,6 +569,19 @@ async def test_replay_does_each_fault_in_turn_and_leaves_the_network_as_it_was()
     assert faults == [(True, False, 0.0), (False, True, 0.0), (False, False, 0.1)]
 
 
+async def test_a_replay_on_a_network_already_faulty_leaves_it_as_it_was() -> None:
+    """A blackhole or refusal in the plan, on a proxy already blackholed and
+    refusing: once the plan is over, both still hold (they were healed)."""
+    async with open_target(echo) as target, open_fault_proxy("127.0.0.1", target.port) as proxy:
+        proxy.blackhole()
+        proxy.refuse = True
+        plan = [Fault(0.0, "blackhole", duration=0.05), Fault(0.0, "refuse", duration=0.05)]
+        with trio.fail_after(TIMEOUT):
+            await proxy.replay(plan)
+        assert (proxy.blackholed, proxy.refuse) == (True, True)
+        proxy.restore()
+
+
 async def test_a_cancelled_replay_ends_the_fault_it_was_in() -> None:
     async with open_target(echo) as target, open_fault_proxy("127.0.0.1", target.port) as proxy:
         with trio.move_on_after(0.1):

@@ -390,19 +390,23 @@ class FaultProxy:
                 await self._for_a_while(fault)
 
     async def _for_a_while(self, fault: Fault) -> None:
+        """Do ``fault`` for its duration, then put back what was there before
+        (a proxy blackholed or refusing already stays so)."""
         if fault.kind == "blackhole":
+            before: bool | float = self.blackholed
             self.blackhole()
         elif fault.kind == "refuse":
-            self.refuse = True
+            before, self.refuse = self.refuse, True
         else:
             before, self.latency = self.latency, fault.latency
         try:
             await trio.sleep(fault.duration)
         finally:
             if fault.kind == "blackhole":
-                self.restore()
+                if not before:
+                    self.restore()
             elif fault.kind == "refuse":
-                self.refuse = False
+                self.refuse = bool(before)
             else:
                 self.latency = before
 
