@@ -766,18 +766,6 @@ def test_basic_cancel_stops_deliveries(broker: FakeBroker) -> None:
     assert broker.queue("q").messages_ready == 1
 
 
-def test_channel_flow_off_pauses_deliveries_until_flow_on(broker: FakeBroker) -> None:
-    client = RawClient.connected(broker)
-    client.declare_queue(1, "q")
-    client.send(1, commands.Basic.Consume(queue="q", consumer_tag="c", no_ack=True))
-    flow_ok = client.call(1, commands.Channel.Flow(active=False))
-    assert isinstance(flow_ok, commands.Channel.FlowOk)
-    assert flow_ok.active is False
-    assert client.publish(1, "", "q", b"m") == []
-    frames = client.send(1, commands.Channel.Flow(active=True))
-    assert method_names(frames)[:2] == [(1, "Channel.FlowOk"), (1, "Basic.Deliver")]
-
-
 def test_auto_delete_queue_is_deleted_when_its_last_consumer_cancels(
     broker: FakeBroker,
 ) -> None:
@@ -1242,3 +1230,101 @@ def test_public_api_is_exactly_the_documented_names() -> None:
     assert "never replaces tests" in testing.__doc__
     for name in testing.__all__:
         assert getattr(testing, name).__doc__, name
+
+
+# -- as RabbitMQ 3.10 does it (helper-17's comparison) -------------------------------------
+
+
+def test_messages_requeued_one_by_one_go_back_to_their_places(broker: FakeBroker) -> None:
+    """Rejected one at a time with requeue, in any order, messages keep the
+    queue's order, as RabbitMQ puts them back (m1 came before m0)."""
+    client = RawClient.connected(broker)
+    client.declare_queue(1, "q")
+    for payload in (b"m0", b"m1", b"m2", b"m3"):
+        client.publish(1, "", "q", payload)
+    for _ in range(3):
+        client.send(1, commands.Basic.Get(queue="q"))  # tags 1-3: m0, m1, m2
+    for tag in (2, 1, 3):
+        client.send(1, commands.Basic.Reject(delivery_tag=tag, requeue=True))
+    assert [(m.body, m.redelivered) for m in broker.queue("q").messages] == [
+        (b"m0", True),
+        (b"m1", True),
+        (b"m2", True),
+        (b"m3", False),
+    ]
+
+
+@pytest.mark.parametrize("pattern", ["*", "*.#", "#.*"])
+def test_a_topic_pattern_needing_a_word_does_not_match_the_empty_routing_key(
+    broker: FakeBroker, pattern: str
+) -> None:
+    """The empty routing key has no words ("" split on "." gave one empty word)."""
+    client = RawClient.connected(broker)
+    client.declare_queue(1, "q")
+    client.call(1, commands.Queue.Bind(queue="q", exchange="amq.topic", routing_key=pattern))
+    client.publish(1, "amq.topic", "", b"empty")
+    client.publish(1, "amq.topic", "a", b"a")
+    assert [m.body for m in broker.queue("q").messages] == [b"a"]
+
+
+def test_a_built_in_exchange_may_be_declared_again_as_it_is(broker: FakeBroker) -> None:
+    client = RawClient.connected(broker)
+    ok = client.call(
+        1, commands.Exchange.Declare(exchange="amq.topic", exchange_type="topic", durable=True)
+    )
+    assert isinstance(ok, commands.Exchange.DeclareOk)
+    close = client.call(
+        1, commands.Exchange.Declare(exchange="amq.topic", exchange_type="fanout", durable=True)
+    )
+    assert isinstance(close, commands.Channel.Close)
+    assert close.reply_code == 406
+    other = RawClient.connected(broker)
+    close = other.call(1, commands.Exchange.Declare(exchange="amq.mine", exchange_type="topic"))
+    assert isinstance(close, commands.Channel.Close)
+    assert close.reply_code == 403
+
+
+def test_declaring_again_compares_only_the_arguments_rabbitmq_knows(broker: FakeBroker) -> None:
+    """An argument RabbitMQ does not know ("bar", "x-foo") may differ; a
+    missing x-queue-type is "classic"; a known one must match."""
+    client = RawClient.connected(broker)
+    client.call(1, commands.Queue.Declare(queue="q", arguments={"x-foo": 1, "bar": "baz"}))
+    again: list[common.FieldTable] = [{}, {"x-foo": 2}, {"x-queue-type": "classic"}]
+    for arguments in again:
+        ok = client.call(1, commands.Queue.Declare(queue="q", arguments=arguments))
+        assert isinstance(ok, commands.Queue.DeclareOk), arguments
+    client.call(
+        1, commands.Exchange.Declare(exchange="e", exchange_type="direct", arguments={"foo": 1})
+    )
+    ok = client.call(1, commands.Exchange.Declare(exchange="e", exchange_type="direct"))
+    assert isinstance(ok, commands.Exchange.DeclareOk)
+    close = client.call(1, commands.Queue.Declare(queue="q", arguments={"x-max-length": 5}))
+    assert isinstance(close, commands.Channel.Close)
+    assert close.reply_code == 406
+
+
+def test_channel_flow_off_from_the_client_is_not_implemented_540(broker: FakeBroker) -> None:
+    """RabbitMQ closes the connection with 540 over flow(active=false)."""
+    client = RawClient.connected(broker)
+    client.send(1, commands.Channel.Flow(active=True))
+    close = client.call(1, commands.Channel.Flow(active=False))
+    assert isinstance(close, commands.Connection.Close)
+    assert (close.reply_code, close.reply_text) == (540, "NOT_IMPLEMENTED - active=false")
+
+
+def test_deleting_the_last_declared_queue_without_one_is_404(broker: FakeBroker) -> None:
+    client = RawClient.connected(broker)
+    close = client.call(1, commands.Queue.Delete(queue=""))
+    assert isinstance(close, commands.Channel.Close)
+    assert close.reply_code == 404
+    assert "no previously declared queue" in close.reply_text
+
+
+def test_a_headers_binding_of_1_does_not_match_the_header_true(broker: FakeBroker) -> None:
+    """Values compare with their types, as RabbitMQ does (1 == True in Python)."""
+    client = RawClient.connected(broker)
+    client.declare_queue(1, "h")
+    client.call(1, commands.Queue.Bind(queue="h", exchange="amq.headers", arguments={"k": 1}))
+    client.publish(1, "amq.headers", "", b"bool", properties=BasicProperties(headers={"k": True}))
+    client.publish(1, "amq.headers", "", b"int", properties=BasicProperties(headers={"k": 1}))
+    assert [m.body for m in broker.queue("h").messages] == [b"int"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import replace
 
 from pamqp import commands
 
@@ -183,7 +182,7 @@ class FakeBroker:
         props = properties or BasicProperties()
         queues = vh.route(ex, routing_key, props.headers or {})
         for q in queues:
-            q.messages.append(Message(body, props, exchange, routing_key))
+            q.enqueue(Message(body, props, exchange, routing_key))
         self.dispatch_all()
         return len(queues)
 
@@ -316,10 +315,10 @@ class FakeBroker:
             self._requeue(deliveries)
 
     def _requeue(self, deliveries: list[_Delivery]) -> None:
-        """Put messages back at the head of their queues, first delivered first."""
-        for d in reversed(deliveries):
+        """Put messages back in their queues, each where it was."""
+        for d in deliveries:
             if not d.queue.deleted:
-                d.queue.messages.appendleft(replace(d.message, redelivered=True))
+                d.queue.requeue(d.message)
 
     def remove_consumer(self, consumer: _Consumer, *, auto_delete: bool) -> None:
         """Internal: drop ``consumer`` (and an auto-delete queue left without any)."""

@@ -34,6 +34,8 @@ from .._sansio._properties import BasicProperties, ContentHeader
 from ._fake_model import (
     _HARD_ERRORS,
     _LOGIN_REFUSED,
+    EXCHANGE_EQUIVALENCE_ARGUMENTS,
+    QUEUE_EQUIVALENCE_ARGUMENTS,
     SERVER_CAPABILITIES,
     ConnectionState,
     Message,
@@ -324,7 +326,9 @@ class BrokerConnection:
     # -- channel class --------------------------------------------------------------------
 
     def _channel_flow(self, ch: _Channel, m: commands.Channel.Flow) -> None:
-        ch.active = bool(m.active)
+        if not m.active:
+            raise _AmqpError(NOT_IMPLEMENTED, "active=false")  # as RabbitMQ
+        ch.active = True
         self._send(ch.id, commands.Channel.FlowOk(ch.active))
 
     def _channel_close(self, ch: _Channel, m: commands.Channel.Close) -> None:
@@ -339,10 +343,13 @@ class BrokerConnection:
         if m.passive:
             self._exchange(m.exchange)
         else:
-            _check_declarable(m.exchange)
+            ex = vh.exchanges.get(m.exchange)
+            if ex is None or m.exchange == "":
+                # Only a new one must have a name a client may give (an amq.*
+                # exchange that exists may be declared again as it is).
+                _check_declarable(m.exchange)
             if m.exchange_type not in self._broker.exchange_types:
                 raise _AmqpError(COMMAND_INVALID, f"unknown exchange type {m.exchange_type!r}")
-            ex = vh.exchanges.get(m.exchange)
             if ex is None:
                 vh.exchanges[m.exchange] = _Exchange(
                     m.exchange,
@@ -364,6 +371,7 @@ class BrokerConnection:
                     ],
                     ex.arguments,
                     m.arguments,
+                    EXCHANGE_EQUIVALENCE_ARGUMENTS,
                 )
         if not m.nowait:
             self._send(ch.id, commands.Exchange.DeclareOk())
@@ -429,6 +437,8 @@ class BrokerConnection:
                     ],
                     q.arguments,
                     m.arguments,
+                    QUEUE_EQUIVALENCE_ARGUMENTS,
+                    {"x-queue-type": "classic"},
                 )
         ch.last_queue = q.name
         if not m.nowait:
@@ -455,6 +465,8 @@ class BrokerConnection:
 
     def _queue_delete(self, ch: _Channel, m: commands.Queue.Delete) -> None:
         vh = self._vh()
+        if not m.queue and not ch.last_queue:
+            raise _AmqpError(NOT_FOUND, "no previously declared queue")
         name = m.queue or ch.last_queue
         q = vh.queues.get(name)
         count = 0
@@ -590,7 +602,7 @@ class BrokerConnection:
         message = Message(payload, properties, m.exchange, m.routing_key)
         queues = [] if nack else vh.route(ex, m.routing_key, properties.headers or {})
         for q in queues:
-            q.messages.append(message)
+            q.enqueue(message)
         if m.mandatory and not queues and not nack:
             # RabbitMQ sends the Return before the confirm, so the client can match them up.
             returned = commands.Basic.Return(NO_ROUTE, "NO_ROUTE", m.exchange, m.routing_key)

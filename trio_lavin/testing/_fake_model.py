@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 from pamqp import base, commands, common
@@ -110,6 +110,8 @@ class Message:
     exchange: str = ""
     routing_key: str = ""
     redelivered: bool = False
+    #: Its place in its queue: a requeued message goes back there.
+    position: int = field(default=0, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,22 @@ class _Queue:
     messages: deque[Message] = field(default_factory=deque)
     consumers: list[_Consumer] = field(default_factory=list)
     deleted: bool = False
+    #: Messages enqueued so far (their positions).
+    enqueued: int = 0
+
+    def enqueue(self, message: Message) -> None:
+        """Add ``message`` at the tail, noting its place."""
+        self.enqueued += 1
+        self.messages.append(replace(message, position=self.enqueued))
+
+    def requeue(self, message: Message) -> None:
+        """Put a delivered message back where it was, as redelivered (RabbitMQ
+        keeps a requeued message's place: the ready ones after it follow it)."""
+        place = next(
+            (i for i, m in enumerate(self.messages) if m.position > message.position),
+            len(self.messages),
+        )
+        self.messages.insert(place, replace(message, redelivered=True))
 
 
 @dataclass(eq=False)
@@ -282,8 +300,13 @@ def _binding_matches(
     if exchange_type == "direct":
         return binding.routing_key == routing_key
     if exchange_type == "topic":
-        return _topic_matches(binding.routing_key.split("."), routing_key.split("."))
+        return _topic_matches(_words(binding.routing_key), _words(routing_key))
     return _headers_match(binding.arguments, headers)
+
+
+def _words(key: str) -> list[str]:
+    """A routing key's words: none in the empty key (it is not one empty word)."""
+    return key.split(".") if key else []
 
 
 def _topic_matches(pattern: list[str], words: list[str]) -> bool:
@@ -301,7 +324,10 @@ def _headers_match(arguments: common.FieldTable, headers: common.FieldTable) -> 
     """Headers-exchange matching: ``x-match`` ``all`` (the default) or ``any``;
     a binding argument with no value (void) only requires the header to exist."""
     wanted = {k: v for k, v in arguments.items() if not k.startswith("x-")}
-    hits = [k in headers and (v is None or headers[k] == v) for k, v in wanted.items()]
+    hits = [
+        k in headers and (v is None or (type(headers[k]) is type(v) and headers[k] == v))
+        for k, v in wanted.items()
+    ]
     if arguments.get("x-match") == "any":
         return any(hits)
     return all(hits)
@@ -316,6 +342,31 @@ def _fmt(value: object) -> str:
 
 def _describe(value: FrameValue) -> str:
     return value.name
+
+
+#: The queue arguments RabbitMQ 3.10 compares when a queue is declared again.
+QUEUE_EQUIVALENCE_ARGUMENTS: Final = frozenset(
+    {
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "x-dead-letter-strategy",
+        "x-expires",
+        "x-max-in-memory-bytes",
+        "x-max-in-memory-length",
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-priority",
+        "x-message-ttl",
+        "x-overflow",
+        "x-queue-mode",
+        "x-queue-type",
+        "x-queue-version",
+        "x-quorum-initial-group-size",
+        "x-single-active-consumer",
+    }
+)
+#: The exchange arguments it compares.
+EXCHANGE_EQUIVALENCE_ARGUMENTS: Final = frozenset({"alternate-exchange"})
 
 
 def _check_declarable(name: str) -> None:
@@ -353,12 +404,16 @@ def _check_equivalent(
     fields: list[tuple[str, object, object]],
     current_args: common.FieldTable,
     received_args: common.Arguments,
+    known: frozenset[str],
+    defaults: Mapping[str, object] | None = None,
 ) -> None:
-    """Re-declaring ``what`` must repeat its settings and arguments exactly
-    (else 406 PRECONDITION_FAILED, as RabbitMQ says it)."""
+    """Re-declaring ``what`` must repeat its settings, and the arguments
+    RabbitMQ compares (``known``; a missing one as its default in
+    ``defaults``), else 406 PRECONDITION_FAILED, as RabbitMQ says it."""
     received_args = received_args or {}
-    for key in sorted(current_args.keys() | received_args.keys()):
-        fields.append((key, current_args.get(key), received_args.get(key)))
+    for key in sorted((current_args.keys() | received_args.keys()) & known):
+        default = (defaults or {}).get(key)
+        fields.append((key, current_args.get(key, default), received_args.get(key, default)))
     for name, current, received in fields:
         if current != received:
             raise _AmqpError(
