@@ -1328,3 +1328,32 @@ def test_a_headers_binding_of_1_does_not_match_the_header_true(broker: FakeBroke
     client.publish(1, "amq.headers", "", b"bool", properties=BasicProperties(headers={"k": True}))
     client.publish(1, "amq.headers", "", b"int", properties=BasicProperties(headers={"k": 1}))
     assert [m.body for m in broker.queue("h").messages] == [b"int"]
+
+
+def test_binding_the_last_declared_queue_without_a_key_binds_it_by_its_name(
+    broker: FakeBroker,
+) -> None:
+    """queue.bind with an empty queue name binds the channel's last declared
+    queue, and with an empty routing key too, by that queue's name."""
+    client = RawClient.connected(broker)
+    client.declare_queue(1, "jobs")
+    ok = client.call(1, commands.Queue.Bind(queue="", exchange="amq.direct", routing_key=""))
+    assert isinstance(ok, commands.Queue.BindOk)
+    client.publish(1, "amq.direct", "jobs", b"by name")
+    client.publish(1, "amq.direct", "", b"by empty key")
+    assert [m.body for m in broker.queue("jobs").messages] == [b"by name"]
+
+
+def test_an_auto_delete_exchange_goes_when_its_last_binding_does(broker: FakeBroker) -> None:
+    client = RawClient.connected(broker)
+    client.call(
+        1, commands.Exchange.Declare(exchange="tmp", exchange_type="fanout", auto_delete=True)
+    )
+    client.declare_queue(1, "a")
+    client.declare_queue(1, "b")
+    for name in ("a", "b"):
+        client.call(1, commands.Queue.Bind(queue=name, exchange="tmp"))
+    client.call(1, commands.Queue.Unbind(queue="a", exchange="tmp"))
+    assert "tmp" in broker.exchange_names()  # b is still bound
+    client.call(1, commands.Queue.Delete(queue="b"))
+    assert "tmp" not in broker.exchange_names()

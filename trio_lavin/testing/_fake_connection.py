@@ -447,7 +447,9 @@ class BrokerConnection:
 
     def _queue_bind(self, ch: _Channel, m: commands.Queue.Bind) -> None:
         q = self._queue(ch, m.queue)
-        self._bind(m.exchange, _Binding(q.name, True, m.routing_key, dict(m.arguments)))
+        # The last declared queue with no key either: bound by its name.
+        key = m.routing_key or (q.name if not m.queue else "")
+        self._bind(m.exchange, _Binding(q.name, True, key, dict(m.arguments)))
         if not m.nowait:
             self._send(ch.id, commands.Queue.BindOk())
 
@@ -693,6 +695,7 @@ class BrokerConnection:
         ex = self._exchange(source)
         if binding in ex.bindings:
             ex.bindings.remove(binding)
+            self._vh().unbound(ex)
 
     def _wants(self, capability: str) -> bool:
         return bool(self._capabilities.get(capability))

@@ -286,10 +286,19 @@ class _VHost:
         return list(found.values())
 
     def unbind_everywhere(self, destination: str, to_queue: bool) -> None:
-        for ex in self.exchanges.values():
-            ex.bindings = [
+        for ex in list(self.exchanges.values()):
+            kept = [
                 b for b in ex.bindings if (b.destination, b.to_queue) != (destination, to_queue)
             ]
+            if len(kept) < len(ex.bindings):
+                ex.bindings = kept
+                self.unbound(ex)
+
+    def unbound(self, ex: _Exchange) -> None:
+        """A binding from ``ex`` went: an auto-delete exchange without any goes too."""
+        if ex.auto_delete and not ex.bindings and self.exchanges.get(ex.name) is ex:
+            del self.exchanges[ex.name]
+            self.unbind_everywhere(ex.name, to_queue=False)
 
 
 def _binding_matches(
