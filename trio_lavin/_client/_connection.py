@@ -225,6 +225,8 @@ class Connection:
         Raises:
             ConnectionLost, ConnectionClosed: the connection ended.
             ChannelClosed: the broker refused the channel.
+            LocalProtocolError: all ``channel_max`` channels are open (the
+                connection stays up; close one first).
         """
         self.check_open()
         number = self._amqp.open_channel()

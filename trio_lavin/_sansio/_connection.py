@@ -324,7 +324,12 @@ class AMQPConnection:
 
     def open_channel(self) -> int:
         """Queue ``Channel.Open`` on the lowest free channel number and return
-        it; :class:`~._events.ChannelOpened` follows."""
+        it; :class:`~._events.ChannelOpened` follows.
+
+        Raises:
+            LocalProtocolError: every channel number up to ``channel_max`` is
+                in use, or the connection is not open.
+        """
         limit = self.channel_max or MAX_CHANNEL_MAX
         for number in range(1, limit + 1):
             record = self._channels.get(number)
