@@ -348,6 +348,32 @@ async def test_a_ping_during_a_blocked_send_is_answered_right_after_that_send() 
     await trio.aclose_forcefully(client)  # aclose() would wait for the server to read its close
 
 
+async def test_pings_during_a_blocked_send_are_answered_by_one_pong_for_the_last() -> None:
+    """A ping flood while a send is blocked queues one pong, for the most
+    recent ping (RFC 6455 5.5.3), not one per ping: the queue grew without
+    bound (13 MB after 100 000 pings)."""
+    client, server = await connected_pair(trio.testing.lockstep_stream_pair)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"x" * 1000)
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as inner:
+            inner.start_soon(client.receive_some)
+            for i in range(1000):
+                await server.send(Ping(b"%d" % i))  # lockstep: each one read by the client
+            await trio.testing.wait_all_tasks_blocked()
+            inner.cancel_scope.cancel()
+        events: list[Event] = []
+        while not any(isinstance(e, Pong) for e in events):
+            events += await server.next_events()
+        with trio.move_on_after(0.1):
+            while True:
+                events += await server.next_events()
+        payload = b"".join(e.data for e in events if isinstance(e, BytesMessage))
+        assert payload == b"x" * 1000
+        assert [e for e in events if isinstance(e, Pong)] == [Pong(b"999")]
+    await trio.aclose_forcefully(client)
+
+
 async def test_a_normal_close_from_the_peer_is_the_end_of_the_stream() -> None:
     client, server = await connected_pair()
     async with client:

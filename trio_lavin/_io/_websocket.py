@@ -281,6 +281,9 @@ class WebSocketStream(trio.abc.Stream):
         # holds _write_lock writes all of it (see _flush), so pongs and close replies
         # queued from receive_some during a send go out right after it.
         self._outgoing = bytearray()
+        #: Where in ``_outgoing`` a pong waits to go, and its length (see _queue_pong).
+        self._pong_at: int | None = None
+        self._pong_size = 0
         self._write_lock = trio.StrictFIFOLock()
         self._send_conflict = _ConflictDetector("another task is sending on this WebSocket stream")
         self._receive_conflict = _ConflictDetector(
@@ -361,6 +364,7 @@ class WebSocketStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint_if_cancelled()  # cancelled before any byte: intact
             data = bytes(self._outgoing)
             self._outgoing.clear()
+            self._pong_at = None
             try:
                 await self.transport.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -468,6 +472,20 @@ class WebSocketStream(trio.abc.Stream):
             if self._eof or self._broken is not None:
                 return
 
+    def _queue_pong(self, frame: bytes) -> None:
+        """Queue the pong ``frame``.  While a send holds the write lock (blocked,
+        perhaps: the peer is not reading) it takes the place of a pong still
+        waiting to go: a pong for the most recent ping is enough (RFC 6455
+        5.5.3), so a peer's pings then hold one pong here, not one each.
+        Otherwise every ping is answered, right after this read."""
+        at = self._pong_at
+        if at is not None and self._write_lock.locked():
+            self._outgoing[at : at + self._pong_size] = frame
+        else:
+            self._pong_at = len(self._outgoing)
+            self._outgoing += frame
+        self._pong_size = len(frame)
+
     def _acknowledge_at_once(self, sock: trio.socket.SocketType) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
@@ -481,7 +499,7 @@ class WebSocketStream(trio.abc.Stream):
                 self._received += event.data
             elif isinstance(event, Ping):
                 if ws.state is ConnectionState.OPEN:
-                    self._outgoing += ws.send(event.response())
+                    self._queue_pong(ws.send(event.response()))
             elif isinstance(event, TextMessage):
                 self._fail_connection(
                     CloseReason.UNSUPPORTED_DATA,
