@@ -427,3 +427,54 @@ async def test_jitter_spreads_delays_within_bounds(
         delays = client._supervisor.delays
         assert len(set(delays)) == 5
         assert all(0.05 <= d <= 0.15 for d in delays)
+
+
+class DeafAfterOpen(trio.abc.Stream):
+    """Passes the handshake through, then drops everything the client sends
+    (a broker that stops hearing the client once connected)."""
+
+    def __init__(self, inner: trio.abc.Stream, *, deaf: bool) -> None:
+        self.inner = inner
+        self.deaf = deaf
+        self.opened = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.opened and self.deaf:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if b"\x00\x0a\x00\x29" in data:  # Connection.OpenOk
+            self.opened = True
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_recovery_that_hangs_past_connect_timeout_fails_only_that_attempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Re-declaring after connecting takes longer than connect_timeout (the
+    broker stopped hearing us): that attempt failed, and the next one
+    connects (trio's TooSlowError escaped and took the whole client down)."""
+    async with open_fake_broker(heartbeat=10) as broker:
+        attempts = 0
+
+        async def connect() -> trio.abc.Stream:
+            nonlocal attempts
+            attempts += 1
+            return DeafAfterOpen(await broker.connect(), deaf=attempts == 1)
+
+        config = tl.Config(heartbeat=10, reconnect_jitter=0.0, connect_timeout=2)
+        with trio.fail_after(30):
+            async with tl.open_client(config=config, stream_factory=connect) as client:
+                await client.declare_queue("q")
+                await client.wait_connected()
+                assert attempts == 2
+                assert client.statistics().connects == 1

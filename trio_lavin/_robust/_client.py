@@ -391,8 +391,14 @@ class Client(Declarations, Serving):
             max_body_size=config.max_body_size,
             stream_factory=self._stream_factory,
         ) as connection:
-            with trio.fail_after(config.connect_timeout):
+            with trio.move_on_after(config.connect_timeout) as recovery:
                 await self._recover(connection)
+            if recovery.cancelled_caught:
+                # This attempt failed (trio's TooSlowError would end the client).
+                raise TimeoutError(
+                    f"recovering the declarations on {params.endpoint} took longer than "
+                    f"connect_timeout ({config.connect_timeout} s)"
+                )
             task_status.started(connection)
             await connection.wait_closed()
 
