@@ -478,3 +478,51 @@ async def test_a_recovery_that_hangs_past_connect_timeout_fails_only_that_attemp
                 await client.wait_connected()
                 assert attempts == 2
                 assert client.statistics().connects == 1
+
+
+async def test_a_queue_declared_again_keeps_its_bindings_across_reconnects(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Declaring a queue again (an idempotent start-up) after binding it: a
+    reconnect re-declares it before its binding, as first declared (the
+    binding came first and failed with 404 on every reconnect)."""
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.declare_exchange("x", "direct")
+        await client.declare_queue("q", exclusive=True)
+        await client.bind_queue("q", "x", "k")
+        await client.declare_queue("q", exclusive=True)
+        for _ in range(2):
+            connection = await client.wait_connected()
+            broker.sever_all()
+            await connection.wait_closed()
+            await client.wait_connected()
+            assert broker.publish("x", "k", b"m") == 1
+        assert client.statistics().recovery_failures == 0
+
+
+async def test_a_consumer_of_a_server_named_queue_by_a_later_name_follows_it(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A consumer given the name a server-named queue had after one
+    reconnect still finds it after the next (only its first name was
+    translated, so the consumer's subscription failed with 404)."""
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        first = (await client.declare_queue("", exclusive=True)).queue
+        connection = await client.wait_connected()
+        broker.sever_all()
+        await connection.wait_closed()
+        await client.wait_connected()
+        second = client.current_queue_name(first)
+        assert second != first
+        async with client.consume(second) as consumer:
+            connection = await client.wait_connected()
+            broker.sever_all()
+            await connection.wait_closed()
+            await client.wait_connected()
+            with trio.fail_after(5):
+                while consumer.subscriptions < 2:
+                    await trio.sleep(0.01)
+            third = client.current_queue_name(first)
+            assert client.current_queue_name(second) == third != second
+            assert broker.queue(third).consumer_count == 1
+            assert client.statistics().recovery_failures == 0

@@ -8,6 +8,7 @@ them by the name the user last saw, translated through :meth:`Topology.current`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,28 +99,38 @@ class Topology:
         self.entries: list[Entry] = []
         #: handle of a server-named queue -> its name on the current connection
         self._names: dict[str, str] = {}
+        #: every name a server-named queue has had -> its handle
+        self._aliases: dict[str, str] = {}
 
     def current(self, queue: str) -> str:
-        """The name to use now for a queue the user knows as ``queue``."""
-        return self._names.get(queue, queue)
+        """The name to use now for a queue the user knows as ``queue`` (its
+        first name, or any name it has had since)."""
+        return self._names.get(self._handle_of(queue), queue)
 
     def renamed(self, handle: str, new_name: str) -> None:
         self._names[handle] = new_name
+        self._aliases[new_name] = handle
+
+    def _replace_or_add(self, declaration: Entry, same: Callable[[Entry], bool]) -> None:
+        """Put ``declaration`` where the entry it replaces was, so that what
+        was declared after it (its bindings) is still replayed after it."""
+        for i, entry in enumerate(self.entries):
+            if same(entry):
+                self.entries[i] = declaration
+                return
+        self.entries.append(declaration)
 
     def add_exchange(self, declaration: ExchangeDeclaration) -> None:
-        self.entries = [
-            e
-            for e in self.entries
-            if not (isinstance(e, ExchangeDeclaration) and e.name == declaration.name)
-        ]
-        self.entries.append(declaration)
+        self._replace_or_add(
+            declaration,
+            lambda e: isinstance(e, ExchangeDeclaration) and e.name == declaration.name,
+        )
 
     def add_queue(self, declaration: QueueDeclaration) -> None:
         key = declaration.key
-        self.entries = [
-            e for e in self.entries if not (isinstance(e, QueueDeclaration) and e.key == key)
-        ]
-        self.entries.append(declaration)
+        self._replace_or_add(
+            declaration, lambda e: isinstance(e, QueueDeclaration) and e.key == key
+        )
         if declaration.handle:
             self._names.setdefault(declaration.handle, declaration.handle)
 
@@ -146,6 +157,7 @@ class Topology:
             and not (isinstance(e, QueueBinding) and e.queue == handle)
         ]
         self._names.pop(handle, None)
+        self._aliases = {name: h for name, h in self._aliases.items() if h != handle}
 
     def remove_exchange(self, exchange: str) -> None:
         """Forget an exchange and every binding to or from it."""
@@ -168,7 +180,4 @@ class Topology:
         return self._handle_of(queue)
 
     def _handle_of(self, queue: str) -> str:
-        for handle, name in self._names.items():
-            if name == queue:
-                return handle
-        return queue
+        return self._aliases.get(queue, queue)
