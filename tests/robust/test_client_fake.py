@@ -526,3 +526,23 @@ async def test_a_consumer_of_a_server_named_queue_by_a_later_name_follows_it(
             assert client.current_queue_name(second) == third != second
             assert broker.queue(third).consumer_count == 1
             assert client.statistics().recovery_failures == 0
+
+
+async def test_a_connection_that_lived_longer_than_the_wait_before_it_starts_the_waits_over(
+    broker: FakeBrokerServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A sever storm of connections that each live a while (longer than the
+    wait before them) is ridden out at the initial delay every time."""
+    async with tl.open_client(config=FAST, stream_factory=broker.connect) as client:
+        await client.wait_connected()
+        start = trio.current_time()
+        for _ in range(5):
+            connection = await client.wait_connected()
+            await trio.sleep(0.5)
+            broker.sever_all()
+            await connection.wait_closed()
+        await client.wait_connected()
+        # 5 x (0.5 s up + 0.1 s wait); growing waits would add 0.1 + 0.2 + ... + 1.6 s.
+        assert trio.current_time() - start < 3.5
+        assert client.statistics().reconnects == 5
+    assert broker.connection_count == 6
