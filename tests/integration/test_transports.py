@@ -76,7 +76,8 @@ async def test_publish_confirm_consume_ack_round_trip(url: str) -> None:
 
 
 async def test_large_body_split_into_small_frames(url: str) -> None:
-    payload = secrets.token_bytes(300_000)
+    # Over 1 MiB: written in several chunks (Sending.PROGRESS_CHUNK), on every transport.
+    payload = secrets.token_bytes(2_500_000)
     async with tl.open_connection(url, frame_max=4096) as conn:
         assert conn.frame_max == 4096
         channel = await conn.channel()

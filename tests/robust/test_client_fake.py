@@ -546,3 +546,46 @@ async def test_a_connection_that_lived_longer_than_the_wait_before_it_starts_the
         assert trio.current_time() - start < 3.5
         assert client.statistics().reconnects == 5
     assert broker.connection_count == 6
+
+
+class Throttled(trio.abc.Stream):
+    """A live link that moves 1 MB a second, steadily."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        for i in range(0, len(view), 100_000):
+            await self.inner.send_all(view[i : i + 100_000])
+            await trio.sleep(0.1)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_long_write_that_makes_progress_is_not_taken_for_a_hung_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 40 MB message over a 1 MB/s link takes 40 s to write: longer than
+    write_timeout (30 s), but bytes move all along, so the health poll lets
+    it finish (it declared the connection dead every 30 s, for ever)."""
+    async with open_fake_broker(heartbeat=60) as broker:
+
+        async def connect() -> trio.abc.Stream:
+            return Throttled(await broker.connect())
+
+        config = tl.Config(heartbeat=60, reconnect_jitter=0.0, write_timeout=30.0)
+        async with tl.open_client(config=config, stream_factory=connect) as client:
+            await client.declare_queue("big")
+            with trio.fail_after(100):
+                assert await client.producer("big").publish(b"x" * 40_000_000)
+            assert client.statistics().detections_by_poll == 0
+            assert client.statistics().connects == 1
+        assert broker.queue("big").messages_ready == 1

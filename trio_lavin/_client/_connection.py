@@ -600,7 +600,7 @@ class Connection:
         if started is not None and now - started > write_timeout:
             return (
                 f"a write to {self.params.endpoint} has not finished for "
-                f"{now - started:.1f} s (the broker stopped reading)"
+                f"{now - started:.1f} s without progress (the broker stopped reading)"
             )
         return None
 

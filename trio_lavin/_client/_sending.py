@@ -38,6 +38,9 @@ FRAME_OVERHEAD: Final = 64
 
 #: How long flushing a final Close/CloseOk may take.
 FLUSH_TIMEOUT: Final = 1.0
+#: A write is sent in chunks of this many bytes; each one written counts as
+#: progress for the health poll (see ``Config.write_timeout``).
+PROGRESS_CHUNK: Final = 1024 * 1024
 
 
 class Sending:
@@ -70,7 +73,9 @@ class Sending:
         #: Bytes queued since the writer last took everything.
         self.unsent = 0
         self.bytes_sent = 0
-        #: When the write in progress started (None: no write in progress).
+        #: When the write in progress started or last moved a chunk of
+        #: :data:`PROGRESS_CHUNK` bytes (None: no write in progress): the
+        #: health poll's measure of a hung write.
         self.write_started: float | None = None
         #: Set once the connection ended: nothing more is sent but the final frame.
         self.stopped = False
@@ -180,8 +185,15 @@ class Sending:
         try:
             sent = self._send_directly(data)
             if sent < len(data):
+                view = memoryview(data)
                 with trio.CancelScope(shield=shield):
-                    await self._stream.send_all(memoryview(data)[sent:])
+                    # By chunks: each one written is progress, so a long write
+                    # over a slow link is not taken for a hung one.
+                    while sent < len(data):
+                        chunk = view[sent : sent + PROGRESS_CHUNK]
+                        await self._stream.send_all(chunk)
+                        sent += len(chunk)
+                        self.write_started = trio.current_time()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if not report:
                 raise

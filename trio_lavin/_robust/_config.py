@@ -49,8 +49,8 @@ class Config:
     max_broker_closes: int | None = 10
     #: How often the health poll looks at the live connection, in seconds.
     health_check_interval: float = 0.1
-    #: A write that has not finished after this many seconds means the
-    #: connection is dead (the peer stopped reading).
+    #: A write that has moved no chunk of 1 MiB for this many seconds means
+    #: the connection is dead (the peer stopped reading).
     write_timeout: float = 30.0
     #: Heartbeat interval to ask for, in seconds (the broker's lower value
     #: wins; LavinMQ proposes 300).  A silent broker is declared dead after
