@@ -792,6 +792,29 @@ def test_global_qos_limits_the_whole_channel(broker: FakeBroker) -> None:
     assert (len(first), len(second)) == (3, 0)
 
 
+def test_a_cancelled_consumers_unacked_deliveries_still_count_against_the_channel(
+    broker: FakeBroker,
+) -> None:
+    """Channel-wide prefetch counts every unacked delivery of the channel,
+    also a cancelled consumer's, as RabbitMQ does (they stopped counting, so
+    the next consumer got more)."""
+    client = RawClient.connected(broker)
+    client.declare_queue(1, "q")
+    for _ in range(4):
+        client.publish(1, "", "q", b"m")
+    client.call(1, commands.Basic.Qos(prefetch_count=2, global_=True))
+    first = contents(
+        client.send(1, commands.Basic.Consume(queue="q", consumer_tag="a")), commands.Basic.Deliver
+    )
+    client.call(1, commands.Basic.Cancel(consumer_tag="a"))
+    second = contents(
+        client.send(1, commands.Basic.Consume(queue="q", consumer_tag="b")), commands.Basic.Deliver
+    )
+    assert (len(first), len(second)) == (2, 0)
+    frames = client.send(1, commands.Basic.Ack(delivery_tag=2, multiple=True))
+    assert len(contents(frames, commands.Basic.Deliver)) == 2  # room again: b gets the rest
+
+
 # -- publishing: confirms, returns, large bodies, transactions --------------------------------
 
 

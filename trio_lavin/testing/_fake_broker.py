@@ -311,6 +311,7 @@ class FakeBroker:
         for d in deliveries:
             if d.consumer is not None:
                 d.consumer.unacked -= 1
+                ch.consumer_unacked -= 1
         if requeue:
             self._requeue(deliveries)
 
@@ -352,6 +353,7 @@ class FakeBroker:
             self.remove_consumer(consumer, auto_delete=True)
         deliveries = [ch.unacked[tag] for tag in sorted(ch.unacked)]
         ch.unacked.clear()
+        ch.consumer_unacked = 0
         self._requeue(deliveries)
         ch.tx_ops.clear()
         ch.tx_settled.clear()

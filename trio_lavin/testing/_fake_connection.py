@@ -634,6 +634,7 @@ class BrokerConnection:
         if not consumer.no_ack:
             ch.unacked[tag] = _Delivery(consumer.queue, message, consumer)
             consumer.unacked += 1
+            ch.consumer_unacked += 1
         deliver = commands.Basic.Deliver(
             consumer.tag, tag, message.redelivered, message.exchange, message.routing_key
         )

@@ -212,8 +212,7 @@ class _Consumer:
             return True
         if self.prefetch and self.unacked >= self.prefetch:
             return False
-        in_flight = sum(c.unacked for c in ch.consumers.values())
-        return not ch.global_prefetch or in_flight < ch.global_prefetch
+        return not ch.global_prefetch or ch.consumer_unacked < ch.global_prefetch
 
 
 @dataclass(eq=False)
@@ -244,6 +243,9 @@ class _Channel:
     global_prefetch: int = 0  # Basic.Qos global=True: shared by the channel's consumers
     consumers: dict[str, _Consumer] = field(default_factory=dict)
     unacked: dict[int, _Delivery] = field(default_factory=dict)
+    #: Of ``unacked``, the deliveries to consumers (cancelled ones too): what
+    #: ``global_prefetch`` limits.
+    consumer_unacked: int = 0
     next_tag: int = 1
     confirm: bool = False
     publish_seq: int = 0
