@@ -92,14 +92,13 @@ async def open_stream(params: Parameters) -> trio.abc.Stream:
             https_compatible=True,
         )
         await tls.do_handshake()
-    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+    except BaseException as exc:  # failed or cancelled: no socket left behind
         await trio.aclose_forcefully(stream)
+        if not isinstance(exc, (trio.BrokenResourceError, ssl.SSLError, OSError)):
+            raise
         # trio wraps the ssl error: its text says what went wrong.
         detail = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
         raise ConnectionLost(
             f"TLS handshake with {params.endpoint} failed: {detail or type(exc).__name__}"
         ) from exc
-    except BaseException:  # cancelled, or anything else: no socket left behind
-        await trio.aclose_forcefully(stream)
-        raise
     return tls

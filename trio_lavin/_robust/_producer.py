@@ -286,7 +286,7 @@ class Producer:
                 cannot be sent (see :func:`encode_message`).
         """
         if self._closed:
-            raise ProducerClosed(f"the producer for {self.target!r} is closed")
+            raise self._closed_error()
         sequence = next(self._sequence)
         if self._message_ids and (properties is None or properties.message_id is None):
             unique = uuid.uuid4().hex
@@ -319,6 +319,9 @@ class Producer:
             self._drop(message, DropReason.TOO_LARGE)
             raise MessageTooLarge(len(body), self.max_message_size)
         return message
+
+    def _closed_error(self) -> ProducerClosed:
+        return ProducerClosed(f"the producer for {self.target!r} is closed")
 
     def publish_nowait(
         self,
@@ -540,7 +543,7 @@ class Producer:
                 # the buffer as it is now (it may have room, or be closed).
                 await trio.lowlevel.checkpoint()
                 if self._closed:
-                    raise ProducerClosed(f"the producer for {self.target!r} is closed") from None
+                    raise self._closed_error() from None
                 return self._buffer_or_make_room(message)
         else:
             self._wake_sender()
