@@ -144,11 +144,22 @@ def ensure_lavinmq_libraries(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite, against the real brokers (RabbitMQ, and LavinMQ where there is one)."""
+    """The test suite, against the real brokers (RabbitMQ, and LavinMQ where there is one),
+    with the C properties codec; then, with no arguments given, the protocol core's tests again
+    with the Python codec (``TRIO_LAVIN_NO_EXTENSIONS``), which installs without a compiler."""
     ensure_broker(session)
     ensure_lavinmq_libraries(session)
     session.install("-e", ".[ws,prometheus]", *TEST_DEPS)
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+    if not session.posargs:
+        session.run(
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "tests/sansio",
+            env={"TRIO_LAVIN_NO_EXTENSIONS": "1"},
+        )
 
 
 @nox.session

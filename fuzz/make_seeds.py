@@ -114,6 +114,74 @@ def connection_seeds() -> dict[str, bytes]:
     }
 
 
+def properties_seeds() -> dict[str, bytes]:
+    """Property flags and values of content headers, every field-table type among them."""
+    import datetime
+    import decimal
+
+    from trio_lavin._sansio._properties import BasicProperties, encode_properties_py
+
+    headers = {
+        "source": "bench",
+        "seq": 12345,
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    }
+    every_type = {
+        "t": True,
+        "b": -5,
+        "s": -300,
+        "u": 40_000,
+        "I": -70_000,
+        "i": 3_000_000_000,
+        "l": -(2**40),
+        "d": 0.1,
+        "D": decimal.Decimal("1.25"),
+        "S": "caf\u00e9",
+        "x": b"\x00\xff",
+        "A": [1, "two", [3.0], {"four": None}],
+        "T": datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC),
+        "F": {"nested": {"deeper": [b"", bytearray(b"x")]}},
+        "V": None,
+    }
+    return {
+        "realistic": encode_properties_py(
+            BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,
+                message_id="0b0e4f0a-5d5e-4e77-9d43-6c1f1e2a3b4c",
+                timestamp=1_796_000_000,
+                headers=headers,
+            )
+        ),
+        "every_property": encode_properties_py(
+            BasicProperties(
+                content_type="text/plain",
+                content_encoding="gzip",
+                headers={},
+                delivery_mode=1,
+                priority=9,
+                correlation_id="",
+                reply_to="amq.rabbitmq.reply-to",
+                expiration="60000",
+                message_id="m",
+                timestamp=2**40,
+                message_type="t",
+                user_id="guest",
+                app_id="app",
+                cluster_id="c",
+            )
+        ),
+        "every_type": encode_properties_py(BasicProperties(headers=every_type)),
+        "not_utf8": b"\x80\x80\x02\xff\xfe\x02\xc3\x28",  # content_type and message_id
+        # f (32-bit float), L, B and NUL, which only come from other clients
+        "other_clients": b"\x20\x00\x00\x00\x00\x19\x01ff?\x80\x00\x00\x01LL"
+        + (2**63 - 1).to_bytes(8, "big")
+        + b"\x01BB\xff\x01N\x00",
+        "continuation_flags": b"\x80\x01\x00\x01\x00\x00\x04json",
+        "empty": b"\x00\x00",
+    }
+
+
 def url_seeds() -> dict[str, bytes]:
     """Without NUL: the URL; with NULs: scheme, separator, user, rest, host
     around the harness's password (see fuzz_url)."""
@@ -137,6 +205,7 @@ def main() -> None:
         ("frame_reader", frame_reader_seeds()),
         ("connection", connection_seeds()),
         ("url", url_seeds()),
+        ("properties", properties_seeds()),
     ):
         folder = CORPUS / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,9 @@ def harness(name: str) -> ModuleType:
     return module
 
 
-HARNESSES = {name: harness(f"fuzz_{name}") for name in ("frame_reader", "connection", "url")}
+HARNESSES = {
+    name: harness(f"fuzz_{name}") for name in ("frame_reader", "connection", "url", "properties")
+}
 SEEDS = {name: sorted((FUZZ / "corpus" / name).iterdir()) for name in HARNESSES}
 ALL_SEEDS = [(name, seed) for name, seeds in SEEDS.items() for seed in seeds]
 

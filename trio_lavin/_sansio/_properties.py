@@ -15,6 +15,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import datetime
+import os
 import struct
 from typing import Any, Final
 
@@ -26,6 +27,11 @@ from ._fieldtable import (
     encode_timestamp,
     table,
 )
+
+try:
+    from . import _speedups
+except ImportError:  # built without a C compiler: the Python functions below
+    _speedups = None  # type: ignore[assignment]
 
 _FLAGS: Final = struct.Struct(">H")
 _U64: Final = struct.Struct(">Q")
@@ -235,7 +241,7 @@ def _timestamp(value: Any) -> bytes:
     return encoded
 
 
-def encode_properties(
+def encode_properties_py(
     properties: BasicProperties | None, headers: dict[str, Any] | None = None
 ) -> bytes:
     """The property flags and values of a content header; ``headers``, when
@@ -320,7 +326,7 @@ def _text(raw: bytes | bytearray) -> str:
         return raw.decode("utf-8", "surrogateescape")
 
 
-def decode_properties(data: bytes | bytearray, pos: int, end: int) -> BasicProperties:
+def decode_properties_py(data: bytes | bytearray, pos: int, end: int) -> BasicProperties:
     """The properties at ``pos`` of ``data`` (the flag word first), which
     must end by ``end``.  Flag words after the first (bit 0 set) are
     skipped: no property of Basic has a bit there.
@@ -392,6 +398,25 @@ def decode_properties(data: bytes | bytearray, pos: int, end: int) -> BasicPrope
     if pos > end:
         raise ValueError("the properties run past the end of the content header")
     return properties
+
+
+#: Whether the C codec of ``_speedups.c`` is in use: it is built with the
+#: package where there is a C compiler, and ``TRIO_LAVIN_NO_EXTENSIONS`` (set to
+#: anything but "" or "0") makes the client use the Python functions above.
+SPEEDUPS: Final = _speedups is not None and os.environ.get("TRIO_LAVIN_NO_EXTENSIONS", "") in (
+    "",
+    "0",
+)
+
+if _speedups is not None and SPEEDUPS:
+    _speedups.setup(
+        BasicProperties, decode_properties_py, encode_properties_py, decode_timestamp, _timestamp
+    )
+    encode_properties = _speedups.encode_properties
+    decode_properties = _speedups.decode_properties
+else:
+    encode_properties = encode_properties_py
+    decode_properties = decode_properties_py
 
 
 _CONTENT_HEADER_FIXED: Final = struct.Struct(">HHQ")
