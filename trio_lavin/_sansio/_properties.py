@@ -408,10 +408,13 @@ SPEEDUPS: Final = _speedups is not None and os.environ.get("TRIO_LAVIN_NO_EXTENS
     "0",
 )
 
-if _speedups is not None and SPEEDUPS:
+if _speedups is not None:
+    # Set up even when it is not used, so it can be compared with the Python
+    # functions (fuzz/fuzz_properties.py, tests/sansio/test_speedups.py).
     _speedups.setup(
         BasicProperties, decode_properties_py, encode_properties_py, decode_timestamp, _timestamp
     )
+if _speedups is not None and SPEEDUPS:
     encode_properties = _speedups.encode_properties
     decode_properties = _speedups.decode_properties
 else:
