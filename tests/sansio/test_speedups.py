@@ -22,13 +22,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from trio_lavin import BasicProperties
-from trio_lavin._sansio import _properties
+from trio_lavin._sansio import _properties, _publishing
 from trio_lavin._sansio._fieldtable import MAX_FIELD_TABLE_DEPTH
 from trio_lavin._sansio._properties import (
     PROPERTY_FLAGS,
     decode_properties_py,
     encode_properties_py,
 )
+from trio_lavin._sansio._publishing import encode_publish_method, frame_message_py
 from trio_lavin.testing import strategies
 
 from .test_fuzz_harnesses import HARNESSES
@@ -318,3 +319,63 @@ def test_trio_lavin_no_extensions_switches_to_the_python_codec(setting: str, use
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(used)] * 3
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1900, 1, 1), max_value=datetime.datetime(2300, 12, 31)
+    ),
+    st.sampled_from([UTC, None, datetime.timezone(datetime.timedelta(hours=-5))]),
+)
+@example(datetime.datetime(1970, 1, 1), UTC)
+@example(datetime.datetime(2199, 12, 31, 23, 59, 59, 999_999), UTC)
+@example(datetime.datetime(2200, 1, 1), UTC)
+@example(datetime.datetime(2000, 2, 29, 12), UTC)
+@example(datetime.datetime(1969, 12, 31, 23, 59, 59, 999_999), UTC)
+def test_c_encodes_a_timestamp_datetime_to_the_python_seconds(
+    moment: datetime.datetime, zone: datetime.tzinfo | None
+) -> None:
+    assert_encodes_alike(BasicProperties(timestamp=moment.replace(tzinfo=zone)))
+
+
+# -- a whole publish ------------------------------------------------------------------------
+
+
+@given(
+    st.integers(0, 65535),
+    st.binary(min_size=2, max_size=40),
+    st.binary(max_size=300),
+    st.text(max_size=10),
+)
+def test_c_frames_a_message_as_python(
+    channel: int, props: bytes, body: bytes, routing_key: str
+) -> None:
+    method = encode_publish_method(channel, "", routing_key, False, False)
+    framed = c_codec().frame_message(method, channel, props, body)
+    assert framed == frame_message_py(method, channel, props, body)
+    header_at = len(method)
+    assert framed[header_at] == 2
+    assert struct.unpack_from(">Q", framed, header_at + 11) == (len(body),)
+    assert framed.endswith(body + b"\xce")
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((b"m", -1, b"", b"b"), ValueError, "channel -1"),
+        ((b"m", 65536, b"", b"b"), ValueError, "channel 65536"),
+        ((b"m", 1, bytearray(b""), b"b"), TypeError, "takes bytes"),
+        ((b"m", "1", b"", b"b"), TypeError, "integer"),
+        ((b"m", 1, b""), TypeError, "4 arguments"),
+    ],
+)
+def test_c_frame_message_refuses_what_cannot_be_framed(
+    args: tuple[Any, ...], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        c_codec().frame_message(*args)
+
+
+def test_the_publish_encoder_uses_the_c_framing_when_the_codec_is() -> None:
+    expected = c_codec().frame_message if _properties.SPEEDUPS else frame_message_py
+    assert _publishing.frame_message is expected

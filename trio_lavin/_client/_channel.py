@@ -431,11 +431,12 @@ class Channel:
         """Internal: queue a message; wake the writer to send it if ``kick``,
         else the caller sends it (``Sending.flush``).  ``properties`` may be
         the bytes ``encode_properties`` made of them."""
-        if not isinstance(body, bytes):
-            if not isinstance(body, (bytearray, memoryview)):
+        if type(body) is not bytes:
+            if not isinstance(body, (bytes, bytearray, memoryview)):
                 raise TypeError(f"body must be bytes, not {type(body).__name__}")
             body = bytes(body)
-        self._check_open()
+        if self._error is not None:  # _check_open(), inlined: on every publish
+            raise self._error
         connection = self.connection
         connection.check_open()
         sending = connection.sending

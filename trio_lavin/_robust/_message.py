@@ -217,12 +217,13 @@ def encode_message(
     body: bytes | bytearray | memoryview,
     properties: BasicProperties | None,
     headers: dict[str, Any] | None,
-    routing_key: str,
+    routing_key: str | None,
 ) -> tuple[bytes, bytes]:
     """A message's body as bytes and its properties encoded (with ``headers``
-    standing in for ``properties.headers``), checked now, so that what cannot
-    be sent is refused by the call that hands it over, not by the sender task
-    later; the bytes are kept for every (re)publication.
+    standing in for ``properties.headers``), checked now with its
+    ``routing_key`` (None: one checked before), so that what cannot be sent is
+    refused by the call that hands it over, not by the sender task later; the
+    bytes are kept for every (re)publication.
 
     Raises:
         TypeError, ValueError: the body, a property or the routing key
@@ -237,7 +238,9 @@ def encode_message(
         if properties is None and headers is None
         else encode_properties(properties, headers)
     )
-    if not (type(routing_key) is str and routing_key.isascii() and len(routing_key) < 256):
+    if routing_key is not None and not (
+        type(routing_key) is str and routing_key.isascii() and len(routing_key) < 256
+    ):
         encode_shortstr(routing_key, "routing key")
     return body, encoded
 

@@ -300,8 +300,9 @@ class Producer:
             key = self._routing_key
             encoded = EMPTY_PROPERTIES
         else:
+            # The producer's own routing key was checked when it was made.
+            body, encoded = encode_message(body, properties, headers, routing_key)
             key = self._routing_key if routing_key is None else routing_key
-            body, encoded = encode_message(body, properties, headers, key)
         message: Buffered
         if not self._confirm:
             message = (body, self._exchange, key, self._mandatory, sequence, encoded)
@@ -444,7 +445,8 @@ class Producer:
             # Handed to the connection, nothing to wait for: the usual
             # FIRE_AND_FORGET call ends here (the writer sends it with the
             # messages around it).
-            await self._pass(channel.connection.sending)
+            if self._yield_due(channel.connection.sending):
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return True
         limit = self.publish_timeout
         if limit is None:
@@ -490,17 +492,25 @@ class Producer:
 
     async def _pass(self, sending: Sending | None) -> None:
         """After a publish that waits for no confirm: yield to the other
-        tasks (the writer, the sender) once every :data:`YIELD_EVERY` calls, or
-        once :data:`YIELD_BYTES` wait to be written; else only honour a
+        tasks when :meth:`_yield_due` says so."""
+        if self._yield_due(sending):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _yield_due(self, sending: Sending | None) -> bool:
+        """A publish that waits for no confirm yields to the other tasks (the
+        writer, the sender) once every :data:`YIELD_EVERY` calls, or once
+        :data:`YIELD_BYTES` wait to be written, and else only honours a
         cancellation.  So a loop of ``await publish()`` hands the writer
         batches of messages for one write each, and still lets every other
-        task run every few hundred microseconds."""
+        task run every few hundred microseconds.  (A plain method: the
+        publish that yields rarely makes no coroutine for it.)"""
         self._unyielded += 1
         if self._unyielded >= YIELD_EVERY or (
             sending is not None and sending.unsent >= YIELD_BYTES
         ):
             self._unyielded = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            return True
+        return False
 
     async def _wait_for_verdict(self, message: Message) -> bool:
         """Wait for the broker's verdict on ``message`` (CONFIRM mode)."""
@@ -530,7 +540,8 @@ class Producer:
         message = self._message(body, properties, routing_key, headers)
         channel = self._channel
         if channel is not None and self._publish_directly(channel, message, kick=True):
-            await self._pass(channel.connection.sending)
+            if self._yield_due(channel.connection.sending):
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return True
         try:
             self._buffer_nowait(message)

@@ -21,7 +21,7 @@ from ._framing import (
     FRAME_METHOD,
     FRAME_OVERHEAD,
 )
-from ._properties import BasicProperties, encode_properties
+from ._properties import SPEEDUPS, BasicProperties, encode_properties
 
 #: Distinct publish destinations (channel, exchange, routing key, flags) whose
 #: method frame is kept pre-encoded; the cache starts over when full.
@@ -71,6 +71,29 @@ def encode_publish_method(
     )
 
 
+def frame_message_py(method_frame: bytes, channel: int, properties: bytes, body: bytes) -> bytes:
+    """A message whose body fits in one frame, as one bytes object: its method
+    frame, its content header frame (``properties`` encoded) and its body frame."""
+    size = len(body)
+    return b"".join(
+        (
+            method_frame,
+            _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, size),
+            properties,
+            FRAME_END_BYTES,
+            _FRAME_START.pack(FRAME_BODY, channel, size),
+            body,
+            FRAME_END_BYTES,
+        )
+    )
+
+
+if SPEEDUPS:  # the C version (``_speedups.c``), as for the properties
+    from ._speedups import frame_message as frame_message
+else:
+    frame_message = frame_message_py
+
+
 class PublishEncoder:
     """Encodes publishes for one connection (see the module doc)."""
 
@@ -114,19 +137,10 @@ class PublishEncoder:
         else:
             props = encode_properties(properties, headers)
         size = len(body)
-        header = _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(props), 60, 0, size)
         if size and (not frame_max or size <= frame_max - FRAME_OVERHEAD):
-            # The usual message: one body frame (one extend, not seven appends).
-            out += (
-                method,
-                header,
-                props,
-                FRAME_END_BYTES,
-                _FRAME_START.pack(FRAME_BODY, channel, size),
-                body,
-                FRAME_END_BYTES,
-            )
+            out.append(frame_message(method, channel, props, body))  # the usual message
             return
+        header = _CONTENT_HEADER.pack(FRAME_HEADER, channel, 12 + len(props), 60, 0, size)
         out += (method, header, props, FRAME_END_BYTES)
         if size:  # larger than a frame: split
             limit = frame_max - FRAME_OVERHEAD

@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <structmember.h>
 #include <string.h>
 
@@ -626,6 +627,17 @@ static int put_octet(Writer *w, PyObject *v) {
     return 0;
 }
 
+/* Days from 1970-01-01 to the given date of the proleptic Gregorian calendar
+ * (H. Hinnant's days_from_civil). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
 static int put_timestamp(Writer *w, PyObject *v) {
     NEED(w, 8);
     if (PyLong_CheckExact(v)) {
@@ -641,7 +653,21 @@ static int put_timestamp(Writer *w, PyObject *v) {
         w->len += 8;
         return 0;
     }
-    /* A datetime: the Python code, with its cache of the last one. */
+    if (PyDateTime_CheckExact(v) && PyDateTime_DATE_GET_TZINFO(v) == PyDateTime_TimeZone_UTC) {
+        int year = PyDateTime_GET_YEAR(v);
+        if (year >= 1970 && year < 2200) {
+            /* What the Python code gives, int(value.timestamp()): the whole
+             * seconds (the microseconds never round them up before 2514). */
+            int64_t seconds = days_from_civil(year, PyDateTime_GET_MONTH(v),
+                                              PyDateTime_GET_DAY(v)) * 86400 +
+                              PyDateTime_DATE_GET_HOUR(v) * 3600 +
+                              PyDateTime_DATE_GET_MINUTE(v) * 60 + PyDateTime_DATE_GET_SECOND(v);
+            put_u64(w->buf + w->len, (uint64_t)seconds);
+            w->len += 8;
+            return 0;
+        }
+    }
+    /* Any other datetime (another zone, naive, a subclass) or value: the Python code. */
     PyObject *encoded = PyObject_CallOneArg(state.encode_timestamp, v);
     if (encoded == NULL) {
         return -1;
@@ -729,6 +755,63 @@ static PyObject *encode_properties(PyObject *module, PyObject *const *args, Py_s
     return result;
 }
 
+/* -- a whole message ------------------------------------------------------------ */
+
+static PyObject *frame_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "frame_message() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *method = args[0], *props = args[2], *body = args[3];
+    if (!PyBytes_CheckExact(method) || !PyBytes_CheckExact(props) || !PyBytes_CheckExact(body)) {
+        PyErr_SetString(PyExc_TypeError, "frame_message() takes bytes for the method, "
+                                         "properties and body");
+        return NULL;
+    }
+    long channel = PyLong_AsLong(args[1]);
+    if (channel == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t method_size = PyBytes_GET_SIZE(method), props_size = PyBytes_GET_SIZE(props);
+    Py_ssize_t body_size = PyBytes_GET_SIZE(body);
+    if (channel < 0 || channel > 0xFFFF || props_size > 0xFFFFFFFF - 12 ||
+        body_size > 0xFFFFFFFF) {
+        PyErr_Format(PyExc_ValueError,
+                     "frame_message(): channel %ld, %zd bytes of properties and a body of %zd "
+                     "bytes do not fit the frames",
+                     channel, props_size, body_size);
+        return NULL;
+    }
+    /* method | header frame: 7 + 12 + properties + 1 | body frame: 7 + body + 1 */
+    PyObject *result =
+        PyBytes_FromStringAndSize(NULL, method_size + 20 + props_size + 8 + body_size);
+    if (result == NULL) {
+        return NULL;
+    }
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(result);
+    memcpy(p, PyBytes_AS_STRING(method), method_size);
+    p += method_size;
+    p[0] = 2; /* a content header frame */
+    p[1] = (unsigned char)(channel >> 8);
+    p[2] = (unsigned char)channel;
+    put_u32(p + 3, (uint32_t)(12 + props_size));
+    p[7] = 0; /* class 60, Basic */
+    p[8] = 60;
+    p[9] = 0; /* weight */
+    p[10] = 0;
+    put_u64(p + 11, (uint64_t)body_size);
+    memcpy(p + 19, PyBytes_AS_STRING(props), props_size);
+    p += 19 + props_size;
+    p[0] = 0xCE;
+    p[1] = 3; /* a body frame */
+    p[2] = (unsigned char)(channel >> 8);
+    p[3] = (unsigned char)channel;
+    put_u32(p + 4, (uint32_t)body_size);
+    memcpy(p + 8, PyBytes_AS_STRING(body), body_size);
+    p[8 + body_size] = 0xCE;
+    return result;
+}
+
 /* -- setup ------------------------------------------------------------------- */
 
 static PyObject *setup(PyObject *module, PyObject *args) {
@@ -771,6 +854,9 @@ static PyMethodDef methods[] = {
     {"encode_properties", (PyCFunction)(void (*)(void))encode_properties,
      METH_FASTCALL | METH_KEYWORDS,
      "encode_properties(properties, headers=None): as _properties.encode_properties_py."},
+    {"frame_message", (PyCFunction)(void (*)(void))frame_message, METH_FASTCALL,
+     "frame_message(method_frame, channel, properties, body): as "
+     "_publishing.frame_message_py."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -783,5 +869,9 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&module_def);
 }

@@ -1,4 +1,5 @@
-"""The message properties codec in C (``_speedups.c``); see ``_properties.py``."""
+"""The message properties codec and the publish framing in C (``_speedups.c``); see
+``_properties.py`` and ``_publishing.py``."""
 
 from collections.abc import Callable
 from typing import Any
@@ -16,3 +17,4 @@ def decode_properties(data: bytes | bytearray, pos: int, end: int) -> BasicPrope
 def encode_properties(
     properties: BasicProperties | None, headers: dict[str, Any] | None = None
 ) -> bytes: ...
+def frame_message(method_frame: bytes, channel: int, properties: bytes, body: bytes) -> bytes: ...
