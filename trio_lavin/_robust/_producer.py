@@ -589,6 +589,15 @@ class Producer:
         ):
             return False
         try:
+            if type(message) is tuple:
+                # FIRE_AND_FORGET's Fields (queue_on and _account, inlined:
+                # the usual call of await publish() comes here).
+                body, exchange, routing_key, mandatory, _, properties = message
+                channel.queue_message(
+                    body, exchange, routing_key, properties, mandatory, kick=kick
+                )
+                self._published += 1
+                return True
             confirmation = queue_on(channel, message, kick=kick)
         except (trio.WouldBlock, ChannelClosed, AMQPConnectionError):
             return False
