@@ -7,6 +7,7 @@ import datetime
 import functools
 import gc
 import logging
+from collections.abc import Sequence
 
 import pytest
 import trio
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 
 import trio_lavin as tl
 from trio_lavin._robust import _pausing as tl_pausing
+from trio_lavin._robust._producer import BURST_MESSAGES
+from trio_lavin._sansio._publishing import PublishFields
 from trio_lavin.testing import FakeBrokerServer, open_fake_broker
 
 SMALL = tl.Config(buffer_size=5, reconnect_jitter=0.0, heartbeat=10)
@@ -443,14 +446,19 @@ def test_every_message_handed_over_gets_exactly_one_outcome(
 
 
 @settings(max_examples=60, deadline=None)
-@given(operations=OPERATIONS, policy=st.sampled_from(tl.BufferPolicy), drain=st.booleans())
+@given(
+    operations=OPERATIONS,
+    policy=st.sampled_from(tl.BufferPolicy),
+    drain=st.booleans(),
+    call=st.sampled_from(["publish_nowait", "enqueue", "publish"]),
+)
 def test_fire_and_forget_hands_every_message_to_the_connection_or_reports_it(
-    operations: list[tuple[str, int]], policy: tl.BufferPolicy, drain: bool
+    operations: list[tuple[str, int]], policy: tl.BufferPolicy, drain: bool, call: str
 ) -> None:
-    """As above, FIRE_AND_FORGET (whose plain messages wait in the buffer as
-    tuples, not Message objects): every message taken is either published
-    (and reaches the broker at most once) or reported to on_drop once, with
-    its own sequence, body and target."""
+    """As above, FIRE_AND_FORGET (whose plain messages wait in the buffer and
+    the burst as tuples, not Message objects), taken by ``call``: every
+    message taken is either published (and reaches the broker at most once)
+    or reported to on_drop once, with its own sequence, body and target."""
     dropped: list[tuple[int, bytes, str, str, tl.BasicProperties | None]] = []
     handed: list[bytes] = []
     received: list[bytes] = []
@@ -478,9 +486,20 @@ def test_fire_and_forget_hands_every_message_to_the_connection_or_reports_it(
                             calls += 1
                             body = b"%d" % calls
                             try:
-                                producer.publish_nowait(body)
+                                if call == "publish_nowait":
+                                    producer.publish_nowait(body)
+                                else:
+                                    # BLOCK waits for room: a cancelled call took nothing.
+                                    with trio.move_on_after(1) as scope:
+                                        if call == "enqueue":
+                                            await producer.enqueue(body)
+                                        else:
+                                            await producer.publish(body)
+                                    if scope.cancelled_caught:
+                                        continue
                             except (tl.BufferFull, trio.WouldBlock):
                                 continue
+                            # Taken, or refused by DROP_NEWEST and reported: an outcome.
                             handed.append(body)
                     elif operation == "sever":
                         broker.sever_all()
@@ -1147,3 +1166,136 @@ async def test_buffered_counts_what_the_buffer_holds_while_publishers_wait_for_r
     assert max(seen) == capacity
     # Six tasks publishing at once: every message once, in whichever order they ran.
     assert sorted(m.body for m in broker.queue("q").messages) == [b"%d" % i for i in range(6)]
+
+
+def record_bursts(monkeypatch: pytest.MonkeyPatch) -> list[list[bytes]]:
+    """The bodies of each burst a channel queues at once."""
+    bursts: list[list[bytes]] = []
+    queue_messages = tl.Channel.queue_messages
+
+    def spy(self: tl.Channel, messages: Sequence[PublishFields], *, kick: bool) -> None:
+        bursts.append([message[0] for message in messages])
+        queue_messages(self, messages, kick=kick)
+
+    monkeypatch.setattr(tl.Channel, "queue_messages", spy)
+    return bursts
+
+
+async def test_a_loop_of_fire_and_forget_publishes_is_queued_in_bursts_in_order(
+    broker: FakeBrokerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``await publish()`` in FIRE_AND_FORGET mode takes each message into a
+    burst that the channel queues at once: 1000 calls make no queueing of
+    their own, a few dozen bursts of at most BURST_MESSAGES, and the messages
+    arrive in order."""
+    bursts = record_bursts(monkeypatch)
+    singles = record_publishing_tasks(monkeypatch)
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", mode=tl.PublishMode.FIRE_AND_FORGET)
+        with trio.fail_after(10):
+            assert await producer.publish(b"first")  # opens the channel via the sender
+            await producer.drain()
+            bursts.clear()
+            singles.clear()
+            for i in range(1000):
+                assert await producer.publish(b"%d" % i)
+            assert producer.statistics().buffered <= BURST_MESSAGES
+            await producer.drain()
+        stats = producer.statistics()
+    assert singles == []
+    assert [body for burst in bursts for body in burst] == [b"%d" % i for i in range(1000)]
+    assert 1000 // BURST_MESSAGES <= len(bursts) <= 2 * (1000 // BURST_MESSAGES + 1)
+    assert max(len(burst) for burst in bursts) <= BURST_MESSAGES
+    assert bodies(broker, "q") == [b"first"] + [b"%d" % i for i in range(1000)]
+    assert (stats.published, stats.buffered, sum(stats.dropped.values())) == (1001, 0, 0)
+
+
+async def test_a_burst_taken_after_its_channel_closed_goes_first_on_the_next_one(
+    broker: FakeBrokerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FIRE_AND_FORGET messages taken with no yield between them while the
+    producer's channel is closed: the first BURST_MESSAGES wait in the burst
+    (counted as buffered), the call that finds it full cannot queue it on the
+    closed channel, and the rest wait in the buffer; all go out on the next
+    channel, in the order they were taken, none lost, none twice."""
+    bursts = record_bursts(monkeypatch)
+    config = tl.Config(buffer_size=100, reconnect_jitter=0.0, heartbeat=10)
+    async with tl.open_client(config=config, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", mode=tl.PublishMode.FIRE_AND_FORGET)
+        with trio.fail_after(10):
+            assert await producer.publish(b"before")
+            await producer.drain()
+            while bodies(broker, "q") != [b"before"]:
+                await trio.sleep(0.001)
+            channel = producer._channel
+            assert channel is not None
+            broker.close_channel(broker.connections[0], channel.number, 504, "CHANNEL_ERROR")
+            while channel.is_open:
+                await trio.sleep(0.001)
+            bursts.clear()
+            for i in range(BURST_MESSAGES + 6):
+                assert producer.publish_nowait(b"%d" % i)
+            stats = producer.statistics()
+            assert stats.buffered == BURST_MESSAGES + 6
+            await producer.drain()
+        assert producer._channel is not channel
+        stats = producer.statistics()
+    assert bursts[0] == [b"%d" % i for i in range(BURST_MESSAGES)]  # the one refused
+    expected = [b"before"] + [b"%d" % i for i in range(BURST_MESSAGES + 6)]
+    assert bodies(broker, "q") == expected
+    assert (stats.published, sum(stats.dropped.values())) == (len(expected), 0)
+
+
+async def test_a_fire_and_forget_burst_waits_while_the_connection_is_blocked(
+    broker: FakeBrokerServer,
+) -> None:
+    """Taken while the broker blocks publishing, FIRE_AND_FORGET messages wait
+    (counted as buffered) and go out once it unblocks."""
+    async with tl.open_client(stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        connection = await client.wait_connected()
+        producer = client.producer("q", mode=tl.PublishMode.FIRE_AND_FORGET)
+        assert await producer.publish(b"before")
+        with trio.fail_after(5):
+            await producer.drain()
+        broker.block("low on memory")
+        with trio.fail_after(2):
+            while not connection.blocked:
+                await trio.sleep(0.001)
+        for i in range(3):
+            assert await producer.publish(b"%d" % i)
+        await trio.sleep(0.1)
+        assert bodies(broker, "q") == [b"before"]
+        assert producer.statistics().buffered == 3
+        broker.unblock()
+        with trio.fail_after(5):
+            await producer.drain()
+            assert producer.statistics().buffered == 0
+            while len(bodies(broker, "q")) < 4:  # sent after drain() returned
+                await trio.sleep(0.001)
+        assert bodies(broker, "q") == [b"before", b"0", b"1", b"2"]
+
+
+async def test_a_burst_not_yet_queued_when_the_client_closes_gets_an_outcome(
+    broker: FakeBrokerServer,
+) -> None:
+    """Messages still in the burst when the client closes are either sent or
+    reported to on_drop as CLOSED: each gets exactly one outcome."""
+    drops = Drops()
+    async with tl.open_client(config=SMALL, stream_factory=broker.connect) as client:
+        await client.declare_queue("q")
+        producer = client.producer("q", mode=tl.PublishMode.FIRE_AND_FORGET)
+        producer.on_drop(drops)
+        assert await producer.publish(b"before")
+        with trio.fail_after(5):
+            await producer.drain()
+        for i in range(10):
+            assert producer.publish_nowait(b"%d" % i)
+    stats = producer.statistics()
+    sent = bodies(broker, "q")[1:]
+    dropped = [body for body, _, reason in drops.seen if reason is tl.DropReason.CLOSED]
+    assert sorted(sent + dropped) == sorted(b"%d" % i for i in range(10))
+    assert stats.published == 1 + len(sent)
+    assert stats.buffered == 0

@@ -12,7 +12,7 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -30,6 +30,7 @@ from .._queues import unhonoured_queue_type
 from .._sansio import _events as ev
 from .._sansio._channel_state import ChannelState
 from .._sansio._connection import AMQPConnection
+from .._sansio._publishing import PublishFields
 from ._confirms import Confirms
 from ._consumer import DEFAULT_CONSUMER_BUFFER, Consumer
 from ._counters import DeliveryCounters
@@ -451,6 +452,31 @@ class Channel:
         confirmation = Confirmation(tag, exchange, routing_key, body, mandatory, connection)
         self._confirms.add(confirmation)
         return confirmation
+
+    def queue_messages(self, messages: Sequence[PublishFields], *, kick: bool) -> None:
+        """Internal: queue several messages at once, in order, on a channel
+        not in confirm mode, each a :data:`PublishFields` whose routing key and
+        exchange were checked.  The checks of the channel, the connection and
+        the send budget are made once for them all, so either all are queued
+        or none is.  ``kick``: as for :meth:`queue_message`.
+
+        Raises:
+            trio.WouldBlock: the connection's send budget is full.
+            ChannelClosed, AMQPConnectionError: the channel or the connection
+                is not open.
+            LocalProtocolError: the channel is in confirm mode.
+        """
+        if self._error is not None:
+            raise self._error
+        connection = self.connection
+        connection.check_open()
+        sending = connection.sending
+        if sending.full:
+            raise trio.WouldBlock
+        self._amqp.publish_many(self.number, messages)
+        sending.spend(sum([len(message[0]) for message in messages]), len(messages))
+        if kick:
+            sending.kick()
 
     async def publish(
         self,

@@ -87,9 +87,10 @@ class Sending:
         """Publishers must wait (more than :data:`SEND_HIGH_WATER` queued)."""
         return self.unsent > SEND_HIGH_WATER
 
-    def spend(self, body_size: int) -> None:
-        """A message with a body of ``body_size`` bytes was queued."""
-        self.unsent += body_size + FRAME_OVERHEAD
+    def spend(self, body_size: int, messages: int = 1) -> None:
+        """``messages`` messages with bodies of ``body_size`` bytes in all
+        were queued."""
+        self.unsent += body_size + messages * FRAME_OVERHEAD
 
     async def wait_for_room(self, check_open: Callable[[], None]) -> None:
         """Wait while the budget is full; ``check_open`` raises when the
@@ -109,6 +110,12 @@ class Sending:
         return data
 
     # -- writing -------------------------------------------------------------------
+
+    @property
+    def writes_directly(self) -> bool:
+        """Writes usually go out without a wait (a plain TCP socket), so a
+        task about to go on may send what it queued itself (:meth:`flush`)."""
+        return self._socket is not None
 
     @property
     def writing(self) -> bool:

@@ -43,7 +43,11 @@ producer pauses until the broker takes messages again, and drops nothing
 In ``FIRE_AND_FORGET`` mode a message counts as done once it is handed to the
 connection's writer; the few in the writer's buffer when a connection dies
 (or that a rejection threw away) are lost (at-most-once), which is what that
-mode trades for speed.
+mode trades for speed.  Calls made while the sender is idle with nothing
+queued (the usual loop of ``await publish()``) skip the buffer: their messages
+join a *burst* of up to :data:`BURST_MESSAGES`, which is handed to the
+connection at once when the caller's task yields (the sender does it) or when
+it is full; a burst its channel cannot take waits, first in line, for the next.
 """
 
 from __future__ import annotations
@@ -65,7 +69,6 @@ import trio
 
 from .._client._channel import Channel
 from .._client._delivery import BasicProperties, Confirmation
-from .._client._sending import Sending
 from .._exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -82,6 +85,7 @@ from ._message import (
     BufferPolicy,
     DropCallback,
     DropReason,
+    Fields,
     Message,
     MessageTooLarge,
     ProducerClosed,
@@ -107,6 +111,11 @@ logger = logging.getLogger("trio_lavin.producer")
 YIELD_EVERY: Final = 64
 #: ... or once this many bytes wait to be written (see ``Producer._pass``).
 YIELD_BYTES: Final = 64 * 1024
+#: A burst (FIRE_AND_FORGET messages taken by the callers' tasks, queued on
+#: the channel together: see ``Producer._publish_directly``) holds at most
+#: this many messages, or bodies of this many bytes.
+BURST_MESSAGES: Final = YIELD_EVERY
+BURST_BYTES: Final = YIELD_BYTES
 #: ``_paused_until`` when publishing was never paused.
 _NEVER: Final = -math.inf
 #: Longest the sender waits for the confirms of a channel it replaces after a nack.
@@ -194,6 +203,12 @@ class Producer:
         #: Messages in the buffer (the memory channel), and those of BLOCK
         #: publishers waiting for room in it.
         self._buffered = 0
+        #: FIRE_AND_FORGET messages taken from the callers' tasks while the
+        #: sender was idle, older than anything in the buffer, and the size of
+        #: their bodies: the sender (woken by the first) or the call that
+        #: finds it full queues them on the channel at once.
+        self._burst: list[Fields] = []
+        self._burst_bytes = 0
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
         self._pauses = Pauses(
@@ -256,7 +271,8 @@ class Producer:
             # What the buffer holds (not the publishers waiting for room).
             buffered=self._receive.statistics().current_buffer_used
             + len(self._retry)
-            + len(self._requeued),
+            + len(self._requeued)
+            + len(self._burst),
             in_flight=self._in_flight,
             published=self._published,
             republished=self._republished,
@@ -442,10 +458,9 @@ class Producer:
             and channel is not None
             and self._publish_directly(channel, message, kick=True)
         ):
-            # Handed to the connection, nothing to wait for: the usual
-            # FIRE_AND_FORGET call ends here (the writer sends it with the
-            # messages around it).
-            if self._yield_due(channel.connection.sending):
+            # Taken, nothing to wait for: the usual FIRE_AND_FORGET call
+            # ends here (the sender queues it with the messages around it).
+            if self._yield_due():
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return True
         limit = self.publish_timeout
@@ -487,27 +502,26 @@ class Producer:
             return False
         if awaited is not None:
             return await self._wait_for_verdict(awaited)
-        await self._pass(None)
+        await self._pass()
         return True
 
-    async def _pass(self, sending: Sending | None) -> None:
+    async def _pass(self) -> None:
         """After a publish that waits for no confirm: yield to the other
         tasks when :meth:`_yield_due` says so."""
-        if self._yield_due(sending):
+        if self._yield_due():
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def _yield_due(self, sending: Sending | None) -> bool:
+    def _yield_due(self) -> bool:
         """A publish that waits for no confirm yields to the other tasks (the
-        writer, the sender) once every :data:`YIELD_EVERY` calls, or once
-        :data:`YIELD_BYTES` wait to be written, and else only honours a
-        cancellation.  So a loop of ``await publish()`` hands the writer
-        batches of messages for one write each, and still lets every other
-        task run every few hundred microseconds.  (A plain method: the
-        publish that yields rarely makes no coroutine for it.)"""
+        sender, the writer) once every :data:`YIELD_EVERY` calls, or once the
+        burst holds :data:`YIELD_BYTES` of bodies, and else only honours a
+        cancellation.  So a loop of ``await publish()`` hands the sender
+        bursts of messages to queue at once and the writer to send in one
+        write, and still lets every other task run every few hundred
+        microseconds.  (A plain method: the publish that yields rarely makes
+        no coroutine for it.)"""
         self._unyielded += 1
-        if self._unyielded >= YIELD_EVERY or (
-            sending is not None and sending.unsent >= YIELD_BYTES
-        ):
+        if self._unyielded >= YIELD_EVERY or self._burst_bytes >= YIELD_BYTES:
             self._unyielded = 0
             return True
         return False
@@ -540,7 +554,7 @@ class Producer:
         message = self._message(body, properties, routing_key, headers)
         channel = self._channel
         if channel is not None and self._publish_directly(channel, message, kick=True):
-            if self._yield_due(channel.connection.sending):
+            if self._yield_due():
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return True
         try:
@@ -558,7 +572,7 @@ class Producer:
                 return self._buffer_or_make_room(message)
         else:
             self._wake_sender()
-            await self._pass(None)
+            await self._pass()
             return True
         self._wake_sender()
         return True
@@ -570,11 +584,17 @@ class Producer:
             await self._idle_lot.park()
 
     def _publish_directly(self, channel: Channel, message: Buffered, *, kick: bool) -> bool:
-        """Publish ``message`` from the caller's task if the sender task is
-        idle with nothing queued, so that the message would be the next one
-        it publishes anyway: that spares a hop through the sender on the way
-        to the wire.  False when it must go through the buffer.  ``kick``:
-        wake the connection's writer to send it (else the caller sends it)."""
+        """Take ``message`` from the caller's task if the sender task is idle
+        with nothing queued, so that the message would be the next one it
+        publishes anyway; False when it must go through the buffer.
+
+        A CONFIRM-mode Message is published at once, which spares it a hop
+        through the sender (``kick``: wake the connection's writer to send
+        it, else the caller sends it).  FIRE_AND_FORGET Fields join the
+        burst, which the sender queues on the channel at once when the
+        caller's task yields (the first wakes it), or the call that finds
+        it full: one check of the channel and the connection, and one
+        system call, for up to :data:`BURST_MESSAGES` messages."""
         if (
             not self._sender_idle
             or self._closed
@@ -582,26 +602,71 @@ class Producer:
             or self._retry  # _has_queued(), inlined: on every publish
             or self._requeued
             or self._buffered
-            or not channel.is_open
-            or channel.connection.blocked
-            or (self._confirm and self._in_flight >= self.confirm_window)
             or (self._paused_until != _NEVER and self._paused_until > trio.current_time())
         ):
             return False
+        if type(message) is tuple:
+            # FIRE_AND_FORGET's Fields join the burst (the channel and the
+            # connection are checked when it is queued): the usual call of
+            # await publish() ends here.
+            if (
+                len(self._burst) >= BURST_MESSAGES or self._burst_bytes >= BURST_BYTES
+            ) and not self._queue_burst(channel, kick=True):
+                return False
+            self._burst.append(message)
+            self._burst_bytes += len(message[0])
+            if len(self._burst) == 1:
+                self._wakeup.unpark_all()  # the sender: it is idle (see above)
+            return True
+        if (
+            not channel.is_open
+            or channel.connection.blocked
+            or (self._confirm and self._in_flight >= self.confirm_window)
+        ):
+            return False
         try:
-            if type(message) is tuple:
-                # FIRE_AND_FORGET's Fields (queue_on and _account, inlined:
-                # the usual call of await publish() comes here).
-                body, exchange, routing_key, mandatory, _, properties = message
-                channel.queue_message(
-                    body, exchange, routing_key, properties, mandatory, kick=kick
-                )
-                self._published += 1
-                return True
             confirmation = queue_on(channel, message, kick=kick)
         except (trio.WouldBlock, ChannelClosed, AMQPConnectionError):
             return False
         self._account(message, confirmation)
+        return True
+
+    def _fill_burst(self) -> bool:
+        """Move messages from the buffer into the empty burst, as many as it
+        holds; False if the buffer had none."""
+        burst = self._burst
+        while len(burst) < BURST_MESSAGES and self._burst_bytes < BURST_BYTES:
+            try:
+                message = self._unbuffer_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(message, Message):  # not in FIRE_AND_FORGET mode
+                self._retry.append(message)
+                break
+            burst.append(message)
+            self._burst_bytes += len(message[0])
+        return bool(burst)
+
+    def _queue_burst(self, channel: Channel, *, kick: bool) -> bool:
+        """Queue the burst on ``channel``, all at once; False if it cannot
+        take them now (then they are first in line for the sender, which is
+        woken).  ``kick``: as for :meth:`Channel.queue_message`."""
+        burst = self._burst
+        self._burst = []
+        self._burst_bytes = 0
+        try:
+            # While the broker refuses publishes, the sender waits for it.
+            queued = not channel.connection.blocked
+            if queued:
+                channel.queue_messages(burst, kick=kick)
+        except (trio.WouldBlock, ChannelClosed, AMQPConnectionError):
+            queued = False
+        if not queued:
+            # None was queued: before anything else, in their order.
+            self._retry.extendleft(as_message(message) for message in reversed(burst))
+            self._wake_sender()
+            return False
+        self._published += len(burst)
         return True
 
     # The buffer, with a count of what it holds (its statistics() are too
@@ -628,10 +693,12 @@ class Producer:
 
     def _has_queued(self) -> bool:
         """Messages wait to be published."""
-        return bool(self._retry or self._requeued or self._buffered)
+        return bool(self._retry or self._requeued or self._burst or self._buffered)
 
     def _pending(self) -> bool:
-        return bool(self._buffered or self._retry or self._requeued or self._in_flight)
+        return bool(
+            self._buffered or self._retry or self._requeued or self._burst or self._in_flight
+        )
 
     # -- outcomes -------------------------------------------------------------------
 
@@ -802,6 +869,14 @@ class Producer:
                 await self._window_lot.park()
                 continue
             published = 0
+            if not confirm:
+                # FIRE_AND_FORGET: the burst (older than what the buffer
+                # holds), then the buffer's messages in bursts; a burst that
+                # cannot go now waits in _retry, published one by one below.
+                while self._burst or (not self._retry and self._fill_burst()):
+                    if not self._queue_burst(channel, kick=False):
+                        break
+                    published += 1
             try:
                 # Publish as many as may go right now, without yielding: the
                 # writer then sends them all with one system call.
@@ -829,9 +904,15 @@ class Producer:
                 await trio.lowlevel.checkpoint()
                 continue
             if published:
-                # Send them from here when the writer is idle (else it is
-                # woken): one task hop less.
-                await connection.sending.flush()
+                if connection.sending.writes_directly:
+                    # Send them from here when the writer is idle (else it
+                    # is woken): one task hop less.
+                    await connection.sending.flush()
+                else:
+                    # A write that waits (TLS, WebSocket) is the writer's:
+                    # this task is idle again at once, so publishers keep
+                    # taking messages into bursts meanwhile.
+                    connection.sending.kick()
                 if self._has_queued():
                     await trio.lowlevel.checkpoint()
                     continue
@@ -875,9 +956,11 @@ class Producer:
         """Internal: give up on everything still pending (the client is closing)."""
         self._closed = True
         republished = sorted([*self._requeued, *self._retry], key=lambda m: m.sequence)
-        pending: list[Buffered] = [*republished]
+        pending: list[Buffered] = [*republished, *self._burst]
         self._requeued.clear()
         self._retry.clear()
+        self._burst.clear()
+        self._burst_bytes = 0
         while True:
             try:
                 pending.append(self._unbuffer_nowait())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import platform
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Final
 
 from pamqp import base, body, commands, heartbeat
@@ -59,7 +60,7 @@ from ._framing import (
     encode_frame,
 )
 from ._properties import BasicProperties, ContentHeader
-from ._publishing import PublishEncoder
+from ._publishing import PublishEncoder, PublishFields
 
 CI = ConnectionInput
 
@@ -476,6 +477,25 @@ class AMQPConnection:
             record.publish_seq += 1
             return record.publish_seq
         return 0
+
+    def publish_many(self, channel: int, messages: Sequence[PublishFields]) -> None:
+        """Queue several messages on a channel not in confirm mode, in order,
+        as :meth:`publish` queues each: every one a :data:`PublishFields`
+        (properties encoded, exchange and routing key valid).
+
+        Raises:
+            LocalProtocolError: the channel is not open, or is in confirm mode.
+            ValueError: as :meth:`publish` (the messages before the one
+                that cannot be encoded were queued).
+        """
+        record = self._channels.get(channel)
+        if record is None or record.state is not _CHANNEL_OPEN or self._state is not _OPEN:
+            record = self._sending_channel(channel)  # raises the right error
+        if record.confirming:
+            raise LocalProtocolError(
+                f"channel {channel} is in confirm mode: publish each message to get its number"
+            )
+        self._publishing.encode_many(self._out, channel, messages, self.frame_max)
 
     # -- input -----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from typing import Any, Final
 
 from ._fieldtable import encode_shortstr
@@ -94,11 +95,68 @@ else:
     frame_message = frame_message_py
 
 
+#: A message for :meth:`PublishEncoder.encode_many`: ``(body, exchange,
+#: routing_key, mandatory, tag, properties)``, the properties encoded
+#: (``encode_properties``) and ``tag`` the caller's own (not used here).
+PublishFields = tuple[bytes, str, str, bool, object, bytes]
+
+
 class PublishEncoder:
     """Encodes publishes for one connection (see the module doc)."""
 
     def __init__(self) -> None:
         self._methods: dict[tuple[int, str, str, bool, bool], bytes] = {}
+
+    def encode_many(
+        self, out: list[bytes], channel: int, messages: Sequence[PublishFields], frame_max: int
+    ) -> None:
+        """Append the frames of several messages to ``out``, in order, as
+        :meth:`encode` does for each (not ``immediate``).
+
+        Raises:
+            ValueError: as :meth:`encode`; the messages before the one that
+                cannot be encoded were appended.
+        """
+        limit = frame_max - FRAME_OVERHEAD if frame_max else 2**32 - 1
+        append = out.append
+        last: tuple[str, str, bool] | None = None
+        method = b""
+        for body, exchange, routing_key, mandatory, _, properties in messages:
+            if last is None or (exchange, routing_key, mandatory) != last:
+                method = self.method(channel, exchange, routing_key, mandatory, False)
+                last = (exchange, routing_key, mandatory)
+            if 0 < len(body) <= limit:
+                append(frame_message(method, channel, properties, body))
+            else:
+                self.encode(
+                    out,
+                    channel,
+                    body,
+                    exchange,
+                    routing_key,
+                    properties,
+                    mandatory,
+                    False,
+                    frame_max,
+                )
+
+    def method(
+        self, channel: int, exchange: str, routing_key: str, mandatory: bool, immediate: bool
+    ) -> bytes:
+        """The ``Basic.Publish`` method frame (see :func:`encode_publish_method`),
+        kept for the next message to the same place.
+
+        Raises:
+            TypeError, ValueError: as :func:`encode_publish_method`.
+        """
+        key = (channel, exchange, routing_key, mandatory, immediate)
+        method = self._methods.get(key)
+        if method is None:
+            method = encode_publish_method(channel, exchange, routing_key, mandatory, immediate)
+            if len(self._methods) >= PUBLISH_CACHE_SIZE:
+                self._methods.clear()
+            self._methods[key] = method
+        return method
 
     def encode(
         self,
@@ -123,13 +181,7 @@ class PublishEncoder:
             ValueError: the exchange, the routing key or a property cannot be
                 encoded (e.g. longer than 255 bytes); nothing was appended.
         """
-        key = (channel, exchange, routing_key, mandatory, immediate)
-        method = self._methods.get(key)
-        if method is None:
-            method = encode_publish_method(channel, exchange, routing_key, mandatory, immediate)
-            if len(self._methods) >= PUBLISH_CACHE_SIZE:
-                self._methods.clear()
-            self._methods[key] = method
+        method = self.method(channel, exchange, routing_key, mandatory, immediate)
         if isinstance(properties, bytes):
             props = properties
         elif properties is None and headers is None:
