@@ -16,7 +16,7 @@ from trio_lavin import BasicProperties
 from trio_lavin._sansio import ChannelError, FrameError, FrameReader, LocalProtocolError
 from trio_lavin._sansio import _events as ev
 from trio_lavin._sansio._framing import encode_content
-from trio_lavin._sansio._properties import ContentHeader
+from trio_lavin._sansio._properties import ContentHeader, encode_properties
 
 from .codec_strategies import from_pamqp, sorted_headers, to_pamqp
 from .codec_strategies import properties as codec_properties
@@ -407,3 +407,49 @@ def test_delivery_tags_above_2_63_decode_unsigned() -> None:
     assert frame is not None
     assert isinstance(frame[1], commands.Basic.Deliver)
     assert frame[1].delivery_tag == tag
+
+
+@settings(max_examples=200)
+@given(
+    messages=st.lists(
+        st.tuples(
+            st.binary(max_size=6000), st.sampled_from(["", "amq.topic"]), short_text, st.booleans()
+        ),
+        max_size=8,
+    ),
+    props=properties,
+    frame_max=st.sampled_from([4096, 131_072, 0]),
+)
+def test_publish_many_sends_the_bytes_of_one_publish_each(
+    messages: list[tuple[bytes, str, str, bool]],
+    props: BasicProperties | None,
+    frame_max: int,
+) -> None:
+    conn = handshake(frame_max=frame_max)
+    number = open_channel(conn)
+    encoded = encode_properties(props)
+    conn.publish_many(
+        number,
+        [
+            (body, exchange, key, mandatory, i, encoded)
+            for i, (body, exchange, key, mandatory) in enumerate(messages)
+        ],
+    )
+    expected = b"".join(
+        _pamqp_publish(number, exchange, key, mandatory, props, body, conn.frame_max)
+        for body, exchange, key, mandatory in messages
+    )
+    assert conn.data_to_send() == expected
+
+
+def test_publish_many_refuses_a_channel_in_confirm_mode_or_not_open_and_sends_nothing() -> None:
+    conn = handshake()
+    number = open_channel(conn)
+    conn.send_method(number, commands.Confirm.Select())
+    conn.data_to_send()
+    one = [(b"x", "", "q", False, 0, b"\x00\x00")]
+    with pytest.raises(LocalProtocolError, match=f"channel {number} is in confirm mode"):
+        conn.publish_many(number, one)
+    with pytest.raises(LocalProtocolError):
+        conn.publish_many(number + 1, one)  # never opened
+    assert conn.data_to_send() == b""
