@@ -78,6 +78,7 @@ from .._exceptions import (
     MessageReturned,
 )
 from .._sansio._events import ReturnedMessage
+from .._sansio._properties import encode_properties
 from .._sansio._publishing import EMPTY_PROPERTIES, encode_publish_method
 from ._message import (
     Buffered,
@@ -311,10 +312,11 @@ class Producer:
                 if properties is None
                 else properties.replace(message_id=unique)
             )
-        if properties is None and headers is None and routing_key is None and type(body) is bytes:
-            # Nothing to check or encode: the producer's own routing key was checked.
+        if headers is None and routing_key is None and type(body) is bytes:
+            # The usual call (encode_message, inlined): the producer's own
+            # routing key was checked when it was made.
             key = self._routing_key
-            encoded = EMPTY_PROPERTIES
+            encoded = EMPTY_PROPERTIES if properties is None else encode_properties(properties)
         else:
             # The producer's own routing key was checked when it was made.
             body, encoded = encode_message(body, properties, headers, routing_key)

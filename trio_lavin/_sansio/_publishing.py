@@ -119,12 +119,20 @@ class PublishEncoder:
         """
         limit = frame_max - FRAME_OVERHEAD if frame_max else 2**32 - 1
         append = out.append
-        last: tuple[str, str, bool] | None = None
+        # The method frame of the message before, for the next one if it goes
+        # to the same place (the usual case: one producer's default).
         method = b""
+        last_exchange = last_routing_key = None
+        last_mandatory = False
         for body, exchange, routing_key, mandatory, _, properties in messages:
-            if last is None or (exchange, routing_key, mandatory) != last:
+            if (
+                routing_key != last_routing_key
+                or exchange != last_exchange
+                or mandatory != last_mandatory
+                or not method
+            ):
                 method = self.method(channel, exchange, routing_key, mandatory, False)
-                last = (exchange, routing_key, mandatory)
+                last_exchange, last_routing_key, last_mandatory = exchange, routing_key, mandatory
             if 0 < len(body) <= limit:
                 append(frame_message(method, channel, properties, body))
             else:
