@@ -79,6 +79,8 @@ class Sending:
         self.write_started: float | None = None
         #: Set once the connection ended: nothing more is sent but the final frame.
         self.stopped = False
+        #: What :meth:`defer` was given, in order.
+        self._deferred: list[Callable[[], None]] = []
 
     # -- the budget --------------------------------------------------------------
 
@@ -100,8 +102,31 @@ class Sending:
             await self._room_lot.park()
         await trio.lowlevel.checkpoint_if_cancelled()
 
+    # -- deferred queueing -----------------------------------------------------------
+
+    def defer(self, queue: Callable[[], None]) -> None:
+        """Call ``queue()`` before the next write takes what is queued (the
+        writer's, a task's :meth:`flush` before it waits for an answer, the
+        final one), or when the connection ends (:meth:`stop`), whichever
+        comes first; once, and at once if the connection already ended.  A
+        producer's burst of messages is queued that way, by whichever task
+        writes next: no task hop on the way to the wire.  ``queue`` must not
+        raise."""
+        if self.stopped:
+            queue()
+        else:
+            self._deferred.append(queue)
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            deferred, self._deferred = self._deferred, []
+            for queue in deferred:
+                queue()
+
     def _take(self) -> bytes:
         """Everything the machine has queued, and room again for publishers."""
+        if self._deferred:
+            self._run_deferred()
         data = self._amqp.data_to_send()
         if data:
             self.unsent = 0
@@ -149,6 +174,8 @@ class Sending:
         queued from this task when no one else is writing (the answer cannot
         come before the request has left), else wake the writer.  Shielded,
         like every send of queued frames."""
+        if self._deferred and not self.stopped:
+            self._run_deferred()
         if self.stopped or not self._amqp.has_data_to_send:
             return
         try:
@@ -165,6 +192,8 @@ class Sending:
         """Send what is queued (a final ``Close`` or ``CloseOk``), bounded in
         time, even if the caller is being cancelled; a failure is not
         reported (the connection is ending anyway)."""
+        if self._deferred:
+            self._run_deferred()
         data = self._amqp.data_to_send()
         if not data:
             return
@@ -233,6 +262,8 @@ class Sending:
 
     def stop(self) -> None:
         """The connection ended: release publishers waiting for room (they
-        then find it closed), and send nothing more but a final frame."""
+        then find it closed), and send nothing more but a final frame; what
+        was deferred runs now (and finds the connection ended)."""
         self.stopped = True
         self._room_lot.unpark_all()
+        self._run_deferred()

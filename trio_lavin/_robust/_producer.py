@@ -69,6 +69,7 @@ import trio
 
 from .._client._channel import Channel
 from .._client._delivery import BasicProperties, Confirmation
+from .._client._sending import Sending
 from .._exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -210,6 +211,8 @@ class Producer:
         #: finds it full queues them on the channel at once.
         self._burst: list[Fields] = []
         self._burst_bytes = 0
+        #: The connection asked to queue the burst before its next write.
+        self._burst_deferred_to: Sending | None = None
         self._returned = 0
         self._dropped = dict.fromkeys(DropReason, 0)
         self._pauses = Pauses(
@@ -618,7 +621,11 @@ class Producer:
             self._burst.append(message)
             self._burst_bytes += len(message[0])
             if len(self._burst) == 1:
-                self._wakeup.unpark_all()  # the sender: it is idle (see above)
+                sending = channel.connection.sending
+                if self._burst_deferred_to is not sending:
+                    self._burst_deferred_to = sending
+                    sending.defer(self._hand_over_burst)
+                sending.kick()
             return True
         if (
             not channel.is_open
@@ -649,6 +656,19 @@ class Producer:
             self._burst_bytes += len(message[0])
         return bool(burst)
 
+    def _hand_over_burst(self) -> None:
+        """What the connection calls before its next write (see
+        :meth:`Sending.defer`): queue the burst on the producer's channel, or,
+        if it cannot take it, leave it to the sender, first in line."""
+        self._burst_deferred_to = None
+        if not self._burst:
+            return
+        channel = self._channel
+        if channel is None:
+            self._wake_sender()  # it opens one, then queues the burst
+        else:
+            self._queue_burst(channel, kick=True)
+
     def _queue_burst(self, channel: Channel, *, kick: bool) -> bool:
         """Queue the burst on ``channel``, all at once; False if it cannot
         take them now (then they are first in line for the sender, which is
@@ -669,6 +689,7 @@ class Producer:
             self._wake_sender()
             return False
         self._published += len(burst)
+        self._notify_idle()  # drain() may wait for the burst
         return True
 
     # The buffer, with a count of what it holds (its statistics() are too
