@@ -39,6 +39,7 @@ from ._requests import Waiter, names_request
 
 if TYPE_CHECKING:
     from ._connection import Connection
+    from ._sending import Sending
 
 logger = logging.getLogger("trio_lavin.channel")
 
@@ -436,22 +437,34 @@ class Channel:
             if not isinstance(body, (bytes, bytearray, memoryview)):
                 raise TypeError(f"body must be bytes, not {type(body).__name__}")
             body = bytes(body)
-        if self._error is not None:  # _check_open(), inlined: on every publish
-            raise self._error
-        connection = self.connection
-        connection.check_open()
-        sending = connection.sending
-        if sending.full:
-            raise trio.WouldBlock
+        sending = self._room_to_queue()
         tag = self._amqp.publish(self.number, body, exchange, routing_key, properties, mandatory)
         sending.spend(len(body))
         if kick:
             sending.kick()
         if not tag:
             return None
-        confirmation = Confirmation(tag, exchange, routing_key, body, mandatory, connection)
+        confirmation = Confirmation(tag, exchange, routing_key, body, mandatory, self.connection)
         self._confirms.add(confirmation)
         return confirmation
+
+    def _room_to_queue(self) -> Sending:
+        """The connection's sending side, when the channel and the connection
+        are open and the send budget takes more.
+
+        Raises:
+            ChannelClosed, AMQPConnectionError: the channel or the connection
+                is not open.
+            trio.WouldBlock: the send budget is full.
+        """
+        if self._error is not None:
+            raise self._error
+        connection = self.connection
+        connection.check_open()
+        sending = connection.sending
+        if sending.full:
+            raise trio.WouldBlock
+        return sending
 
     def queue_messages(self, messages: Sequence[PublishFields], *, kick: bool) -> None:
         """Internal: queue several messages at once, in order, on a channel
@@ -466,13 +479,7 @@ class Channel:
                 is not open.
             LocalProtocolError: the channel is in confirm mode.
         """
-        if self._error is not None:
-            raise self._error
-        connection = self.connection
-        connection.check_open()
-        sending = connection.sending
-        if sending.full:
-            raise trio.WouldBlock
+        sending = self._room_to_queue()
         self._amqp.publish_many(self.number, messages)
         sending.spend(sum([len(message[0]) for message in messages]), len(messages))
         if kick:
